@@ -1,0 +1,3 @@
+from steer_bench.cli import main
+
+raise SystemExit(main())

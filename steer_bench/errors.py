@@ -1,0 +1,5 @@
+"""The one exception type the CLI turns into a clean message (no traceback) and exit status 2."""
+
+
+class SteerBenchError(Exception):
+    """A user-facing error: bad config, bad input data, missing file. The message names the culprit."""
