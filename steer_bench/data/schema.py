@@ -1,0 +1,69 @@
+"""The normalised dataset schema every prepared parquet follows, and its validating loader.
+
+One row per unique problem. Required columns:
+
+- ``problem_id`` (str): stable and unique within the dataset, ``<dataset>/<id>``. Derived from the source's own
+  index where it has a unique one (``aime24/0007``), else from a content hash (see ``registry.py`` per dataset).
+- ``dataset`` (str): the registry name (``aime24``, ``synth_train``, ...).
+- ``source`` (str): the original ``data_source`` (or the Hub id).
+- ``problem`` (str): the raw problem text, no instruction.
+- ``prompt`` (list of ``{"role", "content"}``): the rendered prompt template; the chat template is NOT applied.
+- ``answer`` (str): the gold answer.
+
+Optional: ``level`` (int) and ``solution`` (str), filled by the synthetic task.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from steer_bench.errors import SteerBenchError
+
+REQUIRED_COLUMNS = ("problem_id", "dataset", "source", "problem", "prompt", "answer")
+OPTIONAL_COLUMNS = ("level", "solution")
+
+
+def check_frame(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
+    """Raise a :class:`SteerBenchError` naming ``source`` if ``df`` breaks the schema; return it otherwise."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        need = list(REQUIRED_COLUMNS)
+        raise SteerBenchError(f"{source}: missing column(s) {missing}; a prepared dataset needs {need}")
+    dup = df["problem_id"][df["problem_id"].duplicated()]
+    if len(dup):
+        raise SteerBenchError(f"{source}: duplicate problem_id(s) {dup.head(5).tolist()}")
+    for col in ("problem_id", "problem", "answer"):
+        bad = df["problem_id"][~df[col].map(lambda v: isinstance(v, str) and v.strip() != "")]
+        if len(bad):
+            raise SteerBenchError(f"{source}: empty or non-string {col!r} in row(s) {bad.head(5).tolist()}")
+    bad = df["problem_id"][~df["prompt"].map(_is_messages)]
+    if len(bad):
+        rows = bad.head(5).tolist()
+        raise SteerBenchError(f"{source}: 'prompt' must be a non-empty list of {{role, content}} in row(s) {rows}")
+    return df
+
+
+def _is_messages(value: object) -> bool:
+    if value is None or isinstance(value, str | bytes) or not hasattr(value, "__len__") or len(value) == 0:
+        return False
+    return all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    )
+
+
+def load_prepared(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a prepared parquet and validate it; ``prompt`` comes back as a list of plain dicts per row."""
+    path = Path(path)
+    if not path.is_file():
+        raise SteerBenchError(f"prepared dataset not found: {path}")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt or foreign file
+        raise SteerBenchError(f"{path}: not a readable parquet file: {e}") from e
+    if "prompt" in df.columns:
+        # pyarrow returns numpy arrays of dicts; callers (chat templates) expect lists.
+        df["prompt"] = df["prompt"].map(lambda v: [dict(m) for m in v] if v is not None else v)
+    return check_frame(df, source=str(path))
