@@ -1,0 +1,99 @@
+"""Evaluation metrics from one set of samples: avg@k, unbiased pass@k, maj@k; per benchmark and averaged.
+
+All values are fractions in [0, 1]. With n samples of a problem of which c are correct:
+
+- ``avg@n`` = c / n, averaged over problems: pass@1 estimated from n samples (the paper's avg@32). It is
+  also the headline ``accuracy`` of a benchmark (the paper's avg@1 for MATH500 etc. is the case n = 1).
+- ``pass@k`` (Chen et al. 2021, unbiased) = 1 − C(n−c, k) / C(n, k), computed in the stable product form
+  1 − Π_{i=n−c+1}^{n} (1 − k/i) (exactly 1 when n − c < k), averaged over problems.
+- ``maj@k``: majority vote over the extracted answers (``pred``) of the first k samples (samples are i.i.d.,
+  so the first k are a fair draw). Samples without an answer (``pred`` None) abstain; if all abstain the vote
+  scores 0. An answer's correctness is the mean correctness of the samples that gave it (they normally
+  agree). **Ties** are broken uniformly at random *in expectation*: the vote scores the mean correctness of
+  the tied answers, so maj@k is deterministic (and may be fractional for one problem).
+
+Metric keys are MLflow-safe: ``avg_at_32``, ``pass_at_8``, ``maj_at_32``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from steer_bench.errors import SteerBenchError
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one problem with ``c`` correct out of ``n`` samples (stable product form)."""
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise SteerBenchError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def avg_at_k(correct: Sequence[bool]) -> float:
+    """Mean correctness of one problem's k samples."""
+    if len(correct) == 0:
+        raise SteerBenchError("avg@k of a problem with no samples")
+    return sum(map(bool, correct)) / len(correct)
+
+
+def maj_at_k(preds: Sequence[str | None], correct: Sequence[bool], k: int) -> float:
+    """Majority vote over the first ``k`` samples' answers (ties: expected score of a uniform pick)."""
+    if len(preds) != len(correct) or not 1 <= k <= len(preds):
+        raise SteerBenchError(f"maj@k needs equal-length preds/correct and 1 <= k <= n, got k={k}, n={len(preds)}")
+    votes: dict[str, list[bool]] = defaultdict(list)
+    for p, ok in zip(preds[:k], correct[:k], strict=True):
+        if p is not None:
+            votes[p].append(bool(ok))
+    if not votes:
+        return 0.0
+    top = max(len(v) for v in votes.values())
+    tied = [sum(v) / len(v) for v in votes.values() if len(v) == top]
+    return sum(tied) / len(tied)
+
+
+def benchmark_metrics(samples: pd.DataFrame, ks: Iterable[int] = (1,)) -> dict[str, float]:
+    """Metrics of one benchmark from per-sample rows (``problem_id``, ``correct``, ``pred``; rows of a problem
+    in sample order). Every problem must have the same number of samples n; ``pass_at_k``/``maj_at_k`` are
+    given for each k in ``ks`` with k <= n, plus ``avg_at_<n>``, ``accuracy`` (= avg@n), ``maj_at_<n>``."""
+    missing = [c for c in ("problem_id", "correct", "pred") if c not in samples.columns]
+    if missing:
+        raise SteerBenchError(f"benchmark_metrics: missing column(s) {missing}")
+    if samples.empty:
+        raise SteerBenchError("benchmark_metrics: no samples")
+    groups = list(samples.groupby("problem_id", sort=False))
+    sizes = {len(g) for _, g in groups}
+    if len(sizes) != 1:
+        uneven = [pid for pid, g in groups if len(g) != len(groups[0][1])][:5]
+        raise SteerBenchError(f"benchmark_metrics: problems have different sample counts {sorted(sizes)}: {uneven}")
+    n = sizes.pop()
+    ks = sorted({k for k in ks if 1 <= k <= n} | {n})
+    correct = [g["correct"].astype(bool).tolist() for _, g in groups]
+    preds = [[None if pd.isna(p) else str(p) for p in g["pred"]] for _, g in groups]
+    out: dict[str, float] = {"n_problems": len(groups), "n_samples": n}
+    out[f"avg_at_{n}"] = out["accuracy"] = _mean(avg_at_k(c) for c in correct)
+    for k in ks:
+        out[f"pass_at_{k}"] = _mean(pass_at_k(n, sum(c), k) for c in correct)
+        out[f"maj_at_{k}"] = _mean(maj_at_k(p, c, k) for p, c in zip(preds, correct, strict=True))
+    return out
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def average_over_benchmarks(per_benchmark: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Unweighted mean over benchmarks of every metric that all of them report (the paper's "Avg" column is
+    the mean of ``accuracy``); counts (``n_problems``, ``n_samples``) are not averaged."""
+    if not per_benchmark:
+        raise SteerBenchError("average_over_benchmarks: no benchmarks")
+    common = set.intersection(*(set(m) for m in per_benchmark.values())) - {"n_problems", "n_samples"}
+    out = {key: _mean(m[key] for m in per_benchmark.values()) for key in sorted(common)}
+    out["n_benchmarks"] = len(per_benchmark)
+    return out
