@@ -1,0 +1,80 @@
+"""`steer-bench report`: the paper-style tables and figures of one experiment, aggregated from MLflow.
+
+Writes ``results/<exp>/report/``: ``main_table.md|.tex|.csv``, ``vs_paper.md|.csv`` (when the config names a
+``reference`` table), ``figures/*.png`` and ``report.md`` tying them together. ``--source files`` builds the
+same report from the run files instead (runs made with tracking off); a test checks that both agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from steer_bench import io
+from steer_bench.errors import SteerBenchError
+from steer_bench.experiment import ExperimentConfig
+from steer_bench.report import collect, document, figures, reference, tables
+
+
+@dataclass(frozen=True)
+class Report:
+    out_dir: Path
+    results: collect.Results
+    table: tables.Table
+    figures: dict[str, str | None]
+    """Figure name -> PNG path relative to ``out_dir``, or None when no run logged its metrics."""
+
+
+def build_report(exp: ExperimentConfig, out_dir: str | Path | None = None, *, uri: str | None = None) -> Report:
+    """Collect (from MLflow at ``uri``, or from the files when ``uri`` is None) and write every report file."""
+    if exp.reference:
+        reference.check_table(exp.reference)
+    out = Path(out_dir) if out_dir else exp.root / "report"
+    results = collect.from_mlflow(exp, uri) if uri else collect.from_files(exp)
+    if not results.acc and not results.curves:
+        raise SteerBenchError(
+            f"no evaluation or training results of experiment {exp.name!r} in {results.source}; "
+            "run the pipeline first (or point MLFLOW_TRACKING_URI / --tracking-uri at the right store)"
+        )
+    table = tables.main_table(exp, results)
+    io.write_text(out / "main_table.md", tables.to_markdown(table) + "\n" + tables.CONVENTIONS + "\n")
+    io.write_text(out / "main_table.tex", tables.to_latex(table, exp.name))
+    io.write_text(out / "main_table.csv", tables.to_csv(table))
+    if exp.reference:
+        md = tables.vs_paper_markdown(table, exp.reference) + "\n" + tables.VS_PAPER_CONVENTIONS + "\n"
+        io.write_text(out / "vs_paper.md", md)
+        io.write_text(out / "vs_paper.csv", tables.vs_paper_csv(table, exp.reference))
+    else:
+        for name in ("vs_paper.md", "vs_paper.csv"):
+            (out / name).unlink(missing_ok=True)  # from an earlier report with a reference
+    drawn = figures.draw_all(results.curves, list(exp.methods), table.labels, out)
+    io.write_text(out / "report.md", document.render(exp, results, table, drawn, out))
+    return Report(out, results, table, drawn)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="experiment YAML (e.g. configs/default.yaml)")
+    parser.add_argument("--out", help="output folder (default: results/<experiment>/report)")
+    parser.add_argument(
+        "--source", choices=["mlflow", "files"], default="mlflow",
+        help="read the numbers from MLflow (default) or from the run files (summary.json, metrics.jsonl)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite <results_dir>/mlflow.db)",
+    )
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the experiment config")
+
+
+def run(args: argparse.Namespace) -> int:
+    from steer_bench.experiment import load_experiment
+    from steer_bench.tracking import resolve_uri
+
+    exp = load_experiment(args.config, args.overrides)
+    uri = None
+    if args.source == "mlflow":
+        uri = args.tracking_uri or resolve_uri(Path(exp.results_dir) / "mlflow.db")
+    report = build_report(exp, args.out, uri=uri)
+    print(f"wrote {report.out_dir / 'report.md'}")
+    return 0

@@ -1,0 +1,192 @@
+"""Gather an experiment's numbers: from MLflow (what ``report`` uses) or from the run files (the artefacts).
+
+Both readers return the same :class:`Results`, so a test can check that MLflow and the files agree.
+
+- Evaluations: one accuracy in [0, 1] per (row, seed, benchmark): the ``eval/<b>/acc`` metric of eval runs
+  tagged ``kind=eval``, or ``metrics.acc`` of ``eval/<row>[/seed<k>]/<b>/summary.json``. Eval-only rows have
+  seed ``None``. Only rows and seeds of the experiment config count; when several eval runs hold the same cell,
+  the newest finished one wins; trained rows only count runs of the configured checkpoint (``eval.checkpoint``).
+- Training curves: (step, value) per (method, seed, metric key), for the keys in ``CURVE_KEYS``: the metric
+  histories of the newest ``kind=train`` run per (method, seed), or ``runs/<method>/seed<k>/metrics.jsonl``
+  (the last line of a step wins, as MLflow keeps a re-logged step's latest value; non-finite values are skipped,
+  as the tracker skips them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steer_bench import tracking
+from steer_bench.experiment import ExperimentConfig
+from steer_bench.io import read_jsonl
+
+log = logging.getLogger(__name__)
+
+EvalKey = tuple[str, int | None, str]  # (row, seed or None for an eval-only row, benchmark)
+RunKey = tuple[str, int]  # (method, seed)
+Curve = list[tuple[int, float]]
+
+# The training metrics the figures draw. The STEER λ fraction has had two names; both are read.
+CURVE_KEYS = (
+    "rollout/entropy_mean",
+    "val/avg_at_k",
+    "rollout/response_len_mean",
+    "loss/clipfrac_high",
+    "loss/clipfrac_low",
+    "steer/lambda_mean",
+    "steer/lambda_min",
+    "steer/frac_lambda_below_099",
+    "steer/frac_below_0_99",
+)
+
+
+@dataclass
+class Results:
+    acc: dict[EvalKey, float] = field(default_factory=dict)
+    """Headline accuracy in [0, 1] (avg@k with the protocol's k)."""
+    curves: dict[RunKey, dict[str, Curve]] = field(default_factory=dict)
+    eval_info: dict[tuple[str, int | None], dict[str, Any]] = field(default_factory=dict)
+    """Per evaluated (row, seed): model, protocol, engine, versions, checkpoint, source (run id or file)."""
+    train_info: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
+    """Per training run: run id or folder, status, versions."""
+    source: str = ""
+
+
+def expected_rows(exp: ExperimentConfig) -> dict[str, list[int | None]]:
+    """Table rows in display order (eval-only rows first, as the paper puts Base on top) and their seeds."""
+    rows: dict[str, list[int | None]] = {r.name: [None] for r in exp.eval_only}
+    rows.update({m: list(exp.seeds) for m in exp.methods})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- MLflow
+def from_mlflow(exp: ExperimentConfig, uri: str) -> Results:
+    """Read every eval and train run of the experiment ``exp.name`` from the MLflow store at ``uri``."""
+    rows = expected_rows(exp)
+    out = Results(source=f"MLflow {uri}, experiment {exp.name!r}")
+    for run in _newest_finished_first(tracking.search_runs(exp.name, filter_string="tags.kind = 'eval'", uri=uri)):
+        tags = run.data.tags
+        row, seed = tags.get("row", ""), _seed(tags.get("seed", ""))
+        if row not in rows or seed not in rows[row]:
+            continue
+        if seed is not None and tags.get("checkpoint") not in (None, "", exp.eval.checkpoint):
+            continue
+        found = False
+        for bench in exp.data.benchmarks:
+            value = run.data.metrics.get(tracking.sanitize_key(f"eval/{bench}/acc"))
+            if value is not None and (row, seed, bench) not in out.acc:
+                out.acc[(row, seed, bench)] = value
+                found = True
+        if found and (row, seed) not in out.eval_info:
+            out.eval_info[(row, seed)] = _eval_info_from_run(run) | _protocol_from_files(exp, row, seed)
+    for run in _newest_finished_first(tracking.search_runs(exp.name, filter_string="tags.kind = 'train'", uri=uri)):
+        method, seed = run.data.tags.get("method", ""), _seed(run.data.tags.get("seed", ""))
+        if method not in exp.methods or seed not in exp.seeds or (method, seed) in out.curves:
+            continue
+        logged = set(run.data.metrics)
+        out.curves[(method, seed)] = {
+            k: tracking.metric_history(run.info.run_id, k, uri=uri)
+            for k in CURVE_KEYS
+            if tracking.sanitize_key(k) in logged
+        }
+        params = run.data.params
+        out.train_info[(method, seed)] = {
+            "source": f"run {run.info.run_id}",
+            "status": run.info.status,
+            "versions": {k.removeprefix("env."): v for k, v in params.items() if k.startswith("env.")},
+        }
+    return out
+
+
+def _newest_finished_first(runs: list[Any]) -> list[Any]:
+    return sorted(runs, key=lambda r: (r.info.status != "FINISHED", -(r.info.start_time or 0)))
+
+
+def _seed(text: str) -> int | None:
+    """The ``seed`` tag: an integer for a trained row, "" for an eval-only row."""
+    text = str(text).strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        log.warning("ignoring a run with a non-integer seed tag %r", text)
+        return -1  # matches no configured seed
+
+
+def _protocol_from_files(exp: ExperimentConfig, row: str, seed: int | None) -> dict[str, Any]:
+    """The full protocol and versions from a summary.json of the same evaluation (MLflow tags hold only names)."""
+    for bench in exp.data.benchmarks:
+        summary = _read_summary(eval_dir(exp, row, seed) / bench / "summary.json")
+        if summary is not None:
+            return {k: summary[k] for k in ("protocol", "engine", "versions") if summary.get(k)}
+    return {}
+
+
+def _eval_info_from_run(run: Any) -> dict[str, Any]:
+    tags = run.data.tags
+    info = {k: tags[k] for k in ("model", "protocol", "checkpoint", "method") if tags.get(k)}
+    info["source"] = f"run {run.info.run_id}"
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- files
+def eval_dir(exp: ExperimentConfig, row: str, seed: int | None) -> Path:
+    base = exp.root / "eval" / row
+    return base if seed is None else base / f"seed{seed}"
+
+
+def from_files(exp: ExperimentConfig) -> Results:
+    """Read the same numbers from ``results/<exp>/eval/**/summary.json`` and ``runs/**/metrics.jsonl``."""
+    out = Results(source=f"files under {exp.root}")
+    for row, seeds in expected_rows(exp).items():
+        for seed in seeds:
+            for bench in exp.data.benchmarks:
+                summary = _read_summary(eval_dir(exp, row, seed) / bench / "summary.json")
+                if summary is None:
+                    continue
+                out.acc[(row, seed, bench)] = float(summary["metrics"]["acc"])
+                out.eval_info.setdefault((row, seed), _eval_info_from_summary(summary, eval_dir(exp, row, seed)))
+    for method in exp.methods:
+        for seed in exp.seeds:
+            path = exp.run_dir(method, seed) / "metrics.jsonl"
+            if path.is_file():
+                out.curves[(method, seed)] = curves_from_jsonl(path)
+                out.train_info[(method, seed)] = {"source": str(path.parent), "versions": _env_versions(path.parent)}
+    return out
+
+
+def _read_summary(path: Path) -> dict[str, Any] | None:
+    """A complete evaluation's summary; None when absent or unfinished (it then shows as missing)."""
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("complete") else None
+
+
+def _eval_info_from_summary(summary: dict[str, Any], folder: Path) -> dict[str, Any]:
+    info = {k: summary[k] for k in ("model", "protocol", "engine", "versions", "method") if summary.get(k)}
+    info["source"] = str(folder)
+    return info
+
+
+def curves_from_jsonl(path: Path) -> dict[str, Curve]:
+    """``{key: [(step, value), ...]}`` for ``CURVE_KEYS`` from a metrics.jsonl (a re-logged step keeps its last)."""
+    by_step: dict[str, dict[int, float]] = {}
+    for line in read_jsonl(path):
+        step = int(line["step"])
+        for key, value in line.items():
+            key = tracking.sanitize_key(key)
+            if key in CURVE_KEYS and isinstance(value, int | float) and math.isfinite(value):
+                by_step.setdefault(key, {})[step] = float(value)
+    return {k: sorted(v.items()) for k, v in by_step.items()}
+
+
+def _env_versions(run_dir: Path) -> dict[str, str]:
+    path = run_dir / "env.json"
+    return {k: str(v) for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
