@@ -1,0 +1,169 @@
+"""Method presets: every YAML loads into a typed config; unknown names fail with the list of valid ones."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from steer_bench.algos import ADVANTAGES, POLICY_LOSSES
+from steer_bench.errors import SteerBenchError
+from steer_bench.methods import CONFIGS_DIR, MethodConfig, list_methods, load_method
+
+PRESETS = {
+    "grpo",
+    "dr_grpo",
+    "clip_higher",
+    "extreme",
+    "entropy_loss",
+    "clip_cov",
+    "kl_cov",
+    "fork_tokens",
+    "w_reinforce",
+    "entropy_adv",
+    "rloo",
+    "opo",
+    "steer",
+    "steer_linear",
+    "rloo_steer",
+    "opo_steer",
+    "steer_first_order",
+    "steer_quantile_k",
+}
+
+
+def test_every_preset_exists_and_loads() -> None:
+    assert set(list_methods()) == PRESETS
+    methods = [load_method(n) for n in sorted(PRESETS)]
+    for m in methods:
+        assert isinstance(m, MethodConfig)
+        assert m.name in PRESETS
+    assert {m.name for m in methods} == PRESETS  # each file's name matches its stem
+    assert {m.advantage.estimator for m in methods} == set(ADVANTAGES)
+    assert {m.loss.name for m in methods} == set(POLICY_LOSSES)
+
+
+def test_our_ablations_are_labelled_as_such() -> None:
+    ablations = {n for n in PRESETS if load_method(n).ablation}
+    assert ablations == {"steer_first_order", "steer_quantile_k"}
+    for name in ablations:
+        m = load_method(name)
+        assert "ablation" in m.label.lower()
+        assert "OUR ABLATION" in m.description
+        assert "OUR ABLATION" in (CONFIGS_DIR / "methods" / f"{name}.yaml").read_text()
+
+
+def test_every_nonzero_number_in_a_preset_cites_a_source() -> None:
+    number = re.compile(r"^\s*[a-z_]+:\s*(-?[0-9.]+(e-?[0-9]+)?|quantile:[0-9.]+)\s*(#.*)?$")
+    for name in PRESETS:
+        lines = (CONFIGS_DIR / "methods" / f"{name}.yaml").read_text().splitlines()
+        for i, line in enumerate(lines):
+            match = number.match(line)
+            if match and float(match.group(1).removeprefix("quantile:")) != 0:
+                assert match.group(3) or lines[i - 1].lstrip().startswith("#"), f"{name}.yaml: {line!r}"
+
+
+def test_steer_preset_matches_the_release() -> None:
+    m = load_method("steer")
+    assert (m.loss.clip_low, m.loss.clip_high, m.loss.clip_c) == (0.2, 0.28, 10.0)
+    assert m.loss.params == {
+        "weight_min": 0.8,
+        "weight_max": 1.0,
+        "mapping": "exp",
+        "scope": "micro",
+        "omega_floor": 0.02,
+        "k_norm": "max",
+        "form": "paper",
+    }
+    assert load_method("steer_linear").loss.params["weight_max"] == 1.2
+    assert load_method("steer_first_order").loss.params["form"] == "first_order"
+    assert load_method("steer_quantile_k").loss.params["k_norm"] == "quantile:0.99"
+    assert load_method("rloo_steer").advantage.estimator == "rloo"
+    assert load_method("opo_steer").advantage.estimator == "opo"
+
+
+def test_what_the_trainer_must_provide() -> None:
+    grpo, steer, fork, ent_loss, ent_adv, wr = (
+        load_method(n) for n in ("grpo", "steer", "fork_tokens", "entropy_loss", "entropy_adv", "w_reinforce")
+    )
+    assert grpo.needs_groups
+    assert not wr.needs_groups
+    assert not grpo.needs_entropy
+    assert not grpo.needs_old_entropy
+    assert not grpo.needs_mini_stats
+    assert steer.needs_old_entropy
+    assert not steer.needs_entropy_grad
+    assert not steer.needs_mini_stats
+    assert load_method("steer", ["loss.params.scope=mini"]).needs_mini_stats
+    assert fork.needs_entropy
+    assert not fork.needs_entropy_grad
+    assert fork.needs_mini_stats
+    assert ent_loss.needs_entropy
+    assert ent_loss.needs_entropy_grad
+    assert ent_adv.needs_old_entropy
+    assert not ent_adv.needs_entropy
+    assert grpo.loss_params() == {
+        "clip_low": 0.2,
+        "clip_high": 0.2,
+        "clip_c": 10.0,
+        "agg": "token-mean",
+        "entropy_coef": 0.0,
+    }
+    assert grpo.advantage_params() == {"norm_by_std": True, "eps": 1e-6}
+
+
+def test_overrides_and_paths(tmp_path: Path) -> None:
+    m = load_method("grpo", ["loss.clip_low=0.99", "loss.clip_high=5", "advantage.params.norm_by_std=false"])
+    assert (m.loss.clip_low, m.loss.clip_high, m.advantage.params["norm_by_std"]) == (0.99, 5, False)
+    custom = tmp_path / "methods" / "mine.yaml"
+    custom.parent.mkdir()
+    custom.write_text((CONFIGS_DIR / "methods" / "rloo.yaml").read_text().replace("name: rloo", "name: mine"))
+    assert load_method(custom).name == "mine"
+    assert load_method("mine", configs_dir=tmp_path).name == "mine"
+    assert list_methods(tmp_path) == ["mine"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["advantage.estimator=gae"],
+            r"advantage\.estimator: .*unknown advantage estimator 'gae'; valid: entropy_adv, grpo",
+        ),
+        (
+            ["loss.name=vanilla"],
+            r"loss\.name: .*unknown policy loss 'vanilla'; valid: clip_cov, fork_tokens, kl_cov, ppo",
+        ),
+        (
+            ["loss.params.weight_mn=0.8"],
+            r"unknown \['weight_mn'\] parameter\(s\); its parameters are: weight_min, weight_max",
+        ),
+        (["loss.params={}"], r"missing \['weight_min', .*'form'\]"),
+        (
+            ["loss.agg=mean"],
+            r"loss\.agg: Input should be 'token-mean', 'seq-mean-token-mean' or 'seq-mean-token-sum-norm'",
+        ),
+        (
+            ["loss.params.mapping=expo"],
+            r"method 'steer' does not run: STEER mapping must be one of \('exp', 'linear'\)",
+        ),
+        (["loss.params.scope=macro"], r"scope must be one of \('micro', 'mini'\), got 'macro'"),
+        (["loss.clip_c=1.0"], r"clip_c must be > 1"),
+        (["loss.params.weight_min=abc"], r"does not run"),
+        (["lr=1e-6"], r"unknown key 'lr'.*valid keys here: ablation, advantage, description, label, loss, name"),
+    ],
+)
+def test_bad_configs_fail_naming_the_file_and_the_valid_names(overrides: list[str], message: str) -> None:
+    with pytest.raises(SteerBenchError, match=message) as e:
+        load_method("steer", overrides)
+    assert "configs/methods/steer.yaml" in str(e.value)
+
+
+def test_unknown_method_lists_the_presets() -> None:
+    with pytest.raises(
+        SteerBenchError, match=r"unknown method 'stear'; valid methods: clip_cov, clip_higher, .*steer,"
+    ):
+        load_method("stear")
+    with pytest.raises(SteerBenchError, match="config file not found"):
+        load_method("missing.yaml")
