@@ -80,7 +80,7 @@ def draw(
     if not any(data.values()):
         return False
     colors = colormaps["tab20" if len(methods) > 10 else "tab10"]
-    fig = Figure(figsize=(5.5 * len(spec.panels), 4), layout="tight")
+    fig = Figure(figsize=(5 * len(spec.panels) + 2.5, 4), layout="constrained")
     axes = fig.subplots(1, len(spec.panels), squeeze=False)
     for i, (ax, (_keys, ylabel)) in enumerate(zip(axes[0], spec.panels, strict=True)):
         for j, m in enumerate(methods):
@@ -95,7 +95,8 @@ def draw(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}  # one entry per method, all panels
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
     fig.suptitle(f"{spec.title} (mean over seeds, band: min–max)")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
