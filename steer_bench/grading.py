@@ -167,21 +167,16 @@ def _pred_text(parsed: list) -> str:
         return str(parsed[-1])
 
 
-class _DropTimeoutDisabledWarning(logging.Filter):
+def _drop_timeout_disabled_warning(record: logging.LogRecord) -> bool:
     """math-verify warns that its timeouts are off when we pass ``None``; we time items ourselves."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Timeout is disabled")
-
-
-_QUIET = _DropTimeoutDisabledWarning()
+    return not record.getMessage().startswith("Timeout is disabled")
 
 
 def check_math_verify(response: str, gold: str, *, timeout: float | None, cache: dict[str, list]) -> MVResult:
     """math-verify on one item, under a ``timeout``-second alarm (only possible in the main thread; elsewhere
     it runs without one — use :class:`Grader` there). ``cache`` maps gold strings to parsed golds."""
     for name in ("math_verify.parser", "math_verify.grader"):
-        logging.getLogger(name).addFilter(_QUIET)  # idempotent: a logger holds a filter once
+        logging.getLogger(name).addFilter(_drop_timeout_disabled_warning)  # idempotent: held once
     armed = bool(timeout) and threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGALRM, _on_alarm) if armed else None
     try:
@@ -289,7 +284,7 @@ class _Worker:
 
 
 class Grader:
-    """A persistent pool of grading processes (a context manager).
+    """A persistent pool of grading processes (a context manager; not thread-safe).
 
     ``grade(responses, golds)`` returns one :class:`Verdict` per response, in order. Items are grouped by gold
     so each distinct gold goes to one worker, which parses it once (and caches it across calls).
@@ -320,16 +315,25 @@ class Grader:
         while len(self._pool) < self.workers:
             self._pool.append(_Worker(self._ctx, self.timeout))
 
-    def close(self) -> None:
+    def close(self, *, kill: bool = False) -> None:
         for w in self._pool:
-            w.stop(kill=False)
+            w.stop(kill=kill)
         self._pool = []
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the current workers (for monitoring)."""
+        return [w.proc.pid for w in self._pool]
 
     def grade(self, responses: Sequence[str], golds: Sequence[str]) -> list[Verdict]:
         if len(responses) != len(golds):
             raise SteerBenchError(f"grade: {len(responses)} responses but {len(golds)} golds")
         self.start()
-        mv = self._run_math_verify(list(responses), list(golds))
+        try:
+            mv = self._run_math_verify(list(responses), list(golds))
+        except BaseException:  # e.g. Ctrl-C mid-call: in-flight answers must not leak into the next call
+            self.close(kill=True)
+            raise
         return [combine(self.primary, m, strict_match(r, g)) for m, r, g in zip(mv, responses, golds, strict=True)]
 
     def _chunks(self, golds: list[str]) -> deque[list[int]]:

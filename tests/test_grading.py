@@ -218,3 +218,21 @@ def test_grader_rejects_bad_settings():
         Grader(primary="lenient")
     with pytest.raises(SteerBenchError, match="workers >= 1"):
         Grader(workers=0)
+
+
+def test_an_interrupted_call_does_not_leak_into_the_next(monkeypatch):
+    with Grader(workers=1, timeout=2.0) as g:
+        g.grade(["\\boxed{1}"], ["1"])
+        old_pids = g.pids
+        real = Grader._check_deadlines
+
+        def interrupt_once(self, pending, results):
+            monkeypatch.setattr(Grader, "_check_deadlines", real)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(Grader, "_check_deadlines", interrupt_once)
+        with pytest.raises(KeyboardInterrupt):
+            g.grade([f"\\boxed{{{i}}}" for i in range(50)], [str(i) for i in range(50)])
+        verdicts = g.grade(["\\boxed{2}", "\\boxed{3}"], ["2", "4"])  # a fresh pool: no stale answers
+        assert [v.correct for v in verdicts] == [True, False]
+        assert g.pids != old_pids
