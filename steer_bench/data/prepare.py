@@ -227,6 +227,8 @@ def _subset(df: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
 
 def _normalised(spec: DatasetSpec, raw: pd.DataFrame, stats: dict, opts: dict) -> pd.DataFrame:
     rows, bad = check_rows(raw, spec)
+    if not opts["release"]:  # Hub rows: ``paper`` is the release's prompt around the problem, whatever the Hub had
+        rows["fmt"], rows["variant"] = spec.paper_format, 0
     stats["skipped"] = _raise_or_count(spec.name, bad, opts["on_bad_row"])
     rows = rows[~rows["label"].isin({label for ids in bad.values() for label in ids})]
     uniq, stats["id_kind"] = dedup_and_ids(rows, spec.name)
@@ -285,7 +287,7 @@ def prepare_dataset(
         raw, stats["origin"] = read_raw(spec, data_dir)
         stats["rows_read"] = len(raw)
         opts = {"on_bad_row": on_bad_row, "check_golds": check_golds, "workers": workers, "limit": limit,
-                "seed": seed, "template": template}  # fmt: skip
+                "seed": seed, "template": template, "release": data_dir is not None}  # fmt: skip
         df = _normalised(spec, raw, stats, opts)
     check_frame(df, source=f"{name} (prepared)")
     stats["written"] = len(df)

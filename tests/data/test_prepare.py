@@ -229,3 +229,27 @@ def test_cli(tmp_path, shared_data, capsys):
     assert len(load_prepared(out)) == 40
     assert main(["prepare", "--dataset", "nope", "--out", str(out)]) == 2
     assert "unknown dataset 'nope'" in capsys.readouterr().err
+
+
+def test_hub_verl_layout_renders_the_release_prompt(tmp_path, monkeypatch):
+    """DAPO-Math-17k on the Hub: verl rows with the "Answer:" instruction, each prompt repeated; ``paper``
+    gives STEER's boxed prompt around the recovered problem."""
+    path = tmp_path / "dapo.parquet"
+    problems = ["Find $x$ if $x+1=3$.", "Compute $2^5$."]
+    pd.DataFrame(
+        {
+            "data_source": ["math_dapo"] * 4,
+            "prompt": [[{"role": "user", "content": ANSWER[0] + p + ANSWER[1]}] for p in problems * 2],
+            "reward_model": [{"ground_truth": g, "style": "rule"} for g in ["2", "32"] * 2],
+            "extra_info": [{"index": f"uuid-{i}"} for i in range(4)],
+        }
+    ).to_parquet(path)
+    real_load = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: real_load("parquet", data_files=str(path))["train"])
+    stats = prepare_dataset("dapo_math_17k", tmp_path / "o.parquet")
+    df = load_prepared(tmp_path / "o.parquet")
+    assert stats["origin"] == "BytedTsinghua-SIA/DAPO-Math-17k"
+    assert df["problem"].tolist() == problems
+    assert df["problem_id"].tolist() == ["dapo_math_17k/uuid-0", "dapo_math_17k/uuid-1"]
+    boxed = FORMATS["dapo_boxed"][0]
+    assert df["prompt"][1] == [{"role": "user", "content": boxed[0] + problems[1] + boxed[1]}]
