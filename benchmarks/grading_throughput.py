@@ -34,7 +34,7 @@ def _items(data_dir: Path, offset: int) -> tuple[list[str], list[str]]:
     """A response ending in each gold, and one ending in the gold with its first integer + ``offset``."""
     df = pd.read_parquet(data_dir / "math500.parquet")
     golds = [r["ground_truth"] for r in df["reward_model"]]
-    wrong = [re.sub(r"\\d+", lambda m: str(int(m.group()) + offset), g, count=1) if re.search(r"\\d", g)
+    wrong = [re.sub(r"\d+", lambda m: str(int(m.group()) + offset), g, count=1) if re.search(r"\d", g)
              else f"{g}+{offset}" for g in golds]  # fmt: skip
     responses = [f"{FILLER}So the final answer is \\boxed{{{g}}}." for g in golds + wrong]
     return responses, golds + golds

@@ -43,7 +43,8 @@ def _cell(value: Any, key: str) -> Any:
 
 
 def _answer_text(value: Any, after: str | None = None) -> str | None:
-    """A gold answer as a string: one-element lists unwrapped, integral floats as integers, ``$`` stripped."""
+    """A gold answer as a string: a one-element list unwrapped (longer ones joined with ", "), integral floats
+    written as integers, surrounding ``$`` stripped, only the text after ``after`` kept."""
     if isinstance(value, list | tuple | np.ndarray):
         if len(value) != 1:
             return None if len(value) == 0 else ", ".join(str(v) for v in value)
@@ -171,9 +172,10 @@ def check_rows(raw: pd.DataFrame, spec: DatasetSpec) -> tuple[pd.DataFrame, dict
 
 
 def dedup_and_ids(rows: pd.DataFrame, name: str) -> tuple[pd.DataFrame, str]:
-    """One row per distinct prompt; ``problem_id`` from the source index if it is 1:1 with problems."""
+    """One row per distinct prompt; ``problem_id`` from the source index when the kept rows' indices are unique
+    (a merged duplicate keeps its first index), else from a hash of the problem text."""
     uniq = rows.drop_duplicates("key", keep="first").copy()
-    index_ok = uniq["index"].notna().all() and uniq["index"].is_unique  # a merged duplicate keeps its first index
+    index_ok = uniq["index"].notna().all() and uniq["index"].is_unique
     if index_ok:
         uniq["problem_id"] = uniq["label"]
         if all(isinstance(i, int | np.integer) for i in uniq["index"]):
@@ -279,7 +281,8 @@ def prepare_dataset(
     data_dir = data_dir if data_dir is not None else os.environ.get(SHARED_DATA_ENV) or None
     stats: dict[str, Any] = {"dataset": name, "template": template, "limit": limit, "seed": seed}
     if spec.synthetic_split is not None:
-        df = make_synthetic(spec.synthetic_split, limit or spec.default_size, seed=seed, levels=levels)
+        n = spec.default_size if limit is None else limit
+        df = make_synthetic(spec.synthetic_split, n, seed=seed, levels=levels)
         df["prompt"] = [render(template, p, fmt=spec.paper_format) for p in df["problem"]]
         stats |= {"origin": "synthetic", "levels": list(levels), "rows_read": len(df), "unique_problems": len(df)}
         stats |= {"skipped": {}, "id_kind": "content hash"}
