@@ -5,9 +5,10 @@ one binary operation per step and ends in ``\\boxed{}`` (``14*2=28,28-9=19;\\box
 
 Design:
 
-- **Levels** (``LEVELS``): number of operands and operand range. Level 1 = 2 operands in 1..20 (≤ 21
-  characters of response), level 2 = 3 operands (≤ ~32), level 3 = 4 operands (≤ ~45), level 4 = 5 operands.
-  Operators are uniform over ``+ - *``, operands uniform over 1..max.
+- **Levels** (``LEVELS``): number of operands and operand range. Level 1 = 2 operands in 1..20, level 2 = 3,
+  level 3 = 4, level 4 = 5 operands. Operators are uniform over ``+ - *``, operands uniform over 1..20.
+  Solution length (characters): level 1 at most 21, level 2 at most 34 (both over every problem), level 3
+  mean 38 / max 51, level 4 mean 48 / max 68 (over 15,000 sampled problems each).
 - **Branch points**: evaluation follows the usual precedence, but the *order* of steps is free where it does
   not change the value: any ``*`` may be done next, and the leftmost ``+``/``-`` may be done next when its
   right operand is not part of a product. So ``3+4-2*5`` has two correct solutions (``3+4=7,2*5=10,7-10=-3``
