@@ -58,3 +58,9 @@ def load_trainer_state(path: Path, optimizer: Any, scheduler: Any) -> TrainState
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     return TrainState(**io.read_json(path / "state.json"))
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after the checkpoint we resume from (they will be recomputed)."""
+    if path.is_file():
+        io.write_jsonl(path, [r for r in io.read_jsonl(path) if r["step"] <= step])

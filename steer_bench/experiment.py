@@ -1,0 +1,176 @@
+"""The experiment config: what `snakemake` runs (one YAML = one study: data, model, methods × seeds, eval).
+
+It composes the per-run :class:`~steer_bench.runconfig.TrainConfig` (the ``train:`` section, completed
+with the model path, the training data, the method and the seed) and fixes the on-disk layout that the
+Snakefile and every subcommand share::
+
+    results/<name>/data/<dataset>.parquet            prepared datasets
+    results/<name>/warmstart/                        tiny model (when ``warmstart`` is set)
+    results/<name>/runs/<method>/seed<k>/            one training run (train.done marks completion)
+    results/<name>/eval/<row>/<benchmark>/           evaluation of a run or an eval-only model
+    results/<name>/report/                           tables and figures
+
+``load_experiment`` validates everything up front — unknown methods, benchmarks, keys, bad seeds — so a
+broken config fails before any job starts, with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from steer_bench.config import StrictModel, apply_overrides, deep_merge, dump_yaml, read_yaml, validate
+from steer_bench.errors import SteerBenchError
+from steer_bench.runconfig import TrainConfig
+
+
+class DataSection(StrictModel):
+    dir: str | None = None
+    """Local folder of verl-format parquet files (the STEER release); None = env STEER_BENCH_SHARED_DATA or the Hub."""
+    train: str
+    """Registry name of the training set (dapo_math_17k, synth_train)."""
+    validation: str | None = None
+    """Registry name of the held-out set checked during training (the paper: aime24)."""
+    benchmarks: list[str] = Field(min_length=1)
+    template: str = "paper"
+    templates: dict[str, str] = {}
+    """Per-dataset template overrides."""
+    limits: dict[str, int] = {}
+    """Per-dataset cap on problems (a seeded subset; for the synthetic task: how many to generate)."""
+    synthetic_levels: list[int] = [1, 2]
+    """Difficulty levels of the synthetic task (synth_train / synth_test), as in the warm start."""
+
+
+class EvalOnlyRow(StrictModel):
+    name: str
+    """Row label in the tables (e.g. base, steer_release)."""
+    model: str
+    """HF folder or Hub id; the word ``warmstart`` means this experiment's tiny model."""
+
+
+class EvalSection(StrictModel):
+    protocol: str | dict[str, Any] = "paper"
+    """A protocol name (paper, greedy) or a full protocol mapping (see steer_bench.evaluate)."""
+    engine: str = "vllm"
+    checkpoint: str = "best"
+    """Which checkpoint of a trained run to evaluate: best (by validation.metric) or last."""
+    workers: int = Field(2, ge=1)
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class ExperimentConfig(StrictModel):
+    name: str
+    results_dir: str = "results"
+    data: DataSection
+    warmstart: str | None = None
+    """Warm-start config (configs/warmstart/*.yaml) for the tiny model; None = use model_path."""
+    model_path: str | None = None
+    """HF folder or Hub id of the policy to train (paper: Qwen/Qwen2.5-Math-7B)."""
+    methods: list[str] = Field(min_length=1)
+    method_overrides: dict[str, list[str]] = {}
+    """Per-method dotted overrides of the preset, e.g. {steer: ["loss.params.weight_min=0.7"]}."""
+    seeds: list[int] = Field(min_length=1)
+    train: dict[str, Any]
+    """The TrainConfig fields shared by every run (model.path, data.train and seed are filled in)."""
+    eval: EvalSection = EvalSection()
+    eval_only: list[EvalOnlyRow] = []
+    tree: str | None = None
+    """Reasoning-tree testbed config (configs/tree/*.yaml) run by the pipeline; None = skip."""
+    reference: str | None = None
+    """Paper table whose numbers are printed beside ours (see steer_bench.report)."""
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+            raise ValueError(f"seeds must be distinct non-negative integers, got {seeds}")
+        return seeds
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: list[str]) -> list[str]:
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"methods listed twice: {methods}")
+        return methods
+
+    # ---- layout -------------------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return Path(self.results_dir) / self.name
+
+    def data_path(self, dataset: str) -> Path:
+        return self.root / "data" / f"{dataset}.parquet"
+
+    def warmstart_dir(self) -> Path:
+        return self.root / "warmstart"
+
+    def policy_path(self) -> str:
+        """The model every run starts from: the warm-started tiny model or ``model_path``."""
+        if self.warmstart:
+            return str(self.warmstart_dir())
+        assert self.model_path is not None  # checked by load_experiment
+        return self.model_path
+
+    def run_dir(self, method: str, seed: int) -> Path:
+        return self.root / "runs" / method / f"seed{seed}"
+
+    def datasets(self) -> list[str]:
+        names = [self.data.train, *([self.data.validation] if self.data.validation else []), *self.data.benchmarks]
+        return list(dict.fromkeys(names))
+
+    # ---- per-run configs ------------------------------------------------------------------------------
+    def train_config(self, seed: int, overrides: list[str] | None = None) -> TrainConfig:
+        base: dict[str, Any] = {
+            "experiment": self.name,
+            "model": {"path": self.policy_path()},
+            "data": {"train": str(self.data_path(self.data.train))},
+            "seed": seed,
+        }
+        if self.data.validation:
+            base["validation"] = {"data": str(self.data_path(self.data.validation))}
+        merged = apply_overrides(deep_merge(base, self.train), overrides)
+        return validate(TrainConfig, merged, source=f"experiment {self.name!r}, section 'train'")
+
+
+def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read and fully validate an experiment config (methods, presets, benchmarks, the train section)."""
+    from steer_bench.data.registry import REGISTRY as DATASETS  # lazy: keeps `import steer_bench.experiment` light
+    from steer_bench.methods import list_methods, load_method
+
+    exp = validate(ExperimentConfig, apply_overrides(read_yaml(path), overrides), source=str(path))
+    if not exp.warmstart and not exp.model_path:
+        raise SteerBenchError(f"{path}: set either 'warmstart' (tiny model) or 'model_path'")
+    unknown = [d for d in exp.datasets() if d not in DATASETS]
+    if unknown:
+        raise SteerBenchError(f"{path}: unknown dataset(s) {unknown} in 'data'; known: {sorted(DATASETS)}")
+    valid = list_methods()
+    for m in exp.methods:
+        if m not in valid:
+            raise SteerBenchError(f"{path}: unknown method {m!r} in 'methods'; valid: {valid}")
+    for m, ov in exp.method_overrides.items():
+        if m not in exp.methods:
+            raise SteerBenchError(f"{path}: 'method_overrides' names {m!r}, which is not in 'methods'")
+        load_method(m, ov)
+    exp.train_config(exp.seeds[0])
+    for ref in (exp.warmstart, exp.tree):
+        if ref and not Path(ref).is_file():
+            raise SteerBenchError(f"{path}: config file {ref!r} not found")
+    return exp
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="experiment YAML (e.g. configs/default.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key.sub=value override")
+
+
+def run(args: argparse.Namespace) -> int:
+    exp = load_experiment(args.config, args.overrides)
+    print(dump_yaml(exp))
+    for m in exp.methods:
+        for s in exp.seeds:
+            print(f"run: {exp.run_dir(m, s)}")
+    return 0

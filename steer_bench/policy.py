@@ -1,0 +1,90 @@
+"""Loading the policy (model + tokenizer) and turning prepared problems into prompt token ids.
+
+Shared by training and evaluation so both see exactly the same prompts: the dataset's messages rendered
+with the tokenizer's chat template (generation prompt appended). Over-long prompts are an error that names
+the problem ids, never silently truncated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+
+from steer_bench.errors import SteerBenchError
+from steer_bench.rollout.batch import PaddedRollout
+from steer_bench.runconfig import ModelConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Policy:
+    model: Any
+    tokenizer: Any
+    context_len: int | None
+    """The model's maximum sequence length (``max_position_embeddings``), None if the config has none."""
+
+
+def load_policy(cfg: ModelConfig, *, path: str | None = None) -> Policy:
+    """Load model and tokenizer from ``path`` (a checkpoint) or ``cfg.path`` (folder or Hub id)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = path or cfg.path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, padding_side="left")
+        kwargs: dict[str, Any] = {"dtype": _DTYPES[cfg.dtype]}
+        if cfg.attn_implementation:
+            kwargs["attn_implementation"] = cfg.attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    except OSError as e:
+        raise SteerBenchError(f"cannot load model {where!r}: {e}") from e
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return Policy(model, tokenizer, getattr(model.config, "max_position_embeddings", None))
+
+
+def prompt_token_ids(tokenizer: Any, problems: pd.DataFrame, *, max_len: int, source: str) -> list[list[int]]:
+    """Chat-templated prompt ids per problem; raises naming the problems longer than ``max_len`` tokens."""
+    ids = [render_prompt(tokenizer, messages) for messages in problems["prompt"]]
+    too_long = [(pid, len(x)) for pid, x in zip(problems["problem_id"], ids, strict=True) if len(x) > max_len]
+    if too_long:
+        raise SteerBenchError(
+            f"{source}: {len(too_long)} prompt(s) longer than max_prompt_len={max_len} tokens, e.g. "
+            + ", ".join(f"{pid} ({n})" for pid, n in too_long[:5])
+        )
+    return ids
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    if tokenizer.chat_template is None:
+        raise SteerBenchError("the tokenizer has no chat template; prompts are chat messages")
+    out = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+    ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+    return list(ids)
+
+
+def select_rows(batch: PaddedRollout, rows: torch.Tensor) -> PaddedRollout:
+    """The sub-batch ``rows`` with the columns that are padding in every selected row dropped.
+
+    Dropping all-pad prompt columns (left) and response columns (right) saves compute on micro-batches
+    of short sequences; the caller pads per-token results back to the full T with :func:`pad_to`.
+    """
+    ids, att, pos, resp = (
+        t[rows] for t in (batch.input_ids, batch.attention_mask, batch.position_ids, batch.response_mask)
+    )
+    p = batch.prompt_len
+    first = int(att[:, :p].any(0).int().argmax()) if p else 0
+    t_used = max(1, int(resp.sum(0).nonzero().max()) + 1) if resp.any() else 1
+    cols = slice(first, p + t_used)
+    lp = None if batch.response_logprobs is None else batch.response_logprobs[rows][:, :t_used]
+    return PaddedRollout(ids[:, cols], att[:, cols], pos[:, cols], resp[:, :t_used], lp)
+
+
+def pad_to(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Right-pad (B, T') with zeros to (B, length)."""
+    return torch.nn.functional.pad(x, (0, length - x.shape[1]))

@@ -1,0 +1,112 @@
+"""Per-step rollout statistics: rewards, accuracy, lengths, truncation, entropy (quantiles, by advantage sign),
+grader health and the rollout-engine/trainer log-prob gap. Pure functions of one step's tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from steer_bench import io
+from steer_bench.algos.stats import masked_mean, masked_quantile
+from steer_bench.grading import Verdict, summarize_verdicts
+from steer_bench.rollout.batch import PaddedRollout
+
+
+def rollout_metrics(
+    batch: PaddedRollout,
+    truncated: Sequence[bool],
+    verdicts: Sequence[Verdict],
+    scores: torch.Tensor,
+    adv: torch.Tensor,
+    old_logp: torch.Tensor,
+    old_entropy: torch.Tensor,
+    group_ids: torch.Tensor,
+) -> dict[str, float]:
+    """Metrics of one rollout batch (B sequences, T response tokens).
+
+    ``rollout/entropy_*`` are over response tokens of the rollout policy (the old-log-prob pass), token-weighted;
+    ``_adv_pos``/``_adv_neg`` restrict to tokens of responses with A > 0 / A < 0. ``rollout/all_equal_groups`` is the
+    fraction of prompts whose responses all got the same score (zero GRPO signal). ``rollout/logprob_gap`` is
+    the mean |logπ_engine − logπ_trainer| over response tokens (only when the engine returns log-probs).
+    """
+    mask = batch.response_mask
+    lengths = mask.sum(-1)
+    q10, q50, q90 = masked_quantile(old_entropy, mask, [0.1, 0.5, 0.9]).tolist()
+    seq_adv = (adv * mask).sum(-1) / lengths.clamp(min=1)
+    pos, neg = mask * (seq_adv > 0)[:, None], mask * (seq_adv < 0)[:, None]
+    g = summarize_verdicts(verdicts)
+    out = {
+        "rollout/reward_mean": float(scores.mean()),
+        "rollout/accuracy": float(g["accuracy"]),
+        "rollout/response_len_mean": float(lengths.mean()),
+        "rollout/response_len_max": float(lengths.max()),
+        "rollout/truncation_rate": sum(truncated) / len(truncated),
+        "rollout/all_equal_groups": _all_equal_fraction(scores, group_ids),
+        "rollout/entropy_mean": float(masked_mean(old_entropy, mask)),
+        "rollout/entropy_p10": q10,
+        "rollout/entropy_p50": q50,
+        "rollout/entropy_p90": q90,
+        "rollout/entropy_adv_pos": float(masked_mean(old_entropy, pos)) if pos.any() else float("nan"),
+        "rollout/entropy_adv_neg": float(masked_mean(old_entropy, neg)) if neg.any() else float("nan"),
+        "rollout/nll_mean": float(masked_mean(-old_logp, mask)),
+        "rollout/adv_abs_mean": float(masked_mean(adv.abs(), mask)),
+        "grading/timeouts": float(g["n_timeout"]),
+        "grading/errors": float(g["n_error"]),
+        "grading/agreement": float(g["agreement"]),
+        "grading/strict_accuracy": float(g["strict_accuracy"]),
+    }
+    if batch.response_logprobs is not None:
+        out["rollout/logprob_gap"] = float(masked_mean((batch.response_logprobs - old_logp).abs(), mask))
+    return out
+
+
+def _all_equal_fraction(scores: torch.Tensor, group_ids: torch.Tensor) -> float:
+    groups = group_ids.unique()
+    same = [bool((scores[group_ids == g] == scores[group_ids == g][0]).all()) for g in groups]
+    return sum(same) / len(same)
+
+
+def dump_rollouts(
+    path: Path,
+    problems: Any,
+    idx: list[int],
+    rollout: Any,
+    texts: list[str],
+    verdicts: list[Any],
+    scores: torch.Tensor,
+    batch: PaddedRollout,
+    entropy: torch.Tensor,
+) -> None:
+    mask = batch.response_mask
+    ent = ((entropy * mask).sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
+    rows = [
+        {
+            "problem_id": problems["problem_id"].iloc[idx[p]],
+            "sample": i,
+            "response": text,
+            "answer": problems["answer"].iloc[idx[p]],
+            "pred": v.pred,
+            "correct": v.correct,
+            "status": v.status,
+            "score": float(s),
+            "length": len(r),
+            "truncated": t,
+            "entropy_mean": e,
+        }
+        for i, (p, text, v, s, r, t, e) in enumerate(
+            zip(
+                rollout.prompt_index,
+                texts,
+                verdicts,
+                scores,
+                rollout.response_ids,
+                rollout.truncated,
+                ent,
+                strict=True,
+            )
+        )
+    ]
+    io.write_jsonl(path, rows)

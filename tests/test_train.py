@@ -1,0 +1,225 @@
+"""The RL trainer on the real tiny model: every method preset, validation and best checkpoint, errors,
+kill-and-resume with a real signal, and two data-parallel CPU ranks under `accelerate launch`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tiny import tiny_model_dir
+from transformers import AutoModelForCausalLM
+
+from steer_bench.config import validate
+from steer_bench.data.prepare import prepare_dataset
+from steer_bench.errors import SteerBenchError
+from steer_bench.io import read_json, read_jsonl
+from steer_bench.methods import list_methods, load_method
+from steer_bench.runconfig import TrainConfig
+from steer_bench.tracking import metric_history, search_runs
+from steer_bench.train import prompt_order, train
+
+REPO = Path(__file__).resolve().parents[1]
+# Keys every step must log, whatever the method.
+CORE_KEYS = {
+    "rollout/reward_mean", "rollout/accuracy", "rollout/entropy_mean", "rollout/entropy_p50",
+    "rollout/response_len_mean", "rollout/truncation_rate", "rollout/all_equal_groups", "loss/clipfrac_high",
+    "loss/clipfrac_low", "loss/approx_kl", "train/grad_norm", "time/rollout", "time/update", "time/step",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("data")
+    out = {}
+    for name, n in (("synth_train", 200), ("synth_test", 16)):
+        out[name] = d / f"{name}.parquet"
+        prepare_dataset(name, out[name], limit=n, levels=[1], check_golds=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model_dir(tmp_path_factory)
+
+
+def make_cfg(model_dir: Path, data: dict[str, Path], **over: Any) -> TrainConfig:
+    raw: dict[str, Any] = {
+        "experiment": "test",
+        "model": {"path": str(model_dir)},
+        "data": {"train": str(data["synth_train"])},
+        "rollout": {"engine": "hf", "n": 4, "max_new_tokens": 20},
+        "optim": {"lr": 1e-3, "weight_decay": 0.0},
+        "steps": 2,
+        "prompts_per_step": 4,
+        "mini_batch_prompts": 2,  # 2 optimizer steps per rollout: the second is off-policy (kl_cov acts)
+        "micro_batch_size": 4,
+        "max_prompt_len": 40,
+        "save_every": 1,
+        "log_rollouts_every": 1,
+        "track": False,
+    }
+    for key, value in over.items():
+        node = raw
+        *path, last = key.split("__")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return validate(TrainConfig, raw, source="test")
+
+
+def finite_metrics(run_dir: Path) -> list[dict[str, float]]:
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    for row in rows:
+        bad = {k: v for k, v in row.items() if not math.isfinite(v)}
+        assert not bad, f"non-finite metrics at step {row['step']}: {bad}"
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_trains(name: str, model_dir: Path, data: dict[str, Path], tmp_path: Path) -> None:
+    method = load_method(name)
+    summary = train(make_cfg(model_dir, data), method, tmp_path)
+    rows = finite_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row.keys() >= CORE_KEYS, CORE_KEYS - row.keys()
+    if method.loss.name == "steer":
+        assert {"steer/lambda_mean", "steer/lambda_min", "steer/omega_abs_max"} <= rows[0].keys()
+    assert summary["steps"] == 2
+    assert (tmp_path / "train.done").is_file()
+    assert (tmp_path / "checkpoints" / "last" / "model.safetensors").is_file()
+    dump = read_jsonl(tmp_path / "rollouts" / "step_000001.jsonl")
+    assert len(dump) == 4 * 4
+    assert {"problem_id", "response", "correct", "score", "entropy_mean"} <= dump[0].keys()
+
+
+def test_mlflow_mirrors_metrics_file_and_validation_selects_best(
+    model_dir: Path, data: dict[str, Path], tmp_path: Path, mlflow_uri: str
+) -> None:
+    cfg = make_cfg(model_dir, data, track=True, steps=3, validation={
+        "every_n_steps": 1, "data": str(data["synth_test"]), "limit": 8, "n": 2})  # fmt: skip
+    summary = train(cfg, load_method("grpo"), tmp_path)
+    rows = finite_metrics(tmp_path)
+    (run,) = search_runs("test")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["method"] == "grpo"
+    assert run.data.tags["seed"] == "0"
+    assert run.data.params["config.optim.lr"] == "0.001"
+    for key in ("rollout/entropy_mean", "val/avg_at_k", "loss/clipfrac_low"):
+        assert metric_history(run.info.run_id, key) == [(r["step"], pytest.approx(r[key])) for r in rows]
+    vals = [r["val/avg_at_k"] for r in rows]
+    best_step = 1 + max(range(3), key=lambda i: (vals[i], -i))  # first step reaching the max
+    assert summary["best_step"] == best_step
+    assert summary["best_metric"] == pytest.approx(max(vals))
+    assert read_json(tmp_path / "checkpoints" / "best" / "state.json")["step"] == best_step
+
+
+def test_prompt_order_covers_each_epoch_once() -> None:
+    order = [i for step in range(1, 6) for i in prompt_order(10, 3, step, 4)]  # 20 draws = 2 epochs
+    assert sorted(order[:10]) == list(range(10))
+    assert sorted(order[10:]) == list(range(10))
+    assert order != [i for step in range(1, 6) for i in prompt_order(10, 4, step, 4)]  # the seed matters
+
+
+def test_config_errors_name_the_culprit(model_dir: Path, data: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(SteerBenchError, match=r"rollout.n must be ≥ 2"):
+        train(make_cfg(model_dir, data, rollout__n=1, micro_batch_size=2), load_method("grpo"), tmp_path)
+    with pytest.raises(SteerBenchError, match=r"exceeds the context .* \(128 tokens\)"):
+        train(make_cfg(model_dir, data, rollout__max_new_tokens=100), load_method("w_reinforce"), tmp_path)
+    with pytest.raises(SteerBenchError, match=r"longer than max_prompt_len=5 .*synth_train/"):
+        train(make_cfg(model_dir, data, max_prompt_len=5), load_method("grpo"), tmp_path)
+    with pytest.raises(SteerBenchError, match=r"mini_batch_prompts \(3\) must divide"):
+        make_cfg(model_dir, data, mini_batch_prompts=3)
+    with pytest.raises(SteerBenchError, match="cannot load model"):
+        train(make_cfg(tmp_path / "missing", data), load_method("grpo"), tmp_path)
+    assert not (tmp_path / "train.done").exists()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(model_dir: Path, data: dict[str, Path], tmp_path: Path) -> None:
+    # An absurd learning rate blows the weights up after the first update: step 2's loss is not finite.
+    cfg = make_cfg(model_dir, data, steps=4, optim={"lr": 1e30, "weight_decay": 0.0, "grad_clip": 1e30})
+    with pytest.raises(SteerBenchError, match=r"step \d: .*not finite|step \d: the .* is (nan|inf)") as err:
+        train(cfg, load_method("grpo"), tmp_path)
+    assert "last good checkpoint" in str(err.value)
+    assert not (tmp_path / "train.done").exists()
+    saved = read_json(tmp_path / "checkpoints" / "last" / "state.json")["step"]
+    assert saved < len(read_jsonl(tmp_path / "metrics.jsonl")) + 1
+
+
+def _experiment(tmp: Path, model_dir: Path, data: dict[str, Path], steps: int) -> Path:
+    """An experiment YAML whose layout points at prepared data and the tiny model (for the CLI)."""
+    root = tmp / "results" / "resume"
+    (root / "data").mkdir(parents=True)
+    for name, path in data.items():
+        (root / "data" / f"{name}.parquet").symlink_to(path)
+    exp = {
+        "name": "resume", "results_dir": str(tmp / "results"), "model_path": str(model_dir),
+        "data": {"train": "synth_train", "benchmarks": ["synth_test"]}, "methods": ["grpo"], "seeds": [0],
+        "train": {"rollout": {"n": 4, "max_new_tokens": 20}, "optim": {"lr": 1e-3, "weight_decay": 0.0},
+                  "steps": steps, "prompts_per_step": 4, "mini_batch_prompts": 2, "micro_batch_size": 4,
+                  "max_prompt_len": 40, "save_every": 2, "track": False},
+    }  # fmt: skip
+    path = tmp / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def _cli(config: Path, out: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "steer_bench", "train", "--config", str(config), "--method", "grpo", "--seed", "0",
+           "--out", str(out)]  # fmt: skip
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _deterministic(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_matches_uninterrupted(model_dir: Path, data: dict[str, Path], tmp_path: Path) -> None:
+    config = _experiment(tmp_path, model_dir, data, steps=6)
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    assert _cli(config, ref).wait(timeout=300) == 0
+    proc = _cli(config, killed)
+    deadline = time.time() + 300
+    # Kill it once step 3 is logged: the step-2 checkpoint exists, step 3's work is lost and must be redone.
+    while time.time() < deadline and len(read_jsonl(killed / "metrics.jsonl") if (killed / "metrics.jsonl").exists()
+                                         else []) < 3:  # fmt: skip
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "train.done").exists()
+    assert read_json(killed / "checkpoints" / "last" / "state.json")["step"] in (2, 4)
+    assert _cli(config, killed).wait(timeout=300) == 0
+    got, want = read_jsonl(killed / "metrics.jsonl"), read_jsonl(ref / "metrics.jsonl")
+    assert [r["step"] for r in got] == list(range(1, 7))
+    assert _deterministic(got) == _deterministic(want)
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_keep_parameters_identical(model_dir: Path, data: dict[str, Path], tmp_path: Path) -> None:
+    config = _experiment(tmp_path, model_dir, data, steps=2)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "steer_bench", "train",
+           "--config", str(config), "--method", "steer", "--seed", "0", "--out", str(tmp_path / "ddp"),
+           "--method-set", "loss.params.scope=mini"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = json.loads((tmp_path / "ddp" / "train.done").read_text())
+    first, second = done["param_checksums"]
+    assert first == second
+    start = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert first != pytest.approx(sum(float(p.abs().sum()) for p in start.parameters()), rel=1e-9)  # it trained
+    assert len(finite_metrics(tmp_path / "ddp")) == 2
