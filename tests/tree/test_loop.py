@@ -1,0 +1,117 @@
+"""The training loop drives the library's registries (no second implementation) with paired seeds."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from steer_bench.algos import ADVANTAGES, POLICY_LOSSES, compute_advantages, logprobs_and_entropy, policy_loss
+from steer_bench.config import validate
+from steer_bench.methods import list_methods, load_method
+from steer_bench.tree.config import SettingConfig
+from steer_bench.tree.loop import RunLog, rollout, train_run, update
+from steer_bench.tree.policy import TabularPolicy
+from steer_bench.tree.summary import crossing
+from steer_bench.tree.task import make_task
+
+TINY = {
+    "description": "tiny",
+    "task": {
+        "problems": 6, "depth": 3, "branching": 3, "state": "prev", "share": 1,
+        "verifier": {"kind": "mod", "modulus": 2},
+    },
+    "train": {
+        "steps": 3, "problems_per_step": 3, "samples_per_problem": 4, "minibatches": 2, "shuffle": True,
+        "lr": 5.0, "init_std": 1.0, "eval_every": 1, "analysis_every": 2, "pass_k": [1, 4],
+    },
+    "matched_accuracy": [0.5],
+}  # fmt: skip
+
+
+def tiny_setting(**train: object) -> SettingConfig:
+    return validate(SettingConfig, {**TINY, "train": {**TINY["train"], **train}}, source="test")
+
+
+def _counting(fn, calls: list[str], name: str):
+    @functools.wraps(fn)  # keeps the signature the registries introspect
+    def wrapper(*args, **kwargs):
+        calls.append(name)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("preset", list_methods())
+def test_every_preset_runs_through_the_library_registries(preset: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    method = load_method(preset)
+    calls: list[str] = []
+    est, loss = method.advantage.estimator, method.loss.name
+    monkeypatch.setitem(ADVANTAGES, est, _counting(ADVANTAGES[est], calls, "adv"))
+    entry = POLICY_LOSSES[loss]
+    monkeypatch.setitem(POLICY_LOSSES, loss, type(entry)(**{**vars(entry), "fn": _counting(entry.fn, calls, "loss")}))
+    # no probes here: their vanilla step calls the "ppo" entry too
+    log = train_run(tiny_setting(analysis_every=0), method, lr=5.0, seed=0, keep_points=False, log=RunLog())
+    steps = TINY["train"]["steps"]
+    assert calls.count("adv") == steps
+    assert calls.count("loss") == steps * TINY["train"]["minibatches"]
+    assert [r["step"] for r in log.rows] == list(range(steps + 1))
+    assert all(torch.isfinite(torch.tensor(r["exact/entropy"])) for r in log.rows)
+
+
+@pytest.mark.parametrize("preset", ["grpo", "steer", "clip_cov", "fork_tokens", "entropy_loss"])
+def test_one_update_is_exactly_an_sgd_step_on_the_library_loss(preset: str) -> None:
+    """Plumbing only: the loop's step equals a hand-made SGD step on ``policy_loss`` of the same mini-batch."""
+    method = load_method(preset)
+    task = make_task(tiny_setting().task, 0)
+    policy = TabularPolicy(task, init_std=1.0, seed=0)
+    problems = torch.arange(3).repeat_interleave(4)
+    batch = rollout(policy, task, problems, torch.Generator().manual_seed(0))
+    mask = torch.ones_like(batch.old_logp)
+    adv = compute_advantages(
+        method.advantage.estimator, batch.scores, problems, mask, entropy=batch.old_entropy,
+        **method.advantage_params(),
+    )  # fmt: skip
+    table = policy.table.detach().clone().requires_grad_(True)
+    logp, ent = logprobs_and_entropy(table[batch.state_ids], batch.responses, temperature=1.0)
+    loss, _ = policy_loss(
+        method.loss.name, logp, batch.old_logp, adv, mask.bool(), ent, old_entropy=batch.old_entropy,
+        max_response_len=task.D, generator=torch.Generator().manual_seed(5), **method.loss_params(),
+    )  # fmt: skip
+    (grad,) = torch.autograd.grad(loss, table)
+    metrics = update(policy, 3.0, batch, adv, method, torch.arange(12), 1, torch.Generator().manual_seed(5))
+    assert torch.allclose(policy.table.detach(), table.detach() - 3.0 * grad, atol=1e-12, rtol=0)
+    assert len(metrics) == 1
+    assert metrics[0]["loss/pg"].item() == pytest.approx(loss.item() + float(metrics[0].get("loss/entropy_bonus", 0)))
+
+
+def test_seeds_are_paired_across_methods() -> None:
+    """Same seed: same task, initial table, first rollout; the methods only diverge through their updates."""
+    setting = tiny_setting()
+    a = train_run(setting, load_method("grpo"), lr=5.0, seed=3, keep_points=False, log=RunLog())
+    b = train_run(setting, load_method("steer"), lr=5.0, seed=3, keep_points=False, log=RunLog())
+    c = train_run(setting, load_method("grpo"), lr=5.0, seed=4, keep_points=False, log=RunLog())
+    for key in ("exact/accuracy", "exact/entropy", "rollout/accuracy", "rollout/entropy"):
+        assert a.rows[0][key] == b.rows[0][key]
+    assert a.rows[0]["exact/entropy"] != c.rows[0]["exact/entropy"]
+    assert a.rows[-1]["exact/entropy"] != b.rows[-1]["exact/entropy"]
+
+
+def test_grpo_learns_and_collapses_entropy_on_the_dense_task() -> None:
+    setting = tiny_setting(steps=25, lr=20.0, analysis_every=0)
+    log = train_run(setting, load_method("grpo"), lr=20.0, seed=0, keep_points=False, log=RunLog())
+    first, last = log.rows[0], log.rows[-1]
+    assert last["exact/accuracy"] > first["exact/accuracy"] + 0.2
+    assert last["exact/entropy"] < 0.6 * first["exact/entropy"]
+
+
+def test_crossing_interpolates_the_first_time_accuracy_reaches_a_level() -> None:
+    import numpy as np
+
+    acc, ent = np.array([0.1, 0.3, 0.7, 0.6, 0.9]), np.array([1.0, 0.8, 0.4, 0.5, 0.1])
+    assert crossing(acc, ent, 0.5) == pytest.approx((1.5, 0.6))
+    assert crossing(acc, ent, 0.05) == (0.0, 1.0)
+    idx, value = crossing(acc, ent, 0.95)
+    assert idx != idx
+    assert value != value
