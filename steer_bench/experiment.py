@@ -62,6 +62,17 @@ class EvalSection(StrictModel):
     timeout_s: float = Field(10.0, gt=0)
 
 
+class ResourcesSection(StrictModel):
+    """Per-rule Snakemake resources (the SLURM executor maps them to sbatch flags; locally they only schedule)."""
+
+    train_gpus: int = Field(0, ge=0)
+    eval_gpus: int = Field(0, ge=0)
+    train_mem_mb: int = Field(4000, ge=1)
+    eval_mem_mb: int = Field(4000, ge=1)
+    train_minutes: int = Field(60, ge=1)
+    eval_minutes: int = Field(60, ge=1)
+
+
 class ExperimentConfig(StrictModel):
     name: str
     results_dir: str = "results"
@@ -82,6 +93,9 @@ class ExperimentConfig(StrictModel):
     """Reasoning-tree testbed config (configs/tree/*.yaml) run by the pipeline; None = skip."""
     reference: str | None = None
     """Paper table whose numbers are printed beside ours (see steer_bench.report)."""
+    resources: ResourcesSection = ResourcesSection()
+    accelerate_config: str | None = None
+    """configs/accelerate/*.yaml: train jobs run under `accelerate launch` with it (multi-GPU); None = one process."""
 
     @field_validator("seeds")
     @classmethod
@@ -136,12 +150,24 @@ class ExperimentConfig(StrictModel):
         return validate(TrainConfig, merged, source=f"experiment {self.name!r}, section 'train'")
 
 
+def read_with_extends(path: str | os.PathLike[str], _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read an experiment YAML; ``extends: <file>`` (relative to this file) deep-merges it over a base recipe."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise SteerBenchError(f"{path}: 'extends' cycle through {[str(p) for p in _seen]}")
+    data = read_yaml(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    return deep_merge(read_with_extends(path.parent / base, (*_seen, path)), data)
+
+
 def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = None) -> ExperimentConfig:
     """Read and fully validate an experiment config (methods, presets, benchmarks, the train section)."""
     from steer_bench.data.registry import REGISTRY as DATASETS  # lazy: keeps `import steer_bench.experiment` light
     from steer_bench.methods import list_methods, load_method
 
-    exp = validate(ExperimentConfig, apply_overrides(read_yaml(path), overrides), source=str(path))
+    exp = validate(ExperimentConfig, apply_overrides(read_with_extends(path), overrides), source=str(path))
     if not exp.warmstart and not exp.model_path:
         raise SteerBenchError(f"{path}: set either 'warmstart' (tiny model) or 'model_path'")
     unknown = [d for d in exp.datasets() if d not in DATASETS]
@@ -156,7 +182,7 @@ def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = 
             raise SteerBenchError(f"{path}: 'method_overrides' names {m!r}, which is not in 'methods'")
         load_method(m, ov)
     exp.train_config(exp.seeds[0])
-    for ref in (exp.warmstart, exp.tree):
+    for ref in (exp.warmstart, exp.tree, exp.accelerate_config):
         if ref and not Path(ref).is_file():
             raise SteerBenchError(f"{path}: config file {ref!r} not found")
     return exp

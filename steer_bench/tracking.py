@@ -46,6 +46,14 @@ def resolve_uri(default_db: str | os.PathLike[str] | None = None) -> str:
     return f"sqlite:///{path}"
 
 
+def _client(uri: str | None) -> MlflowClient:
+    """A client for ``uri`` (default: :func:`resolve_uri`); a sqlite store's folder is created if missing."""
+    uri = uri or resolve_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested config -> {"train.lr": "1e-06", ...} with values as strings, cut to MLflow's length limit."""
     out: dict[str, str] = {}
@@ -107,7 +115,7 @@ class Tracker:
         self.run_id: str | None = None
         if not enabled:
             return
-        self.client = MlflowClient(tracking_uri=uri or resolve_uri())
+        self.client = _client(uri)
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
             self.run_id = run_id
@@ -154,7 +162,7 @@ class Tracker:
 
 def search_runs(experiment: str, *, filter_string: str = "", uri: str | None = None) -> list[Any]:
     """All runs of an experiment (newest first), as MLflow ``Run`` objects; [] if the experiment is absent."""
-    client = MlflowClient(tracking_uri=uri or resolve_uri())
+    client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
@@ -163,7 +171,7 @@ def search_runs(experiment: str, *, filter_string: str = "", uri: str | None = N
 
 def metric_history(run_id: str, key: str, *, uri: str | None = None) -> list[tuple[int, float]]:
     """(step, value) pairs of one metric; a step logged twice (a resumed run) keeps its latest value."""
-    client = MlflowClient(tracking_uri=uri or resolve_uri())
+    client = _client(uri)
     latest: dict[int, tuple[int, float]] = {}
     for m in client.get_metric_history(run_id, sanitize_key(key)):
         if m.step not in latest or m.timestamp >= latest[m.step][0]:

@@ -1,0 +1,169 @@
+# steer-bench pipeline: prepare → (warmstart) → train (method × seed) → eval → report.
+#
+#   snakemake --cores 2                                          # the CPU miniature (configs/default.yaml)
+#   snakemake --cores 2 --configfile configs/smoke.yaml          # the 3-minute smoke pipeline
+#   snakemake --configfile configs/paper/table3_7b.yaml --workflow-profile profiles/slurm   # the paper, on SLURM
+#   snakemake --cores 2 results/miniature/runs/steer/seed0/train.done                      # one training run
+#
+# Every rule calls one `steer-bench` subcommand. The experiment YAML is validated (methods, benchmarks,
+# keys, seeds) before any job starts; the layout of results/ is defined in steer_bench/experiment.py.
+
+import os
+import sys
+from pathlib import Path
+
+from steer_bench.errors import SteerBenchError
+from steer_bench.experiment import load_experiment
+
+CONFIG = str(workflow.configfiles[-1]) if workflow.configfiles else "configs/default.yaml"
+try:
+    EXP = load_experiment(CONFIG)
+except SteerBenchError as e:
+    raise WorkflowError(f"invalid experiment config: {e}") from None
+
+PY = sys.executable  # the interpreter running snakemake (the project's venv)
+SB = f"{PY} -m steer_bench"
+# Training runs under `accelerate launch` when the experiment names an accelerate config (multi-GPU, FSDP).
+TRAIN = f"{PY} -m accelerate.commands.launch --config_file {EXP.accelerate_config} -m steer_bench" if EXP.accelerate_config else SB
+ROOT = str(EXP.root)
+TREE = bool(EXP.tree)
+DATA_DIR = f"--data-dir {EXP.data.dir}" if EXP.data.dir else ""
+ONLY = [r.name for r in EXP.eval_only]
+RES = EXP.resources
+ANALYSIS = EXP.train_config(EXP.seeds[0]).analysis.every_n_steps > 0
+# One MLflow store per experiment unless the user points at a server (recommended on a cluster, DESIGN.md §8).
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(ROOT).resolve()}/mlflow.db")
+
+wildcard_constraints:
+    method="[A-Za-z0-9_.-]+",
+    seed=r"\d+",
+    dataset="[A-Za-z0-9_]+",
+    row="[A-Za-z0-9_.-]+",
+
+localrules: all, analyze, report
+
+
+def run_evals():
+    return [f"{ROOT}/eval/{m}/seed{s}/eval.done" for m in EXP.methods for s in EXP.seeds]
+
+
+rule all:
+    input:
+        f"{ROOT}/report/report.md",
+
+
+rule prepare:
+    output:
+        f"{ROOT}/data/{{dataset}}.parquet",
+    log:
+        f"{ROOT}/logs/prepare/{{dataset}}.log",
+    params:
+        limit=lambda w: f"--limit {EXP.data.limits[w.dataset]}" if w.dataset in EXP.data.limits else "",
+        template=lambda w: f"--template {EXP.data.templates.get(w.dataset, EXP.data.template)}",
+        levels=",".join(map(str, EXP.data.synthetic_levels)),
+    resources:
+        mem_mb=4000, runtime=30
+    shell:
+        "{SB} prepare --dataset {wildcards.dataset} --out {output} {params.limit} {params.template} "
+        "--levels {params.levels} {DATA_DIR} > {log} 2>&1"
+
+
+rule warmstart:
+    input:
+        EXP.warmstart or [],
+    output:
+        f"{ROOT}/warmstart/warmstart.json",
+    log:
+        f"{ROOT}/logs/warmstart.log",
+    threads: 2
+    resources:
+        mem_mb=4000, runtime=60
+    shell:
+        "{SB} warmstart --config {input} --out {ROOT}/warmstart > {log} 2>&1"
+
+
+rule train:
+    input:
+        train=f"{ROOT}/data/{EXP.data.train}.parquet",
+        val=[f"{ROOT}/data/{EXP.data.validation}.parquet"] if EXP.data.validation else [],
+        model=[f"{ROOT}/warmstart/warmstart.json"] if EXP.warmstart else [],
+    output:
+        f"{ROOT}/runs/{{method}}/seed{{seed}}/train.done",
+    log:
+        f"{ROOT}/logs/train/{{method}}-seed{{seed}}.log",
+    threads: 1
+    resources:
+        gpu=RES.train_gpus, mem_mb=RES.train_mem_mb, runtime=RES.train_minutes
+    shell:
+        "{TRAIN} train --config {CONFIG} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
+
+
+rule eval_run:
+    input:
+        run=f"{ROOT}/runs/{{method}}/seed{{seed}}/train.done",
+        data=[f"{ROOT}/data/{b}.parquet" for b in EXP.data.benchmarks],
+    output:
+        f"{ROOT}/eval/{{method}}/seed{{seed}}/eval.done",
+    log:
+        f"{ROOT}/logs/eval/{{method}}-seed{{seed}}.log",
+    threads: 1
+    resources:
+        gpu=RES.eval_gpus, mem_mb=RES.eval_mem_mb, runtime=RES.eval_minutes
+    shell:
+        "{SB} eval --config {CONFIG} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
+
+
+rule eval_only:
+    input:
+        data=[f"{ROOT}/data/{b}.parquet" for b in EXP.data.benchmarks],
+        model=[f"{ROOT}/warmstart/warmstart.json"] if EXP.warmstart else [],
+    output:
+        f"{ROOT}/eval/{{row}}/eval.done",
+    log:
+        f"{ROOT}/logs/eval/{{row}}.log",
+    wildcard_constraints:
+        row="|".join(ONLY) if ONLY else "$^",
+    threads: 1
+    resources:
+        gpu=RES.eval_gpus, mem_mb=RES.eval_mem_mb, runtime=RES.eval_minutes
+    shell:
+        "{SB} eval --config {CONFIG} --row {wildcards.row} > {log} 2>&1"
+
+
+rule tree:
+    input:
+        EXP.tree or [],
+    output:
+        f"{ROOT}/tree/tree.md",
+    log:
+        f"{ROOT}/logs/tree.log",
+    threads: 2
+    resources:
+        mem_mb=4000, runtime=30
+    shell:
+        "{SB} tree --config {input} --out {ROOT}/tree > {log} 2>&1"
+
+
+rule analyze:
+    input:
+        [f"{ROOT}/runs/{m}/seed{s}/train.done" for m in EXP.methods for s in EXP.seeds],
+    output:
+        f"{ROOT}/analysis/analysis.md",
+    log:
+        f"{ROOT}/logs/analyze.log",
+    shell:
+        "{SB} analyze --config {CONFIG} > {log} 2>&1"
+
+
+rule report:
+    input:
+        run_evals(),
+        [f"{ROOT}/eval/{r}/eval.done" for r in ONLY],
+        [f"{ROOT}/tree/tree.md"] if TREE else [],
+        [f"{ROOT}/analysis/analysis.md"] if ANALYSIS else [],
+    output:
+        f"{ROOT}/report/report.md",
+    log:
+        f"{ROOT}/logs/report.log",
+    shell:
+        "{SB} report --config {CONFIG} > {log} 2>&1"
