@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from steer_bench.config import StrictModel
 
@@ -121,6 +121,11 @@ class TrainConfig(StrictModel):
     """Dump sample rollouts as JSONL every N steps (0 = never)."""
     seed: int = 0
     track: bool = True
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: object) -> object:
+        return "no" if v is False else v  # YAML 1.1 reads a bare `no` as false
 
     @model_validator(mode="after")
     def _batch_shapes(self) -> TrainConfig:

@@ -19,10 +19,11 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
 
 _BAD_KEY_CHARS = re.compile(r"[^0-9A-Za-z_\-./ ]")
 _MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
@@ -48,6 +49,8 @@ def resolve_uri(default_db: str | os.PathLike[str] | None = None) -> str:
 
 def _client(uri: str | None) -> MlflowClient:
     """A client for ``uri`` (default: :func:`resolve_uri`); a sqlite store's folder is created if missing."""
+    from mlflow.tracking import MlflowClient  # lazy: runs with tracking off need no mlflow (e.g. a bare GPU box)
+
     uri = uri or resolve_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -128,6 +131,8 @@ class Tracker:
     def log_params(self, params: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
+        from mlflow.entities import Param
+
         items = [Param(k, v) for k, v in flatten(params).items()]
         existing = self.client.get_run(self.run_id).data.params
         items = [p for p in items if p.key not in existing]  # params are immutable; re-logging on resume is a no-op
@@ -136,12 +141,16 @@ class Tracker:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self.enabled:
+            from mlflow.entities import RunTag
+
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log finite scalar metrics at ``step``; non-finite values are skipped (MLflow stores them poorly)."""
         if not self.enabled:
             return
+        from mlflow.entities import Metric
+
         ts = int(1000 * time.time())
         items = [
             Metric(sanitize_key(k), float(v), ts, step)

@@ -293,7 +293,7 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
                 texts = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
                 verdicts = grader.grade(texts, [golds[idx[p]] for p in rollout.prompt_index])
                 correct = torch.tensor([v.correct and not t for v, t in zip(verdicts, rollout.truncated, strict=True)])
-                scores = torch.where(correct, cfg.reward.correct, cfg.reward.incorrect).float()
+                scores = torch.where(correct, cfg.reward.correct, cfg.reward.incorrect).float().to(accelerator.device)
                 t2 = time.perf_counter()
 
                 batch = rollout.padded(tokenizer.pad_token_id).to(accelerator.device)
@@ -301,7 +301,7 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
                 group_ids = torch.as_tensor(rollout.prompt_index, device=accelerator.device)
                 adv = compute_advantages(
                     method.advantage.estimator,
-                    scores.to(accelerator.device),
+                    scores,
                     group_ids,
                     batch.response_mask,
                     entropy=old[1],
