@@ -3,13 +3,23 @@ predicted vs measured ΔH per estimator, quadrant shares over training steps, an
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullLocator
 
-from steer_bench.analysis.stats import ESTIMATOR_LABELS, ESTIMATORS, QUADRANT_NAMES, prediction, quadrant_table
+from steer_bench.analysis.stats import (
+    ESTIMATOR_LABELS,
+    ESTIMATORS,
+    QUADRANT_NAMES,
+    agreement,
+    prediction,
+    quadrant_table,
+)
 from steer_bench.io import atomic_path
 
 QUADRANT_COLORS = {"pos_high": "tab:blue", "pos_low": "tab:orange", "neg_high": "tab:green", "neg_low": "tab:red"}
@@ -21,37 +31,51 @@ def _save(fig: Figure, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110)
 
 
-def _linthresh(values: np.ndarray) -> float:
-    """The linear zone of a symlog axis: the 10th percentile of the non-zero |values| (heavy-tailed data)."""
+def _symlog(ax: Axes, values: np.ndarray) -> None:
+    """Symlog x and y on one scale (heavy-tailed data): linear below the 10th percentile of the non-zero |values|,
+    ticks at 0 and ± powers of ten above it, at most ~4 per side."""
     nonzero = np.abs(values[values != 0])
-    return float(np.quantile(nonzero, 0.1)) if len(nonzero) else 1.0
+    if not len(nonzero):
+        return
+    lt = float(np.quantile(nonzero, 0.1))
+    lo, hi = math.floor(math.log10(lt)) + 1, math.ceil(math.log10(float(nonzero.max())))
+    powers = 10.0 ** np.arange(lo, hi + 1, max(1, math.ceil((hi - lo + 1) / 4)))
+    ticks = [*(-powers[::-1]), 0.0, *powers]
+    for axis, set_scale in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
+        set_scale("symlog", linthresh=lt)
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_minor_locator(NullLocator())
 
 
 def scatter(tokens: pd.DataFrame, methods: list[str], labels: dict[str, str], path: Path) -> None:
-    """Rows: methods; columns: estimators. x = −(η/L)·estimate, y = measured ΔH, coloured by quadrant."""
+    """Rows: methods; columns: estimators. x = the estimate at its least-squares scale c·(−η/L)·estimate (so that
+    y = x is a perfect estimator), y = measured ΔH, coloured by quadrant; the panel title gives Pearson r and c."""
     fig = Figure(figsize=(4.2 * len(ESTIMATORS) + 1.5, 3.6 * len(methods)), layout="constrained")
     axes = fig.subplots(len(methods), len(ESTIMATORS), squeeze=False)
     for i, m in enumerate(methods):
         group = tokens[tokens["method"] == m]
         shown = group.sample(n=MAX_POINTS, random_state=0) if len(group) > MAX_POINTS else group
-        dh = shown["delta_h"].to_numpy()
+        dh = shown["delta_h"].to_numpy(np.float64)
         for j, est in enumerate(ESTIMATORS):
-            ax, pred = axes[i, j], prediction(shown, est)
+            ax, stats = axes[i, j], agreement(prediction(group, est), group["delta_h"].to_numpy())
+            factor = stats["ls_factor"] if math.isfinite(stats["ls_factor"]) else 1.0
+            pred = factor * prediction(shown, est)
             for q in QUADRANT_NAMES:
                 sel = shown["quadrant"].to_numpy() == q
                 ax.scatter(pred[sel], dh[sel], s=4, alpha=0.5, color=QUADRANT_COLORS[q], label=q, linewidths=0)
-            lo, hi = min(pred.min(initial=0), dh.min(initial=0)), max(pred.max(initial=0), dh.max(initial=0))
-            ax.plot([lo, hi], [lo, hi], color="0.4", linestyle="--", linewidth=0.8, label="y = x")
-            ax.set_xscale("symlog", linthresh=_linthresh(pred))
-            ax.set_yscale("symlog", linthresh=_linthresh(dh))
+            both = np.concatenate([pred, dh, [0.0]])
+            ax.plot([both.min(), both.max()], [both.min(), both.max()], color="0.4", ls="--", lw=0.8, label="y = x")
+            _symlog(ax, np.concatenate([pred, dh]))
             ax.axhline(0, color="0.7", linewidth=0.5)
             ax.axvline(0, color="0.7", linewidth=0.5)
-            ax.set_title(f"{labels.get(m, m)}: {ESTIMATOR_LABELS[est]}", fontsize=9)
-            ax.set_xlabel("predicted ΔH = −(η/L)·estimate", fontsize=8)
+            title = f"{labels.get(m, m)}: {ESTIMATOR_LABELS[est]}\nr = {stats['pearson']:.2f}, c = {factor:.3g}"
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("c·(−η/L)·estimate", fontsize=8)
             ax.set_ylabel("measured ΔH", fontsize=8)
+            ax.tick_params(labelsize=7)
     handles = {h.get_label(): h for h in axes[0, 0].get_children() if h.get_label() in [*QUADRANT_NAMES, "y = x"]}
     fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8, markerscale=3)
-    fig.suptitle("Per-token entropy change across one optimizer step: estimate vs measurement (symlog axes)")
+    fig.suptitle("Per-token entropy change across one optimizer step: estimate (least-squares scale c) vs measurement")
     _save(fig, path)
 
 
