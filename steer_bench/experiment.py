@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from steer_bench.config import StrictModel, apply_overrides, deep_merge, dump_yaml, read_yaml, validate
 from steer_bench.errors import SteerBenchError
-from steer_bench.runconfig import TrainConfig
+from steer_bench.runconfig import TrainConfig, VllmConfig
 
 
 class DataSection(StrictModel):
@@ -54,12 +54,19 @@ class EvalOnlyRow(StrictModel):
 
 class EvalSection(StrictModel):
     protocol: str | dict[str, Any] = "paper"
-    """A protocol name (paper, greedy) or a full protocol mapping (see steer_bench.evaluate)."""
-    engine: str = "vllm"
-    checkpoint: str = "best"
+    """A protocol name (configs/protocols: paper, greedy), a YAML path, or a full protocol mapping
+    (see steer_bench.evaluation.protocol)."""
+    engine: Literal["vllm", "hf"] = "vllm"
+    checkpoint: Literal["best", "last"] = "best"
     """Which checkpoint of a trained run to evaluate: best (by validation.metric) or last."""
     workers: int = Field(2, ge=1)
     timeout_s: float = Field(10.0, gt=0)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: float32 on CPU; on GPU bfloat16 (hf) or the checkpoint's dtype (vllm)."""
+    batch_size: int = Field(64, ge=1)
+    """hf engine: prompts per generate call."""
+    vllm: VllmConfig = VllmConfig(gpu_memory_utilization=0.9)
+    """Tensor parallelism and memory of the vLLM engine (eval has the GPU to itself)."""
 
 
 class ResourcesSection(StrictModel):
@@ -182,6 +189,9 @@ def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = 
             raise SteerBenchError(f"{path}: 'method_overrides' names {m!r}, which is not in 'methods'")
         load_method(m, ov)
     exp.train_config(exp.seeds[0])
+    from steer_bench.evaluation.protocol import load_protocol
+
+    load_protocol(exp.eval.protocol)  # a broken protocol fails now, not after training
     for ref in (exp.warmstart, exp.tree, exp.accelerate_config):
         if ref and not Path(ref).is_file():
             raise SteerBenchError(f"{path}: config file {ref!r} not found")

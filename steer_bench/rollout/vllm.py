@@ -34,7 +34,8 @@ import os
 import random
 import tempfile
 from collections.abc import Iterator
-from typing import Literal
+from types import SimpleNamespace
+from typing import Any, Literal
 
 import numpy as np
 import safetensors.torch
@@ -136,6 +137,23 @@ class VLLMEngine:
                 generation_config="vllm",
                 **memory,
             )
+
+    @classmethod
+    def from_path(cls, model_path: str, tokenizer: PreTrainedTokenizerBase, **options: Any) -> VLLMEngine:
+        """An engine serving the HF folder or Hub id ``model_path`` without loading the model in this process
+        (evaluation). Only its config and generation config (for the eos set) are read here. There is no
+        trainer model to sync from or to check against: do not call ``sync_weights`` on this engine."""
+        from transformers import AutoConfig, GenerationConfig
+
+        config = AutoConfig.from_pretrained(model_path)
+        try:
+            generation = GenerationConfig.from_pretrained(model_path)
+        except OSError:  # no generation_config.json: the defaults derived from the model config
+            generation = GenerationConfig.from_model_config(config)
+        # __init__ reads only .config and .generation_config of the model when model_path is given
+        return cls(
+            SimpleNamespace(config=config, generation_config=generation), tokenizer, model_path=model_path, **options
+        )
 
     def sync_weights(self, model: PreTrainedModel) -> None:
         """Load ``model``'s current weights into the engine, then check them on the probe (see module doc).

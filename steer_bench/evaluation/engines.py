@@ -1,0 +1,102 @@
+"""The model under evaluation: where it is, how long its context is, and the engine that samples from it.
+
+Evaluation never needs the weights in this process for ``vllm`` (the engine loads them from the folder or
+Hub id itself: :meth:`~steer_bench.rollout.vllm.VLLMEngine.from_path`); the ``hf`` fallback loads them with
+:func:`steer_bench.policy.load_policy`, exactly as training does, onto the GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from steer_bench.errors import SteerBenchError
+from steer_bench.experiment import EvalSection
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json")
+
+
+def check_model(model: str) -> None:
+    """A local folder must exist; anything else must look like a Hub id (``org/name``)."""
+    if Path(model).is_dir():
+        return
+    if Path(model).exists() or not _HUB_ID.match(model):
+        raise SteerBenchError(f"model not found: {model!r} is neither a model folder nor a Hub id (org/name)")
+
+
+def _load_error(model: str, e: Exception) -> SteerBenchError:
+    where = "folder" if Path(model).is_dir() else "Hub id (is the Hub reachable, or the model in the HF cache?)"
+    return SteerBenchError(f"cannot load model {model!r} as a {where}: {e}")
+
+
+def load_tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    check_model(model)
+    try:
+        return AutoTokenizer.from_pretrained(model, padding_side="left")
+    except (OSError, ValueError) as e:
+        raise _load_error(model, e) from e
+
+
+def context_len(model: str) -> int:
+    """The model's maximum sequence length (``max_position_embeddings`` of its config)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model)
+    except (OSError, ValueError) as e:
+        raise _load_error(model, e) from e
+    length = getattr(config, "max_position_embeddings", None)
+    if not length:
+        raise SteerBenchError(f"{model}: the config has no max_position_embeddings; cannot check prompt lengths")
+    return int(length)
+
+
+def model_fingerprint(model: str) -> str:
+    """Changes when a local model folder's weights or config change (names, sizes, mtimes); a Hub id is itself."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return model
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
+    text = "\n".join(f"{p.name} {p.stat().st_size} {p.stat().st_mtime_ns}" for p in files)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def open_engine(
+    kind: str, model: str, tokenizer: Any, settings: EvalSection, *, seed: int, max_model_len: int
+) -> tuple[Any, dict[str, Any]]:
+    """(engine, what to record about it). ``max_model_len``: the longest prompt + max_new_tokens (vLLM
+    reserves KV cache for it); ``seed``: the engine's base seed (requests carry their own)."""
+    cuda = torch.cuda.is_available()
+    if kind == "vllm":
+        from steer_bench.rollout.vllm import VLLMEngine  # imports vllm: only when asked for
+
+        v = settings.vllm
+        options = {
+            "seed": seed,
+            "max_model_len": max_model_len,
+            "dtype": None if settings.dtype == "auto" else settings.dtype,
+            "tensor_parallel_size": v.tensor_parallel_size,
+            "gpu_memory_utilization": v.gpu_memory_utilization,
+            "cpu_kvcache_gb": v.cpu_kvcache_gb,
+            "enforce_eager": not cuda,  # CUDA graphs speed up decoding; the CPU backend runs eager
+        }
+        engine = VLLMEngine.from_path(model, tokenizer, **options)
+        return engine, {"kind": "vllm", **options, "dtype": engine.dtype, "device": "cuda" if cuda else "cpu"}
+    if kind == "hf":
+        from steer_bench.policy import load_policy
+        from steer_bench.rollout import HFEngine
+        from steer_bench.runconfig import ModelConfig
+
+        dtype = settings.dtype if settings.dtype != "auto" else ("bfloat16" if cuda else "float32")
+        policy = load_policy(ModelConfig(path=model, dtype=dtype))
+        device = "cuda" if cuda else "cpu"
+        engine = HFEngine(policy.model.to(device), policy.tokenizer, max_batch_size=settings.batch_size)
+        return engine, {"kind": "hf", "dtype": dtype, "device": device, "batch_size": settings.batch_size}
+    raise SteerBenchError(f"unknown evaluation engine {kind!r}; valid: hf, vllm")

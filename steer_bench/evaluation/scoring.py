@@ -1,0 +1,53 @@
+"""Per-sample rows and the metrics of one benchmark from its samples and their verdicts."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from steer_bench.evaluation.protocol import pass_ks
+from steer_bench.grading import strict_match, summarize_verdicts
+from steer_bench.metrics import benchmark_metrics
+
+
+def sample_rows(problems: pd.DataFrame, batch: Any, texts: list[str], verdicts: list[Any]) -> list[dict[str, Any]]:
+    """One row per sample (batch row i·k + j = sample j of problem i), in batch order."""
+    rows, seen = [], {}
+    for i, text, v, ids, finished in zip(
+        batch.prompt_index, texts, verdicts, batch.response_ids, batch.finished, strict=True
+    ):
+        gold = problems["answer"].iat[i]
+        seen[i] = seen.get(i, -1) + 1
+        rows.append({
+            "problem_id": problems["problem_id"].iat[i], "sample": seen[i], "gold": gold, "response": text,
+            "response_len": len(ids), "truncated": not finished, "pred": v.pred,
+            "strict_pred": strict_match(text, gold)[1], "correct": v.correct, "math_verify": v.math_verify,
+            "strict": v.strict, "status": v.status, "error": v.error,
+        })  # fmt: skip
+    return rows
+
+
+def score(rows: list[dict[str, Any]], verdicts: list[Any], k: int) -> dict[str, float]:
+    """avg@k (= ``acc``), pass@j and maj@j for j in :func:`pass_ks`, and the grading/length statistics."""
+    df = pd.DataFrame(rows)
+    m = benchmark_metrics(df[["problem_id", "correct", "pred"]], pass_ks(k))
+    g = summarize_verdicts(verdicts)
+    counts = ("n_problems", "n_samples")  # in the summary itself (n_problems, k)
+    return {
+        "acc": m["accuracy"],
+        **{key: v for key, v in m.items() if key not in counts},
+        "truncation_rate": float(df["truncated"].mean()),
+        "response_len_mean": float(df["response_len"].mean()),
+        "grader_agreement": g["agreement"],
+        "math_verify_acc": g["math_verify_accuracy"],
+        "strict_acc": g["strict_accuracy"],
+        "timeouts": g["n_timeout"],
+        "grading_errors": g["n_error"],
+    }
+
+
+def finite(metrics: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no NaN: an undefined metric (e.g. agreement with nothing graded) is written as null."""
+    return {k: (v if isinstance(v, int) or math.isfinite(v) else None) for k, v in metrics.items()}
