@@ -312,6 +312,9 @@ def test_analyze_errors_name_the_culprit(tmp_path: Path, capsys: pytest.CaptureF
     pd.DataFrame({"method": ["grpo"]}).to_parquet(bad)
     with pytest.raises(SteerBenchError, match=r"step_000001.parquet: not a probe file: missing column"):
         analyze([run], tmp_path / "out", command="test")
+    pd.DataFrame({c: [] for c in COLUMNS}).to_parquet(bad)  # a step whose mini-batch had only A = 0
+    with pytest.raises(SteerBenchError, match=r"hold no token with A ≠ 0"):
+        analyze([run], tmp_path / "out", command="test")
     assert not (tmp_path / "out").exists()
 
 

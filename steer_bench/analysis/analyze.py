@@ -55,16 +55,19 @@ class Runs:
     """Method -> display label (``method.yaml``'s label; the name when absent)."""
     without: list[Path]
     """Run directories with no analysis files."""
+    files: dict[str, int]
+    """Run directory -> analysis files read (steps whose first mini-batch had no A ≠ 0 token add none)."""
 
 
 def load_runs(dirs: list[Path]) -> Runs:
     """Read every run's probe files; a bad file is an error naming it, runs without files are listed."""
-    frames, labels, without = [], {}, []
+    frames, labels, without, counts = [], {}, [], {}
     for run in dirs:
         files = sorted(run.glob("analysis/step_*.parquet"))
         if not files:
             without.append(run)
             continue
+        counts[str(run)] = len(files)
         for f in files:
             frames.append(_read(f).assign(run=str(run)))
         if (run / "method.yaml").is_file():
@@ -76,8 +79,13 @@ def load_runs(dirs: list[Path]) -> Runs:
             + "; train with analysis.every_n_steps > 0"
         )  # fmt: skip
     tokens = pd.concat(frames, ignore_index=True)
+    if tokens.empty:
+        raise SteerBenchError(
+            f"the analysis files of {', '.join(counts)} hold no token with A ≠ 0: every group's rewards were equal "
+            "at the analysed steps (analyse more steps, or a stronger or weaker policy)"
+        )
     methods = list(dict.fromkeys(tokens["method"]))
-    return Runs(tokens, methods, {m: labels.get(m, m) for m in methods}, without)
+    return Runs(tokens, methods, {m: labels.get(m, m) for m in methods}, without, counts)
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -181,7 +189,8 @@ def document(runs: Runs, est_md: str, quad_md: str, command: str) -> str:
         f"Produced by `{command}` from {len(per_run)} run(s):",
         "",
         *(
-            f"- `{run}` ({r.method}, seed {r.seed}): {r.steps} analysed step(s), {r.tokens} tokens"
+            f"- `{run}` ({r.method}, seed {r.seed}): {runs.files[run]} analysed step(s), {r.steps} with tokens "
+            f"(A ≠ 0), {r.tokens} tokens"
             for run, r in per_run.iterrows()
         ),
         *(f"- `{run}`: no analysis files" for run in runs.without),

@@ -21,7 +21,9 @@ valid tokens (the token-mean denominator). ``cfg.analysis.max_tokens`` bounds th
 sample (seeded by the step) of those tokens; the step's metrics use all of them.
 
 Multi-process: every rank probes its own rows (the forwards stay symmetric, as FSDP needs); each rank computes
-its metrics (the trainer averages them over ranks) and only the main process writes its rows' parquet.
+its metrics (the trainer averages them over ranks) and only the main process writes its rows' parquet. L is then
+the rank's own token count, while the loss divides by all ranks' tokens: the −η/L column is off by about the
+number of processes (the fitted scale and the correlations are unaffected).
 """
 
 from __future__ import annotations
@@ -40,8 +42,11 @@ from torch import Tensor
 from steer_bench import io
 from steer_bench.algos import QUADRANTS, covariance, omega, quadrant, steer_weights
 from steer_bench.analysis.stats import step_metrics
+from steer_bench.methods import MethodConfig
+from steer_bench.rollout.batch import PaddedRollout
+from steer_bench.runconfig import TrainConfig
 
-Forward = Callable[[Any, Any, Tensor, float], tuple[Tensor, Tensor]]
+Forward = Callable[[Any, PaddedRollout, Tensor, float], tuple[Tensor, Tensor]]
 
 
 class EntropyProbe:
@@ -54,9 +59,9 @@ class EntropyProbe:
     def __init__(
         self,
         step: int,
-        method: Any,
-        cfg: Any,
-        batch: Any,
+        method: MethodConfig,
+        cfg: TrainConfig,
+        batch: PaddedRollout,
         old: tuple[Tensor, Tensor],
         adv: Tensor,
         *,
