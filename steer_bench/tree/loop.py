@@ -118,8 +118,8 @@ def analyse(
     Returns the probes' metrics and their raw points (one per visited state: ΔH and each prediction).
     """
     metrics, points = {}, []
-    for prefix, size in (("probe", lr), ("probe_tiny", lr * TINY)):
-        result = probe_step(policy.table, batch.state_ids[rows], batch.responses[rows], adv[rows], lr=size)
+    results = probe_step(policy.table, batch.state_ids[rows], batch.responses[rows], adv[rows], lrs=(lr, lr * TINY))
+    for prefix, result in zip(("probe", "probe_tiny"), results, strict=True):
         metrics |= probe_metrics(result, prefix, quadrants=prefix == "probe")  # shares are scale-free
         preds = {k: v.tolist() for k, v in result.predictions.items()}
         for i, dh in enumerate(result.delta_h.tolist()):

@@ -20,6 +20,7 @@ change by quadrant (sign of A × sign of ln p + H, ``algos.quadrant``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,43 +52,40 @@ def state_entropy(table: torch.Tensor) -> torch.Tensor:
 
 
 def probe_step(
-    table: torch.Tensor, state_ids: torch.Tensor, responses: torch.Tensor, adv: torch.Tensor, *, lr: float
-) -> ProbeResult:
-    """One SGD step of size ``lr`` on the vanilla loss of the tokens (state_ids (B, T), responses (B, T),
-    adv (B, T)) applied to a copy of ``table`` (S, K); nothing is modified."""
+    table: torch.Tensor, state_ids: torch.Tensor, responses: torch.Tensor, adv: torch.Tensor, *, lrs: Sequence[float]
+) -> list[ProbeResult]:
+    """One SGD step of each size in ``lrs`` on the vanilla loss of the tokens (state_ids (B, T), responses
+    (B, T), adv (B, T)) applied to a copy of ``table`` (S, K); nothing is modified. One result per size."""
     mask = torch.ones_like(adv, dtype=torch.bool)
     z0 = table.detach()
     logits = z0[state_ids].requires_grad_(True)  # a leaf per token: its grad is that token's own term
     logp, ent = logprobs_and_entropy(logits, responses, temperature=1.0)
     loss, _ = policy_loss("ppo", logp, logp.detach(), adv, mask, **VANILLA)
     (token_grad,) = torch.autograd.grad(loss, logits)
-    token_step = -lr * token_grad  # (B, T, K): Δz contributed by each token
-    step = torch.zeros_like(z0).index_add_(0, state_ids.flatten(), token_step.flatten(0, 1))
+    flat = state_ids.flatten()
+    unit_step = torch.zeros_like(z0).index_add_(0, flat, -token_grad.flatten(0, 1))  # Δz of the table per unit η
     z = z0.clone().requires_grad_(True)
     h0 = state_entropy(z)
     (grad_h,) = torch.autograd.grad(h0.sum(), z)  # row s: ∂H(s)/∂z_s (rows are independent)
-    delta_h = state_entropy(z0 + step) - h0.detach()
-    token_change = (grad_h[state_ids] * token_step).sum(-1)
+    unit_change = -(grad_h[state_ids] * token_grad).sum(-1)  # (B, T): each token's first-order ΔH per unit η
 
     logp, ent = logp.detach(), ent.detach()
-    scale = -lr / mask.sum()
-    per_token = {
-        "paper": omega(adv, logp, logp, ent, form="paper") * scale,
-        "first_order": omega(adv, logp, logp, ent, form="first_order") * scale,
-        "cov": covariance(adv, logp, mask) * scale,
-        "linear": token_change,
+    per_token = {  # per unit η; the estimates carry the step's −1/N (token-mean over N tokens)
+        "paper": omega(adv, logp, logp, ent, form="paper") / -mask.sum(),
+        "first_order": omega(adv, logp, logp, ent, form="first_order") / -mask.sum(),
+        "cov": covariance(adv, logp, mask) / -mask.sum(),
+        "linear": unit_change,
     }
     visited = state_ids[adv != 0].unique()  # states with no signal change by exactly 0: trivially predicted
-    predictions = {}
-    for name, values in per_token.items():
-        per_state = torch.zeros(len(z0), dtype=torch.float64).index_add_(0, state_ids.flatten(), values.flatten())
-        predictions[name] = per_state[visited].numpy()
-    return ProbeResult(
-        delta_h=delta_h[visited].numpy(),
-        predictions=predictions,
-        quadrant=quadrant_of(adv, logp, ent, mask),
-        token_change=token_change,
-    )
+    zeros = torch.zeros(len(z0), dtype=torch.float64)
+    per_state = {name: zeros.index_add(0, flat, v.flatten())[visited] for name, v in per_token.items()}
+    label = quadrant_of(adv, logp, ent, mask)
+    results = []
+    for lr in lrs:
+        delta_h = state_entropy(z0 + lr * unit_step) - h0.detach()
+        predictions = {name: (lr * v).numpy() for name, v in per_state.items()}
+        results.append(ProbeResult(delta_h[visited].numpy(), predictions, label, lr * unit_change))
+    return results
 
 
 def agreement(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:

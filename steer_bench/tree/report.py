@@ -46,7 +46,7 @@ def _paired(t: pd.DataFrame, method: str, col: str) -> str:
 def method_rows(cfg: StudyConfig, setting: str, t: pd.DataFrame) -> list[dict[str, str]]:
     """The main table of one setting: one row per method, mean ± std over seeds."""
     s = cfg.settings[setting]
-    levels = s.matched_accuracy[-2:]
+    levels = s.matched_accuracy
     notes = {m.label: m.note for m in cfg.methods}
     rows = []
     for method in t.index:
@@ -57,6 +57,7 @@ def method_rows(cfg: StudyConfig, setting: str, t: pd.DataFrame) -> list[dict[st
         row["acc sampled (last 5)"] = _cell(t, method, "sampled_accuracy_last5")
         for k in s.train.pass_k:
             row[f"pass@{k}"] = _cell(t, method, f"final_pass_at_{k}")
+        row[f"Δpass@{s.train.pass_k[-1]} vs ref"] = _paired(t, method, f"final_pass_at_{s.train.pass_k[-1]}")
         for level in levels:
             row[f"H @ acc {level:g}"] = _cell(t, method, f"entropy_at_acc_{level_key(level)}")
             row[f"ΔH @ acc {level:g} vs ref"] = _paired(t, method, f"entropy_at_acc_{level_key(level)}")
@@ -70,17 +71,17 @@ def method_rows(cfg: StudyConfig, setting: str, t: pd.DataFrame) -> list[dict[st
 
 
 def estimator_rows(runs: pd.DataFrame, reference: str) -> list[dict[str, str]]:
-    """Estimator accuracy vs the exact ΔH: reference method (early / late half of training) and all methods."""
+    """Estimator accuracy vs the exact per-state ΔH: the reference method's runs at the training step and at
+    1e-3 of it (mean ± std over seeds), and the training-step Pearson pooled over every method's runs."""
     ref = runs[runs["method"] == reference]
     rows = []
     for est in ESTIMATORS:
         row = {"estimator": figures.ESTIMATOR_LABELS[est]}
-        for label, data, suffix in (("ref early", ref, "_early"), ("ref late", ref, "_late"), ("all", runs, "")):
-            for stat in ("pearson", "rel_mse", "sign"):
-                col = f"{est}/{stat}{suffix}"
-                row[f"{stat} ({label})"] = fmt(data[col].mean(), data[col].std(ddof=1), 3)
-        tiny = f"tiny/{est}/pearson"
-        row["pearson (ref, step×1e-3)"] = fmt(ref[tiny].mean(), ref[tiny].std(ddof=1), 3)
+        for label, prefix in (("step", ""), ("step×1e-3", "tiny/")):
+            for stat in ("pearson", "spearman", "sign", "rel_mse"):
+                col = f"{prefix}{est}/{stat}"
+                row[f"{stat} ({label})"] = fmt(ref[col].mean(), ref[col].std(ddof=1), 3, general=stat == "rel_mse")
+        row["pearson (step, all methods)"] = fmt(runs[f"{est}/pearson"].mean(), runs[f"{est}/pearson"].std(ddof=1))
         rows.append(row)
     return rows
 
@@ -109,7 +110,8 @@ def findings(cfg: StudyConfig, setting: str, t: pd.DataFrame, runs: pd.DataFrame
         f"({s.train.steps} steps, mean over {cfg.seeds} seeds)."
     ]
     compared = [("final_entropy", "final entropy")]
-    compared += [(f"entropy_at_acc_{level_key(lv)}", f"entropy at accuracy {lv:g}") for lv in s.matched_accuracy[-2:]]
+    compared += [(f"entropy_at_acc_{level_key(lv)}", f"entropy at accuracy {lv:g}") for lv in s.matched_accuracy]
+    compared += [(f"final_pass_at_{s.train.pass_k[-1]}", f"final pass@{s.train.pass_k[-1]}")]
     for col, what in compared:
         higher, lower = [], []
         for method in t.index:

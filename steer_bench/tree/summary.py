@@ -98,7 +98,7 @@ def run_summaries(metrics: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
         ))  # fmt: skip
     df = pd.DataFrame(rows)
     ref = df[df["method"] == cfg.reference].set_index(["setting", "seed"])
-    paired = [c for c in df.columns if c.startswith("entropy_at_acc_")] + ["final_entropy", "final_accuracy"]
+    paired = [c for c in df.columns if c.startswith(("entropy_at_acc_", "final_")) and c != "final_step"]
     for col in paired:
         base = ref[col].reindex(pd.MultiIndex.from_frame(df[["setting", "seed"]])).to_numpy()
         df[f"delta_{col}"] = df[col].to_numpy() - base
@@ -115,10 +115,11 @@ def method_table(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     return table.sort_index(key=lambda idx: idx.map(rank) if idx.name == "method" else idx)
 
 
-def fmt(mean: float, std: float, digits: int = 3) -> str:
-    """'m ± s' (or '—' when undefined)."""
+def fmt(mean: float, std: float, digits: int = 3, *, general: bool = False) -> str:
+    """'m ± s' with ``digits`` decimals (``general``: significant digits, for quantities spanning decades)."""
     if mean != mean:
         return "—"
+    spec = f".{digits}g" if general else f".{digits}f"
     if std != std:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+        return f"{mean:{spec}}"
+    return f"{mean:{spec}} ± {std:{spec}}"

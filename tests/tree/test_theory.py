@@ -116,8 +116,7 @@ def test_probe_linearisation_is_exact_to_second_order_and_leaves_the_table_alone
     adv = torch.randn(12, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64).expand(12, 4)
     before = policy.table.detach().clone()
     errors = []
-    for lr in (0.4, 0.2, 0.1):
-        r = probe_step(policy.table, ids, responses, adv, lr=lr)
+    for r in probe_step(policy.table, ids, responses, adv, lrs=(0.4, 0.2, 0.1)):
         errors.append(abs(r.delta_h - r.predictions["linear"]).max())
         assert r.token_change.sum().item() == pytest.approx(r.predictions["linear"].sum())
     assert errors[0] / errors[1] == pytest.approx(4.0, rel=0.25)
