@@ -116,10 +116,11 @@ def probe_metrics(result: ProbeResult, prefix: str, *, quadrants: bool) -> dict[
             out[f"{prefix}/{name}/{stat}"] = value
     if not quadrants:
         return out
-    labelled = result.quadrant > 0
-    total_abs = result.token_change.abs().sum().clamp(min=1e-300)
+    labelled = int((result.quadrant > 0).sum())
+    total_abs = float(result.token_change.abs().sum())
     for q, name in QUADRANTS.items():
         inq = result.quadrant == q
-        out[f"quadrant/{name}/tokens"] = float(inq.sum() / labelled.sum().clamp(min=1))
-        out[f"quadrant/{name}/dh"] = float(result.token_change[inq].sum() / total_abs)
+        # no token with A ≠ 0 (every group all-correct or all-wrong): no shares, NaN rather than 0
+        out[f"quadrant/{name}/tokens"] = float(inq.sum()) / labelled if labelled else float("nan")
+        out[f"quadrant/{name}/dh"] = float(result.token_change[inq].sum()) / total_abs if total_abs else float("nan")
     return out

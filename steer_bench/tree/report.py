@@ -18,7 +18,7 @@ from steer_bench import io
 from steer_bench.config import dump_yaml
 from steer_bench.tree import figures
 from steer_bench.tree.config import StudyConfig
-from steer_bench.tree.study import StudyResult
+from steer_bench.tree.study import StudyResult, load_methods
 from steer_bench.tree.summary import fmt, level_key, method_table, run_summaries
 
 ESTIMATORS = ("paper", "first_order", "cov", "linear")
@@ -99,10 +99,13 @@ def _mean(t: pd.DataFrame, method: str, col: str) -> float:
     return float(t.loc[method, (col, "mean")]) if method in t.index and (col, "mean") in t.columns else math.nan
 
 
-def findings(cfg: StudyConfig, setting: str, t: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+def findings(cfg: StudyConfig, setting: str, t: pd.DataFrame, runs: pd.DataFrame, steer_labels: set[str]) -> list[str]:
     """Number-driven bullet points for one setting (no judgement words beyond the 2-SE test)."""
     ref, s = cfg.reference, cfg.settings[setting]
-    g = lambda col, m=ref: _mean(t, m, col)  # noqa: E731
+
+    def g(col: str, m: str = ref) -> float:
+        return _mean(t, m, col)
+
     out = [
         f"{ref}: exact token entropy {g('initial_entropy'):.3f} → {g('final_entropy'):.3f} nats, exact accuracy "
         f"{g('initial_accuracy'):.3f} → {g('final_accuracy'):.3f}, pass@{s.train.pass_k[-1]} "
@@ -123,7 +126,7 @@ def findings(cfg: StudyConfig, setting: str, t: pd.DataFrame, runs: pd.DataFrame
             f"{what} vs {ref}, paired, beyond 2 standard errors — higher: {', '.join(higher) or 'none'}; "
             f"lower: {', '.join(lower) or 'none'}."
         )
-    steer = [m for m in t.index if m.startswith("steer") or m.endswith("_steer")]
+    steer = [m for m in t.index if m in steer_labels]
     if steer:
         lam = ", ".join(f"{m} {g('steer/lambda_mean', m):.4f}" for m in steer)
         out.append(f"STEER mean λ per token: {lam}.")
@@ -151,7 +154,7 @@ def tree_markdown(cfg: StudyConfig, result: StudyResult, tables: dict[str, Any],
         f"`{cfg.reference}` with the same seed; * = beyond 2 standard errors.",
         "",
         f"Command: `{command}` — {len(result.metrics.groupby(['setting', 'method', 'seed']))} runs in "
-        f"{result.wall_s:.1f} s wall ({result.cpu_s:.1f} s CPU, {cfg.workers} workers).",
+        f"{result.wall_s:.1f} s wall ({result.cpu_s:.1f} s CPU; workers: {cfg.workers}).",
         "",
     ]
     if result.errors:
@@ -171,6 +174,7 @@ def tree_markdown(cfg: StudyConfig, result: StudyResult, tables: dict[str, Any],
 def write_outputs(out: Path, cfg: StudyConfig, result: StudyResult, command: str) -> dict[str, Any]:
     """Write every artefact into ``out`` atomically (the directory appears complete or not at all)."""
     runs = run_summaries(result.metrics, cfg)
+    steer_labels = {label for label, m in load_methods(cfg).items() if m.loss.name == "steer"}
     order = [m.label for m in cfg.methods]
     table = method_table(runs, order)
     tables: dict[str, Any] = {}
@@ -199,10 +203,10 @@ def write_outputs(out: Path, cfg: StudyConfig, result: StudyResult, command: str
             pts = result.points[result.points["setting"] == setting] if len(result.points) else result.points
             if len(pts):
                 figures.omega_vs_dh(pts, tmp / figs[3][0])
-            quad = [x for x in (cfg.reference, "steer", "steer_lmin0.5") if x in methods]
+            quad = [cfg.reference, *[x for x in methods if x in steer_labels][:2]]
             figures.quadrant_shares(m, quad, tmp / figs[4][0])
             tables[setting] = {
-                "findings": findings(cfg, setting, t, runs),
+                "findings": findings(cfg, setting, t, runs, steer_labels),
                 "methods_md": markdown_table(rows),
                 "estimators_md": markdown_table(est),
                 "figures": [f for f in figs if (tmp / f[0]).exists()],

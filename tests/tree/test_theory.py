@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 
-from steer_bench.algos import logprobs_and_entropy, omega, policy_loss
+from steer_bench.algos import QUADRANTS, logprobs_and_entropy, omega, policy_loss
 from steer_bench.config import validate
 from steer_bench.tree.policy import TabularPolicy
-from steer_bench.tree.probe import VANILLA, probe_step, state_entropy
+from steer_bench.tree.probe import VANILLA, probe_metrics, probe_step, state_entropy
 from steer_bench.tree.task import TaskConfig, make_task
 
 
@@ -122,3 +122,21 @@ def test_probe_linearisation_is_exact_to_second_order_and_leaves_the_table_alone
     assert errors[0] / errors[1] == pytest.approx(4.0, rel=0.25)
     assert errors[1] / errors[2] == pytest.approx(4.0, rel=0.25)
     assert torch.equal(policy.table.detach(), before)
+
+
+def test_quadrant_shares_cover_the_signal_tokens_and_are_undefined_without_signal() -> None:
+    cfg = {"problems": 4, "depth": 3, "branching": 3, "state": "prev", "share": 1}
+    task = make_task(validate(TaskConfig, {**cfg, "verifier": {"kind": "mod", "modulus": 3}}, source="t"), 0)
+    policy = TabularPolicy(task, init_std=1.0, seed=0)
+    problems = torch.arange(4).repeat_interleave(4)
+    responses = policy.sample(problems, torch.Generator().manual_seed(0))
+    ids = task.state_ids(problems, responses)
+    adv = torch.linspace(-1, 1, 16, dtype=torch.float64).unsqueeze(1).expand(16, 3)
+    (result,) = probe_step(policy.table, ids, responses, adv, lrs=(0.1,))
+    m = probe_metrics(result, "probe", quadrants=True)
+    assert sum(m[f"quadrant/{q}/tokens"] for q in QUADRANTS.values()) == pytest.approx(1.0)
+    assert sum(abs(m[f"quadrant/{q}/dh"]) for q in QUADRANTS.values()) <= 1.0 + 1e-12
+    (silent,) = probe_step(policy.table, ids, responses, torch.zeros_like(adv), lrs=(0.1,))
+    m = probe_metrics(silent, "probe", quadrants=True)
+    assert math.isnan(m["quadrant/pos_high/tokens"])
+    assert m["probe/states"] == 0
