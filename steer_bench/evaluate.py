@@ -92,7 +92,7 @@ def _from_config(args: argparse.Namespace):
         job = trained_run_job(exp, args.method, args.seed)
     else:
         raise SteerBenchError("eval --config needs either --method and --seed (a trained run) or --row (eval-only)")
-    return job, exp.eval, protocol, exp.root / "mlflow.db"
+    return job, exp.eval, protocol, exp.tracking_db()
 
 
 def _standalone(args: argparse.Namespace):

@@ -136,6 +136,10 @@ class ExperimentConfig(StrictModel):
         assert self.model_path is not None  # checked by load_experiment
         return self.model_path
 
+    def tracking_db(self) -> Path:
+        """The experiment's MLflow store when MLFLOW_TRACKING_URI is unset (train, eval and report agree on it)."""
+        return self.root / "mlflow.db"
+
     def run_dir(self, method: str, seed: int) -> Path:
         return self.root / "runs" / method / f"seed{seed}"
 
@@ -150,6 +154,7 @@ class ExperimentConfig(StrictModel):
             "model": {"path": self.policy_path()},
             "data": {"train": str(self.data_path(self.data.train))},
             "seed": seed,
+            "tracking_db": str(self.tracking_db()),
         }
         if self.data.validation:
             base["validation"] = {"data": str(self.data_path(self.data.validation))}

@@ -121,6 +121,8 @@ class TrainConfig(StrictModel):
     """Dump sample rollouts as JSONL every N steps (0 = never)."""
     seed: int = 0
     track: bool = True
+    tracking_db: str | None = None
+    """SQLite file for MLflow when MLFLOW_TRACKING_URI is unset (the experiment sets results/<exp>/mlflow.db)."""
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from steer_bench.errors import SteerBenchError
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
@@ -41,7 +43,7 @@ def resolve_uri(default_db: str | os.PathLike[str] | None = None) -> str:
     if uri:
         return uri
     if default_db is None:
-        raise ValueError("MLFLOW_TRACKING_URI is not set and no default database was given")
+        raise SteerBenchError("MLflow: set MLFLOW_TRACKING_URI (e.g. sqlite:///$PWD/mlflow.db) or pass a store")
     path = Path(default_db).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"

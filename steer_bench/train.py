@@ -217,7 +217,7 @@ def policy_update(
 def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run (or resume) one training run into ``out_dir``; returns the summary also written to ``train.done``."""
     from steer_bench.data import load_prepared
-    from steer_bench.tracking import Tracker, env_info
+    from steer_bench.tracking import Tracker, env_info, resolve_uri
 
     out = Path(out_dir)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
@@ -252,6 +252,7 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
         run_name=run_name,
         run_id=state.mlflow_run_id,
         enabled=main and cfg.track,
+        uri=resolve_uri(cfg.tracking_db) if main and cfg.track else None,
         tags={"method": method.name, "seed": cfg.seed, "kind": "train", "run_dir": str(out)},
     )
     state.mlflow_run_id = tracker.run_id

@@ -62,7 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--tracking-uri",
-        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite <results_dir>/mlflow.db)",
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite results/<experiment>/mlflow.db)",
     )
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the experiment config")
 
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     exp = load_experiment(args.config, args.overrides)
     uri = None
     if args.source == "mlflow":
-        uri = args.tracking_uri or resolve_uri(Path(exp.results_dir) / "mlflow.db")
+        uri = args.tracking_uri or resolve_uri(exp.tracking_db())
     report = build_report(exp, args.out, uri=uri)
     print(f"wrote {report.out_dir / 'report.md'}")
     return 0
