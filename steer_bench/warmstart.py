@@ -2,11 +2,12 @@
 
 Steps, each a function below:
 
-1. :func:`train_tokenizer` — byte-level BPE on the chat-templated training texts, with exactly the normalizer
-   and pre-tokenizer that transformers 5 rebuilds for any ``qwen2`` checkpoint (NFC, the Qwen2 split regex
-   with single digits, ByteLevel without its own regex): any other pipeline changes the ids after a reload
-   (DESIGN.md §7). The full byte alphabet is kept, so every string encodes (nothing is silently dropped).
-   Special tokens: ``<|endoftext|>`` (pad, bos), ``<|im_start|>``, ``<|im_end|>`` (eos); ChatML template.
+1. :func:`train_tokenizer` — byte-level BPE on the training problems, solutions and role names, with exactly
+   the normalizer and pre-tokenizer that transformers 5 rebuilds for any ``qwen2`` checkpoint (NFC, the Qwen2
+   split regex with single digits, ByteLevel without its own regex): any other pipeline changes the ids after a
+   reload (DESIGN.md §7); :func:`check_reload` asserts they survive. The full byte alphabet is kept, so every
+   string encodes (nothing is silently dropped). Special tokens: ``<|endoftext|>`` (pad, bos), ``<|im_start|>``,
+   ``<|im_end|>`` (eos); ChatML template.
 2. :func:`build_model` — a Qwen2ForCausalLM with tied embeddings (≈1M parameters by default).
 3. :func:`sft` — token-mean cross-entropy on the response tokens (eos included; prompt tokens masked), AdamW,
    linear warm-up then cosine decay, optionally stopping once the held-out accuracy reaches
@@ -25,6 +26,7 @@ import argparse
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +224,7 @@ def sft(
     cfg: SFTConfig,
     *,
     seed: int,
-    validate: Any = None,
+    validate: Callable[[Qwen2ForCausalLM], float] | None = None,
 ) -> dict[str, Any]:
     """Train in place; ``validate(model) -> accuracy`` is called every ``cfg.eval_every`` steps if given."""
     input_ids, labels = data
@@ -246,10 +248,8 @@ def sft(
         opt.step()
         sched.step()
         running.append(loss.item())
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            history["loss"].append({"step": step, "loss": sum(running) / len(running)})
-            log.info("sft step %d loss %.4f", step, history["loss"][-1]["loss"])
-            running = []
+        if step % cfg.log_every == 0:
+            running = _log_loss(history, step, running)
         if validate is not None and cfg.eval_every and step % cfg.eval_every == 0:
             acc = validate(model)
             model.train()
@@ -257,8 +257,17 @@ def sft(
             log.info("sft step %d held-out accuracy %.3f", step, acc)
             if cfg.stop_accuracy is not None and acc >= cfg.stop_accuracy:
                 break
+    if running:
+        _log_loss(history, step, running)
     model.eval()
-    return {"steps": step, "history": history, "final_loss": history["loss"][-1]["loss"] if history["loss"] else None}
+    return {"steps": step, "history": history, "final_loss": history["loss"][-1]["loss"]}
+
+
+def _log_loss(history: dict[str, list], step: int, losses: list[float]) -> list[float]:
+    """Record the mean loss of the steps since the last record; returns a fresh accumulator."""
+    history["loss"].append({"step": step, "loss": sum(losses) / len(losses)})
+    log.info("sft step %d loss %.4f", step, history["loss"][-1]["loss"])
+    return []
 
 
 def evaluate(

@@ -142,14 +142,17 @@ def score_responses(model: torch.nn.Module, batch: PaddedRollout, *, temperature
     One forward of ``model`` (under the caller's grad mode) with the batch's attention mask and position ids;
     ``temperature == 0`` (greedy) scores at τ = 1. Entries where ``response_mask`` is 0 are set to 0.
     """
-    logits = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
-    ).logits
-    p = batch.prompt_len
-    if p == 0:
+    if batch.prompt_len == 0:
         raise ValueError("score_responses: every prompt is empty; nothing predicts the first response token")
+    t = batch.response_mask.shape[1]
+    logits = model(  # only the T + 1 last positions: the prompt's logits are never needed (memory at scale)
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        logits_to_keep=t + 1,
+    ).logits
     logp, entropy = logprobs_and_entropy(
-        logits[:, p - 1 : -1], batch.response_ids, temperature=temperature if temperature > 0 else 1.0
+        logits[:, :t], batch.response_ids, temperature=temperature if temperature > 0 else 1.0
     )
     return logp * batch.response_mask, entropy * batch.response_mask
 
