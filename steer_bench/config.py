@@ -112,13 +112,17 @@ def validate(model: type[M], data: dict[str, Any], *, source: str) -> M:
 def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Field names of the (nested) model at ``loc``; best effort through Optional/list annotations."""
     current: Any = model
+    keyed = False  # the previous field was a list/dict of models: this part is an index or a key
     for part in loc:
         fields = getattr(current, "model_fields", None)
-        if fields is None or part not in fields:
-            if isinstance(part, int):
+        if keyed or fields is None or part not in fields:
+            if keyed or isinstance(part, int):
+                keyed = False
                 continue
             return []
-        current = _model_of(fields[part].annotation)
+        annotation = fields[part].annotation
+        keyed = getattr(annotation, "__origin__", None) in (list, dict)
+        current = _model_of(annotation)
     fields = getattr(current, "model_fields", None)
     return list(fields) if fields else []
 

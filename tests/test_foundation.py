@@ -80,3 +80,14 @@ def test_cli_unknown_subcommand_exits_nonzero(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as e:
         main(["no-such-command"])
     assert e.value.code == 2
+
+
+class Study(StrictModel):
+    settings: dict[str, Optim]
+
+
+def test_unknown_key_inside_a_dict_of_sections_lists_valid_keys(tmp_path: Path) -> None:
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("settings: {dense: {lr: 1.0, weight_decy: 0.1}}\n")
+    with pytest.raises(SteerBenchError, match=r"settings\.dense\.weight_decy.*valid keys here: lr, weight_decay"):
+        load_model(Study, cfg)

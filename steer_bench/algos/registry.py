@@ -3,6 +3,7 @@ keyword-only parameters (no defaults; the defaults live in configs/methods/*.yam
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -10,9 +11,10 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def keyword_params(fn: Callable[..., object]) -> list[str]:
+@functools.cache  # called on every loss call: inspect.signature is slow next to a small loss
+def keyword_params(fn: Callable[..., object]) -> tuple[str, ...]:
     """Names of ``fn``'s keyword-only parameters, in order."""
-    return [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    return tuple(p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY)
 
 
 def check_params(kind: str, name: str, fn: Callable[..., object], params: Mapping[str, object]) -> None:
