@@ -94,18 +94,21 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         # A private RNG stream: the same seed gives the same samples, and the trainer's RNG is left untouched.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            out = self.model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
-            )
-        self.model.train(was_training)
-        tokens = out.sequences[:, p:].cpu()  # (b·n, L), pad after an eos
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                out = self.model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
+                )
+        finally:
+            self.model.train(was_training)
+        tokens = out.sequences[:, p:]  # (b·n, L), pad after an eos
         logprobs = torch.stack(
-            [s.float().log_softmax(-1).cpu().gather(1, tokens[:, t : t + 1]) for t, s in enumerate(out.scores)], 1
+            [s.float().log_softmax(-1).gather(1, tokens[:, t : t + 1]) for t, s in enumerate(out.scores)], 1
         ).squeeze(-1)
-        return _cut_at_eos(prompts, tokens, logprobs, params.n, torch.tensor(self.eos_token_ids), first_index)
+        eos = torch.tensor(self.eos_token_ids)
+        return _cut_at_eos(prompts, tokens.cpu(), logprobs.cpu(), params.n, eos, first_index)
 
 
 def _cut_at_eos(
