@@ -1,18 +1,24 @@
-"""Step-time overhead of the entropy-dynamics analysis (``analysis.every_n_steps``), measured on real training runs,
-and the analysis of those runs. Run by hand:
+"""Step-time overhead of the entropy-dynamics analysis (``analysis.every_n_steps``), and the analysis of the runs
+it trains. Run by hand:
 
     .venv/bin/python benchmarks/analysis_overhead.py --work /tmp/analysis_bench [--methods grpo steer]
-        [--config configs/smoke.yaml] [--every 2] [--set train.key=value ...] [--warmstart-set key=value ...]
+        [--config configs/smoke.yaml] [--every 2] [--set key=value ...] [--warmstart-set key=value ...]
+        [--repeats 7] [--isolated-only]
 
-For each method, two runs from the same model, data and seed: analysis on (every ``--every`` steps) and off.
-The probe consumes no randomness and leaves gradients untouched, so both runs make the same rollouts and updates
-(checked: their final parameter checksums must agree); on an analysed step the difference in ``time/update``
-is the probe's cost. Printed per method: the median over analysed steps of that paired difference, the probe's own
-time (``analysis/seconds``: two no-grad forwards of the first mini-batch, the statistics and the parquet write),
-and both relative to the median step time of the run without analysis. Wall times on a shared machine are
-noisy; the load average is printed for context. Then ``steer-bench analyze`` runs on the analysed runs
-(``<work>/analysis/``). Without ``--model``/``--data`` the script builds the smoke warm start (with
-``--warmstart-set`` overrides) and prepares ``synth_train`` (level 1, 400 problems) under ``--work``.
+Two measurements per method:
+
+1. Training runs, analysis on (every ``--every`` steps) and off, from the same model, data and seed. The probe
+   consumes no randomness and leaves gradients untouched, so both runs make the same rollouts and updates
+   (checked: their final parameter checksums must agree) and, on an analysed step, the difference in
+   ``time/update`` is the probe's cost. Printed: its median over analysed steps, the probe's own time
+   (``analysis/seconds``: two no-grad forwards of the first mini-batch, the statistics, the parquet write), both
+   relative to the median step time without analysis. Wall times on a shared machine are noisy (load printed).
+2. Isolated: the trainer's update of one rollout (``policy_update``) with and without the probe (+ save),
+   alternated ``--repeats`` times on one batch; medians of wall and process-CPU seconds.
+
+Then ``steer-bench analyze`` runs on the analysed runs (``<work>/analysis/``). Without ``--model``/``--data`` the
+script builds the smoke warm start (with ``--warmstart-set`` overrides) and prepares ``synth_train`` (level 1,
+400 problems) under ``--work``; ``--set`` overrides the experiment's ``train:`` section as ``steer-bench train``'s.
 """
 
 from __future__ import annotations
@@ -21,14 +27,22 @@ import argparse
 import json
 import os
 import statistics
+import time
 from pathlib import Path
 
+import torch
+from accelerate import Accelerator
+
 from steer_bench import cli
+from steer_bench.analysis import EntropyProbe
 from steer_bench.config import load_model
 from steer_bench.data.prepare import prepare_dataset
+from steer_bench.data.schema import load_prepared
 from steer_bench.experiment import load_experiment
 from steer_bench.methods import load_method
-from steer_bench.train import train
+from steer_bench.policy import load_policy, prompt_token_ids
+from steer_bench.rollout import SamplingParams, make_engine
+from steer_bench.train import forward, make_optimizer, policy_update, rollout_logprobs, train
 from steer_bench.warmstart import WarmstartConfig, warmstart
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +96,61 @@ def bench_method(method: str, args: argparse.Namespace, model: Path, data: Path,
     }
 
 
+def bench_probe(method: str, args: argparse.Namespace, model_dir: Path, data: Path, work: Path) -> dict:
+    """The trainer's update of one rollout (``policy_update``) with and without the probe, alternated ``--repeats``
+    times on the same batch; medians of wall and process-CPU seconds (CPU time is steadier on a busy machine).
+    A = ±1 per response, so every token is probed (the probe's worst case)."""
+    exp = load_experiment(args.config)
+    cfg = exp.train_config(args.seed, [f"model.path={model_dir}", f"data.train={data}", "validation.every_n_steps=0",
+                                       "track=false", *args.set])  # fmt: skip
+    m = load_method(method)
+    policy = load_policy(cfg.model)
+    prompts = prompt_token_ids(policy.tokenizer, load_prepared(data).head(cfg.prompts_per_step),
+                               max_len=cfg.max_prompt_len, source=str(data))  # fmt: skip
+    sampling = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                              n=cfg.rollout.n, seed=0)  # fmt: skip
+    rollout = make_engine("hf", policy.model, policy.tokenizer).generate(prompts, sampling)
+    batch = rollout.padded(policy.tokenizer.pad_token_id)
+    accelerator = Accelerator(cpu=True)
+    optimizer, scheduler = make_optimizer(policy.model, cfg)
+    model, optimizer, scheduler = accelerator.prepare(policy.model, optimizer, scheduler)
+    old = rollout_logprobs(model, batch, cfg)
+    sign = torch.tensor([1.0 if i % 2 else -1.0 for i in range(len(batch.input_ids))])
+    adv = sign[:, None] * batch.response_mask
+    times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    own: list[float] = []  # the probe's own wall time (forwards, statistics, write)
+    for r in range(args.repeats):
+        for with_probe in (False, True):
+            t0, c0 = time.perf_counter(), time.process_time()
+            probe = EntropyProbe(r + 1, m, cfg, batch, old, adv, forward=forward) if with_probe else None
+            policy_update(model, optimizer, scheduler, accelerator, batch, old, adv, m, cfg, probe)
+            if probe is not None:
+                probe.save(work / "probe_bench" / f"step_{r + 1:06d}.parquet")
+                own.append(probe.seconds)
+            times[with_probe].append((time.perf_counter() - t0, time.process_time() - c0))
+    med = {k: [statistics.median(x[i] for x in v) for i in (0, 1)] for k, v in times.items()}
+    return {
+        "method": method,
+        "sequences": len(batch.input_ids),
+        "probed tokens": int(batch.response_mask[: cfg.mini_batch_prompts * cfg.rollout.n].sum()),
+        "update wall s": med[False][0],
+        "+probe wall s": med[True][0] - med[False][0],
+        "update CPU s": med[False][1],
+        "+probe CPU s": med[True][1] - med[False][1],
+        "+probe / update (CPU)": (med[True][1] - med[False][1]) / med[False][1],
+        "probe's own wall s": statistics.median(own),
+        "probe's own / update (wall)": statistics.median(own) / med[False][0],
+    }
+
+
+def _table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    fmt = [
+        ("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |") for r in rows
+    ]
+    return "\n".join(lines + fmt)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, help="folder for the model, data, runs and the analysis")
@@ -93,27 +162,27 @@ def main() -> None:
     parser.add_argument("--model", help="policy folder (default: build the smoke warm start)")
     parser.add_argument("--data", help="prepared training parquet (default: prepare synth_train)")
     parser.add_argument("--warmstart-set", action="append", default=[], help="warm-start override key=value")
+    parser.add_argument("--repeats", type=int, default=7, help="alternations of the isolated update timing")
+    parser.add_argument("--isolated-only", action="store_true", help="skip the training runs and the analysis")
     args = parser.parse_args()
     work = Path(args.work)
     model, data = _inputs(args, work)
-    rows, analysed = [], []
+    rows, analysed, isolated = [], [], []
     for method in args.methods:
-        run, row = bench_method(method, args, model, data, work)
-        analysed.append(str(run))
-        rows.append(row)
-    print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; torch threads {_threads()}")
-    print("| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]))
-    for r in rows:
-        print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+        if not args.isolated_only:
+            run, row = bench_method(method, args, model, data, work)
+            analysed.append(str(run))
+            rows.append(row)
+        isolated.append(bench_probe(method, args, model, data, work))
+    load = os.getloadavg()[0]
+    print(f"\nload average {load:.1f} on {os.cpu_count()} cores; torch threads {torch.get_num_threads()}")
+    print(f"\nOne rollout's update with and without the probe ({args.repeats} alternations):\n" + _table(isolated))
+    if args.isolated_only:
+        return
+    print("\nTraining runs, analysis on vs off (paired by step):\n" + _table(rows))
     command = ["analyze", "--runs", *analysed, "--out", str(work / "analysis")]
     print("\nsteer-bench " + " ".join(command))
     cli.main(command)
-
-
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 if __name__ == "__main__":
