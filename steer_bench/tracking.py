@@ -9,6 +9,7 @@ sqlite file: MLflow 3's implicit default depends on the working directory (DESIG
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import math
 import os
@@ -54,9 +55,17 @@ def _client(uri: str | None) -> MlflowClient:
     from mlflow.tracking import MlflowClient  # lazy: runs with tracking off need no mlflow (e.g. a bare GPU box)
 
     uri = uri or resolve_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    # Creating the schema is not safe under concurrency (parallel Snakemake jobs race on alembic's
+    # migrations): the first client to touch a store does it under an exclusive file lock.
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # forces the store (and its migrations) to initialise
+    return client
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
