@@ -11,7 +11,7 @@ import pytest
 from steer_bench.cli import main
 from steer_bench.data import load_prepared
 from steer_bench.data.prepare import prepare_dataset, read_raw
-from steer_bench.data.registry import REGISTRY, DatasetSpec, HubSource, get_spec
+from steer_bench.data.registry import REGISTRY, SHARED_DATA_ENV, DatasetSpec, HubSource, get_spec
 from steer_bench.data.templates import FORMATS, QWEN_BOXED_SUFFIX, render, split_instruction
 from steer_bench.errors import SteerBenchError
 
@@ -115,6 +115,7 @@ def test_env_var_selects_local_data(tmp_path, shared_data, monkeypatch):
 
 def test_hub_column_mapping_through_datasets(tmp_path, monkeypatch):
     """The Hub path on a locally built Hub-shaped parquet (gsm8k-style columns), read by the real datasets."""
+    monkeypatch.delenv(SHARED_DATA_ENV, raising=False)  # CI sets it; without a local folder the Hub is read
     path = tmp_path / "hub.parquet"
     tom = "Tom has 3 apples and buys 4. How many?"
     pd.DataFrame(
@@ -234,6 +235,7 @@ def test_cli(tmp_path, shared_data, capsys):
 def test_hub_verl_layout_renders_the_release_prompt(tmp_path, monkeypatch):
     """DAPO-Math-17k on the Hub: verl rows with the "Answer:" instruction, each prompt repeated; ``paper``
     gives STEER's boxed prompt around the recovered problem."""
+    monkeypatch.delenv(SHARED_DATA_ENV, raising=False)  # CI sets it; without a local folder the Hub is read
     path = tmp_path / "dapo.parquet"
     problems = ["Find $x$ if $x+1=3$.", "Compute $2^5$."]
     pd.DataFrame(
