@@ -41,7 +41,10 @@ def test_agreement_by_hand() -> None:
     # [−1/3, 1/3, −1, 1/3] -> Σ² = 4/3 -> rel. MSE 1/3.
     got = agreement(np.array([1.0, 2.0, 0.0, -1.0]), np.array([1.0, 1.0, 1.0, -1.0]))
     expected = {"pearson": 3 / 15**0.5, "spearman": 3 / 15**0.5, "sign": 0.75, "rel_mse": 0.5}
-    assert got == pytest.approx(expected | {"ls_factor": 2 / 3, "rel_mse_ls": 1 / 3})
+    assert got == pytest.approx(expected | {"ls_factor": 2 / 3, "rel_mse_ls": 1 / 3, "abs_spearman": math.nan},
+                                nan_ok=True)  # |ΔH| is constant: no rank correlation  # fmt: skip
+    # |pred| = [1, 2, 3] and |ΔH| = [1, 3, 2]: rank differences 0, 1, 1 -> 1 − 6·2/(3·8) = 0.5.
+    assert agreement(np.array([1.0, -2.0, 3.0]), np.array([-1.0, 3.0, 2.0]))["abs_spearman"] == pytest.approx(0.5)
 
 
 def test_agreement_degenerate_inputs_are_nan_not_errors() -> None:

@@ -112,7 +112,8 @@ def markdown(header: list[str], rows: list[list[object]]) -> str:
 
 
 def estimators_markdown(table: pd.DataFrame, labels: dict[str, str]) -> str:
-    header = ["Method", "Estimator", "tokens", "Pearson", "Spearman", "sign", "rel. MSE", "LS factor", "rel. MSE (LS)"]
+    header = ["Method", "Estimator", "tokens", "Pearson", "Spearman", "Spearman (abs)", "sign", "rel. MSE",
+              "LS factor", "rel. MSE (LS)"]  # fmt: skip
     rows = [
         [labels[r.method], ESTIMATOR_LABELS[r.estimator], r.tokens, *(getattr(r, s) for s in AGREEMENT_STATS)]
         for r in table.itertuples()
@@ -120,7 +121,8 @@ def estimators_markdown(table: pd.DataFrame, labels: dict[str, str]) -> str:
     return markdown(header, rows) + (
         "\nPrediction = −(η/L)·estimate (η the learning rate, L the mini-batch's valid tokens); rel. MSE = "
         "Σ(pred − ΔH)²/ΣΔH² at that scale; LS factor = the least-squares multiple of −η/L (1: the paper's scale "
-        "holds; AdamW's step is not −η∇); rel. MSE (LS) at the fitted scale; sign = agreement on tokens with ΔH ≠ 0.\n"
+        "holds; AdamW's step is not −η∇); rel. MSE (LS) at the fitted scale; sign = agreement on tokens with ΔH ≠ 0; "
+        "Spearman (abs) ranks |pred| against |ΔH| (STEER's λ uses |Ω| alone).\n"
     )
 
 

@@ -5,6 +5,8 @@ Every estimator predicts ΔH as −(η/L)·estimate (η the run's learning rate,
 tokens; the paper's scale for Ω). Against the measured ΔH (n tokens):
 
     pearson, spearman   scipy.stats correlations of prediction and ΔH (NaN below 3 tokens or for constant input)
+    abs_spearman        Spearman correlation of |prediction| and |ΔH|: STEER's λ uses |Ω| alone, so the size of
+                        the change matters to it, not its sign
     sign                fraction of the tokens with ΔH ≠ 0 whose prediction has ΔH's sign (0 counts as wrong)
     rel_mse             Σ(pred − ΔH)² / Σ ΔH²                    at the paper's scale −η/L
     ls_factor           c = Σ pred·ΔH / Σ pred²                   least-squares multiple of −η/L (1: the scale holds)
@@ -30,7 +32,7 @@ from steer_bench.algos import QUADRANTS
 # estimator -> token-table column
 ESTIMATORS = {"paper": "omega", "first_order": "omega_first_order", "cov": "cov"}
 ESTIMATOR_LABELS = {"paper": "Ω (paper)", "first_order": "p·Ω (first order)", "cov": "Cov (Cui et al.)"}
-AGREEMENT_STATS = ("pearson", "spearman", "sign", "rel_mse", "ls_factor", "rel_mse_ls")
+AGREEMENT_STATS = ("pearson", "spearman", "abs_spearman", "sign", "rel_mse", "ls_factor", "rel_mse_ls")
 QUADRANT_NAMES = tuple(QUADRANTS[q] for q in sorted(QUADRANTS))
 EXPECTED_SIGN = {"pos_high": -1.0, "pos_low": 1.0, "neg_high": 1.0, "neg_low": -1.0}
 QUADRANT_STATS = ("tokens", "dh_share", "dh_mean", "as_expected")
@@ -47,12 +49,14 @@ def agreement(pred: np.ndarray, dh: np.ndarray) -> dict[str, float]:
     pred, dh = np.asarray(pred, dtype=np.float64), np.asarray(dh, dtype=np.float64)
     nan = math.nan
     varied = len(dh) >= 3 and np.ptp(pred) > 0 and np.ptp(dh) > 0
+    abs_varied = len(dh) >= 3 and np.ptp(np.abs(pred)) > 0 and np.ptp(np.abs(dh)) > 0
     nonzero = dh != 0
     ss, pp = float((dh**2).sum()), float((pred**2).sum())
     ls = float((pred * dh).sum()) / pp if pp > 0 else nan
     return {
         "pearson": float(stats.pearsonr(pred, dh).statistic) if varied else nan,
         "spearman": float(stats.spearmanr(pred, dh).statistic) if varied else nan,
+        "abs_spearman": float(stats.spearmanr(np.abs(pred), np.abs(dh)).statistic) if abs_varied else nan,
         "sign": float((np.sign(pred[nonzero]) == np.sign(dh[nonzero])).mean()) if nonzero.any() else nan,
         "rel_mse": float(((pred - dh) ** 2).sum()) / ss if ss > 0 else nan,
         "ls_factor": ls,
