@@ -25,10 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import stats
 
 from steer_bench.algos import QUADRANTS, covariance, entropy_from_logits, logprobs_and_entropy, omega, policy_loss
 from steer_bench.algos import quadrant as quadrant_of
+from steer_bench.analysis.stats import (
+    agreement,  # one definition of the estimator statistics, shared with the LM analysis
+)
 
 # The vanilla policy-gradient loss L = −A·r with token-mean (no clipping, no bonus): the probe's step.
 VANILLA = {"clip_low": None, "clip_high": None, "clip_c": None, "agg": "token-mean", "entropy_coef": 0.0}
@@ -86,20 +88,6 @@ def probe_step(
         predictions = {name: (lr * v).numpy() for name, v in per_state.items()}
         results.append(ProbeResult(delta_h[visited].numpy(), predictions, label, lr * unit_change))
     return results
-
-
-def agreement(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Pearson and Spearman correlation, relative MSE Σ(pred − truth)²/Σ truth², sign agreement (truth ≠ 0)."""
-    nonzero = truth != 0
-    if nonzero.sum() < 3 or np.ptp(pred) == 0 or np.ptp(truth) == 0:
-        nan = float("nan")
-        return {"pearson": nan, "spearman": nan, "rel_mse": nan, "sign": nan}
-    return {
-        "pearson": float(np.corrcoef(pred, truth)[0, 1]),
-        "spearman": float(np.corrcoef(stats.rankdata(pred), stats.rankdata(truth))[0, 1]),
-        "rel_mse": float(((pred - truth) ** 2).sum() / (truth**2).sum()),
-        "sign": float((np.sign(pred[nonzero]) == np.sign(truth[nonzero])).mean()),
-    }
 
 
 def probe_metrics(result: ProbeResult, prefix: str, *, quadrants: bool) -> dict[str, float]:
