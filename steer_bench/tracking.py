@@ -68,6 +68,12 @@ def _client(uri: str | None) -> MlflowClient:
     return client
 
 
+def _artifact_root(uri: str | None) -> str | None:
+    """Artifacts of a sqlite store go beside it (MLflow's default is ./mlruns in whatever the working directory is)."""
+    uri = uri or resolve_uri()
+    return str(Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts") if uri.startswith("sqlite:///") else None
+
+
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested config -> {"train.lr": "1e-06", ...} with values as strings, cut to MLflow's length limit."""
     out: dict[str, str] = {}
@@ -135,7 +141,7 @@ class Tracker:
             self.run_id = run_id
         else:
             exp = self.client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment, _artifact_root(uri))
             tag_dict = {k: str(v) for k, v in (tags or {}).items()}
             self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tag_dict).info.run_id
 

@@ -37,6 +37,8 @@ def test_log_resume_and_history(mlflow_uri: str) -> None:
     assert runs[0].data.params["train.lr"] == "1e-06"
     assert "bad" not in runs[0].data.metrics
     assert runs[0].info.status == "FINISHED"
+    store_dir = mlflow_uri.removeprefix("sqlite:///").rsplit("/", 1)[0]
+    assert runs[0].info.artifact_uri.startswith(store_dir + "/mlartifacts")
 
 
 def test_disabled_tracker_is_noop(mlflow_uri: str) -> None:
