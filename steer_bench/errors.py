@@ -3,3 +3,7 @@
 
 class SteerBenchError(Exception):
     """A user-facing error: bad config, bad input data, missing file. The message names the culprit."""
+
+
+class NonFiniteError(SteerBenchError):
+    """A NaN/inf loss, gradient, weight, log-prob or logit: the run stops and keeps its last good checkpoint."""

@@ -35,8 +35,9 @@ from steer_bench.algos import compute_advantages, mini_batch_stats, policy_loss,
 from steer_bench.checkpoint import TrainState, is_resumable, load_trainer_state, save_checkpoint, truncate_metrics
 from steer_bench.config import dump_yaml
 from steer_bench.distributed import global_totals, param_checksums, reduce_across_ranks, sync_mini_stats
-from steer_bench.errors import SteerBenchError
+from steer_bench.errors import NonFiniteError, SteerBenchError
 from steer_bench.grading import Grader
+from steer_bench.guards import check_token_values, check_weights
 from steer_bench.methods import MethodConfig, load_method
 from steer_bench.policy import load_policy, pad_to, prompt_token_ids, select_rows
 from steer_bench.rollout import SamplingParams, make_engine
@@ -46,10 +47,6 @@ from steer_bench.stepstats import dump_rollouts, rollout_metrics
 from steer_bench.validation import load_validation, validate
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLoss(SteerBenchError):
-    """A NaN/inf loss or gradient norm: the run stops and keeps its last good checkpoint."""
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -123,7 +120,11 @@ def rollout_logprobs(model: Any, batch: PaddedRollout, cfg: TrainConfig) -> tupl
         forward(model, batch, r, cfg.rollout.temperature)
         for r in micro_batches(torch.arange(len(batch.input_ids)), cfg.micro_batch_size)
     ]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    logp, entropy = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    check_token_values(
+        {"the old log-prob": logp, "the old entropy": entropy}, batch.response_mask, where="(π_old pass)"
+    )
+    return logp, entropy
 
 
 # ---------------------------------------------------------------------------------------------- update
@@ -191,18 +192,19 @@ def policy_update(
                         **extra,
                     )
                     if not torch.isfinite(loss):
-                        raise NonFiniteLoss(f"the loss is {loss.item()} (rows {mrows[0].item()}..{mrows[-1].item()})")
+                        raise NonFiniteError(f"the loss is {loss.item()} (rows {mrows[0].item()}..{mrows[-1].item()})")
                     # The denominators are global; DDP averages gradients over ranks, so undo that average.
                     accelerator.backward(loss * accelerator.num_processes)
                 calls.append(metrics)
             grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
             if not np.isfinite(grad_norm):
-                raise NonFiniteLoss(f"the gradient norm is {grad_norm}")
+                raise NonFiniteError(f"the gradient norm is {grad_norm}")
             grad_norms.append(grad_norm)
             first = probe is not None and epoch == 0 and start == 0
             if first:
                 probe.before(model, rows)
             optimizer.step()
+            check_weights(model, accelerator, where=f"after the optimizer step on rows {start}..{rows[-1].item()}")
             scheduler.step()
             if first:
                 probe.after(model, rows)
@@ -359,9 +361,9 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
                         last_dir, accelerator, model, tokenizer, state, optimizer=optimizer, scheduler=scheduler
                     )
         status = "FINISHED"
-    except NonFiniteLoss as e:
+    except NonFiniteError as e:
         kept = io.read_json(last_dir / "state.json")["step"] if is_resumable(last_dir) else None
-        raise NonFiniteLoss(
+        raise NonFiniteError(
             f"{out}: step {step}: {e}. Stopped; last good checkpoint: "
             f"{f'{last_dir} (step {kept})' if kept is not None else 'none yet'}"
         ) from None

@@ -11,9 +11,15 @@ at scale.
 from __future__ import annotations
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from steer_bench.errors import SteerBenchError
+from steer_bench.errors import NonFiniteError, SteerBenchError
 from steer_bench.rollout.batch import RolloutBatch, SamplingParams
 
 # Values that switch off every logits processor a checkpoint's generation_config could otherwise switch on.
@@ -28,6 +34,20 @@ def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
     if not ids:
         raise SteerBenchError("rollout: the tokenizer and the model's generation config define no eos token")
     return sorted(ids)
+
+
+class RaiseOnNonFinite(LogitsProcessor):
+    """Stop sampling with a named error when a row's scores cannot form a distribution (a NaN, a +inf, or
+    every token at −inf): ``torch.multinomial`` would otherwise fail with a bare RuntimeError."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        bad = scores.isnan().any(-1) | scores.isposinf().any(-1) | scores.isneginf().all(-1)
+        if bad.any():
+            raise NonFiniteError(
+                f"rollout: the model's next-token scores are not finite in {int(bad.sum())} of {len(bad)} rows "
+                f"at generated position {input_ids.shape[1]} (the weights have diverged)"
+            )
+        return scores
 
 
 def check_prompts(prompts: list[list[int]]) -> None:
@@ -99,7 +119,10 @@ class HFEngine:
                 if seed is not None:
                     torch.manual_seed(seed)
                 out = self.model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    generation_config=config,
+                    logits_processor=LogitsProcessorList([RaiseOnNonFinite()]),
                 )
         finally:
             self.model.train(was_training)

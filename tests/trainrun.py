@@ -1,0 +1,34 @@
+"""A short training config on the tiny model for tests (4 prompts × 4 responses, ≤ 20 tokens, no tracking)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from steer_bench.config import validate
+from steer_bench.runconfig import TrainConfig
+
+
+def make_cfg(model_dir: Path, data: dict[str, Path], **over: Any) -> TrainConfig:
+    raw: dict[str, Any] = {
+        "experiment": "test",
+        "model": {"path": str(model_dir)},
+        "data": {"train": str(data["synth_train"])},
+        "rollout": {"engine": "hf", "n": 4, "max_new_tokens": 20},
+        "optim": {"lr": 1e-3, "weight_decay": 0.0},
+        "steps": 2,
+        "prompts_per_step": 4,
+        "mini_batch_prompts": 2,  # 2 optimizer steps per rollout: the second is off-policy (kl_cov acts)
+        "micro_batch_size": 4,
+        "max_prompt_len": 40,
+        "save_every": 1,
+        "log_rollouts_every": 1,
+        "track": False,
+    }
+    for key, value in over.items():
+        node = raw
+        *path, last = key.split("__")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return validate(TrainConfig, raw, source="test")
