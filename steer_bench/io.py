@@ -60,6 +60,21 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+def recover_atomic_dir(path: str | os.PathLike[str]) -> None:
+    """Finish what a process killed inside :func:`atomic_dir` left: if it died between moving the old
+    directory aside and moving the new one in, the old one (complete) is put back; unfinished temporaries
+    are removed. Call before reading ``path``."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir():
+        if path.exists():
+            shutil.rmtree(old)  # the new directory is in place: only the clean-up was cut short
+        else:
+            os.replace(old, path)
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

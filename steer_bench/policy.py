@@ -8,12 +8,14 @@ the problem ids, never silently truncated.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
 from steer_bench.errors import SteerBenchError
+from steer_bench.inputs import check_chat_template, check_model_dir
 from steer_bench.rollout.batch import PaddedRollout
 from steer_bench.runconfig import ModelConfig
 
@@ -33,6 +35,8 @@ def load_policy(cfg: ModelConfig, *, path: str | None = None) -> Policy:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where = path or cfg.path
+    if Path(where).is_dir():
+        check_model_dir(where)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, padding_side="left")
         kwargs: dict[str, Any] = {"dtype": _DTYPES[cfg.dtype]}
@@ -61,8 +65,7 @@ def prompt_token_ids(tokenizer: Any, problems: pd.DataFrame, *, max_len: int, so
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    if tokenizer.chat_template is None:
-        raise SteerBenchError("the tokenizer has no chat template; prompts are chat messages")
+    check_chat_template(tokenizer, tokenizer.name_or_path)
     out = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
     ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
     return list(ids)

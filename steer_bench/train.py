@@ -38,6 +38,7 @@ from steer_bench.distributed import global_totals, param_checksums, reduce_acros
 from steer_bench.errors import NonFiniteError, SteerBenchError
 from steer_bench.grading import Grader
 from steer_bench.guards import check_token_values, check_weights
+from steer_bench.inputs import check_same_architecture
 from steer_bench.methods import MethodConfig, load_method
 from steer_bench.policy import load_policy, pad_to, prompt_token_ids, select_rows
 from steer_bench.rollout import SamplingParams, make_engine
@@ -225,7 +226,13 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
     main, rank = accelerator.is_main_process, accelerator.process_index
     last_dir, best_dir = out / "checkpoints" / "last", out / "checkpoints" / "best"
+    if main:  # a run killed while saving: put the complete previous checkpoint back
+        io.recover_atomic_dir(last_dir)
+        io.recover_atomic_dir(best_dir)
+    accelerator.wait_for_everyone()
     resume = is_resumable(last_dir)
+    if resume:
+        check_same_architecture(last_dir, cfg.model.path)
 
     seed_everything(cfg.seed)
     policy = load_policy(cfg.model, path=str(last_dir) if resume else None)

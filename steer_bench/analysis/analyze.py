@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow
 
 from steer_bench import io
 from steer_bench.analysis import figures
@@ -36,6 +35,7 @@ from steer_bench.analysis.stats import (
 )
 from steer_bench.config import read_yaml
 from steer_bench.errors import SteerBenchError
+from steer_bench.inputs import read_parquet
 
 COLUMNS = (
     "method", "seed", "step", "row", "pos", "adv", "old_logp", "logp", "logp_after", "old_entropy", "entropy",
@@ -89,10 +89,7 @@ def load_runs(dirs: list[Path]) -> Runs:
 
 
 def _read(path: Path) -> pd.DataFrame:
-    try:
-        frame = pd.read_parquet(path)
-    except (OSError, ValueError, pyarrow.ArrowException) as e:  # a truncated or foreign file
-        raise SteerBenchError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from e
+    frame = read_parquet(path, what="probe file", allow_empty=True)  # no token with A ≠ 0 at that step
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise SteerBenchError(f"{path}: not a probe file: missing column(s) {missing}")

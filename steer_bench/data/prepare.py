@@ -24,10 +24,11 @@ import numpy as np
 import pandas as pd
 
 from steer_bench.data.registry import REGISTRY, SHARED_DATA_ENV, DatasetSpec, HubSource, get_spec
-from steer_bench.data.schema import check_frame
+from steer_bench.data.schema import check_frame, is_messages
 from steer_bench.data.synthetic import make_synthetic
 from steer_bench.data.templates import FORMATS, TEMPLATES, render, split_instruction
 from steer_bench.errors import SteerBenchError
+from steer_bench.inputs import read_parquet
 from steer_bench.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ def _from_verl(df: pd.DataFrame, name: str, origin: str) -> pd.DataFrame:
             f"{name}: {origin} lacks column(s) {missing} (the prompt and the answer 'reward_model.ground_truth'); "
             f"columns present: {list(df.columns)}"
         )
+    _check_cells(df["prompt"], is_messages, "'prompt' must be a list of {role, content} messages", origin)
+    _check_cells(df["reward_model"], lambda r: isinstance(r, dict), "'reward_model' must be a struct", origin)
     answers = df["reward_model"].map(lambda r: _cell(r, "ground_truth"))
     if answers.isna().all():
         raise SteerBenchError(f"{name}: {origin} has no answer field 'reward_model.ground_truth' in any row")
@@ -85,6 +88,16 @@ def _from_verl(df: pd.DataFrame, name: str, origin: str) -> pd.DataFrame:
             "answer": answers.map(_answer_text).tolist(),
         }
     )
+
+
+def _check_cells(column: pd.Series, ok: Any, rule: str, origin: str) -> None:
+    """Wrong column types (e.g. a string prompt, an int answer struct) are named, not a TypeError later."""
+    bad = [i for i, v in enumerate(column) if v is not None and not ok(v)]
+    if bad:
+        example = column.iloc[bad[0]]
+        raise SteerBenchError(
+            f"{origin}: {rule}; {len(bad)} row(s) are not, e.g. row {bad[0]}: {type(example).__name__} {example!r:.80}"
+        )
 
 
 def _from_columns(df: pd.DataFrame, name: str, hub: HubSource) -> pd.DataFrame:
@@ -112,9 +125,7 @@ def read_raw(spec: DatasetSpec, data_dir: str | os.PathLike[str] | None) -> tupl
         if spec.local_file is None:
             raise SteerBenchError(f"{spec.name}: no local file registered; prepare it from the Hub (no --data-dir)")
         path = Path(data_dir) / spec.local_file
-        if not path.is_file():
-            raise SteerBenchError(f"{spec.name}: local file not found: {path}")
-        return _from_verl(pd.read_parquet(path), spec.name, str(path)), str(path)
+        return _from_verl(read_parquet(path, what=f"{spec.name} source file"), spec.name, str(path)), str(path)
     if spec.hub is None:
         raise SteerBenchError(f"{spec.name}: no Hub source registered; pass --data-dir")
     import datasets  # heavy; only on this path

@@ -16,11 +16,11 @@ Optional: ``level`` (int) and ``solution`` (str), filled by the synthetic task.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pandas as pd
 
 from steer_bench.errors import SteerBenchError
+from steer_bench.inputs import read_parquet
 
 REQUIRED_COLUMNS = ("problem_id", "dataset", "source", "problem", "prompt", "answer")
 OPTIONAL_COLUMNS = ("level", "solution")
@@ -39,14 +39,14 @@ def check_frame(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
         bad = df["problem_id"][~df[col].map(lambda v: isinstance(v, str) and v.strip() != "")]
         if len(bad):
             raise SteerBenchError(f"{source}: empty or non-string {col!r} in row(s) {bad.head(5).tolist()}")
-    bad = df["problem_id"][~df["prompt"].map(_is_messages)]
+    bad = df["problem_id"][~df["prompt"].map(is_messages)]
     if len(bad):
         rows = bad.head(5).tolist()
         raise SteerBenchError(f"{source}: 'prompt' must be a non-empty list of {{role, content}} in row(s) {rows}")
     return df
 
 
-def _is_messages(value: object) -> bool:
+def is_messages(value: object) -> bool:
     if value is None or isinstance(value, str | bytes) or not hasattr(value, "__len__") or len(value) == 0:
         return False
     return all(
@@ -56,13 +56,7 @@ def _is_messages(value: object) -> bool:
 
 def load_prepared(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a prepared parquet and validate it; ``prompt`` comes back as a list of plain dicts per row."""
-    path = Path(path)
-    if not path.is_file():
-        raise SteerBenchError(f"prepared dataset not found: {path}")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:  # pyarrow raises several types for a corrupt or foreign file
-        raise SteerBenchError(f"{path}: not a readable parquet file: {e}") from e
+    df = read_parquet(path, what="prepared dataset")
     if "prompt" in df.columns:
         # pyarrow returns numpy arrays of dicts; callers (chat templates) expect lists.
         df["prompt"] = df["prompt"].map(lambda v: [dict(m) for m in v] if v is not None else v)

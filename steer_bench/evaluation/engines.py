@@ -16,6 +16,7 @@ import torch
 
 from steer_bench.errors import SteerBenchError
 from steer_bench.experiment import EvalSection
+from steer_bench.inputs import check_model_dir
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json")
@@ -24,6 +25,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json")
 def check_model(model: str) -> None:
     """A local folder must exist; anything else must look like a Hub id (``org/name``)."""
     if Path(model).is_dir():
+        check_model_dir(model)
         return
     if Path(model).exists() or not _HUB_ID.match(model):
         raise SteerBenchError(f"model not found: {model!r} is neither a model folder nor a Hub id (org/name)")

@@ -219,7 +219,7 @@ def test_one_prompt_with_two_golds(tmp_path):
 def test_unknown_dataset_and_missing_file(tmp_path):
     with pytest.raises(SteerBenchError, match=r"unknown dataset 'aime2024' \(did you mean 'aime24'\?\)"):
         prepare_dataset("aime2024", tmp_path / "o.parquet")
-    with pytest.raises(SteerBenchError, match="aime24: local file not found"):
+    with pytest.raises(SteerBenchError, match="aime24 source file not found"):
         prepare_dataset("aime24", tmp_path / "o.parquet", data_dir=tmp_path)
 
 
