@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.metadata
+import logging
 import math
 import os
 import platform
@@ -27,6 +28,8 @@ from steer_bench.errors import SteerBenchError
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+
+log = logging.getLogger(__name__)
 
 _BAD_KEY_CHARS = re.compile(r"[^0-9A-Za-z_\-./ ]")
 _MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
@@ -118,7 +121,10 @@ def env_info() -> dict[str, str]:
 class Tracker:
     """One MLflow run: create it (or re-attach by ``run_id``), log params/metrics/artifacts, finish it.
 
-    ``enabled=False`` makes every method a no-op (non-main ranks, ``--no-track``).
+    ``enabled=False`` makes every method a no-op (non-main ranks, ``--no-track``). A store that fails (down,
+    locked, full) does not stop the job: the first failure is logged as a warning and kept in :attr:`error`,
+    and every later call is skipped. The job's files hold every number; the caller records ``error`` in its
+    done-file so that ``steer-bench report`` re-mirrors the run from the files (:func:`mirror_metrics`).
     """
 
     def __init__(
@@ -133,57 +139,90 @@ class Tracker:
     ) -> None:
         self.enabled = enabled
         self.run_id: str | None = None
-        if not enabled:
-            return
-        self.client = _client(uri)
+        self.error: str | None = None
+        self.uri = uri
+        if enabled:
+            self._guard(self._open, experiment, run_name, run_id, tags)
+
+    def _open(self, experiment: str, run_name: str | None, run_id: str | None, tags: Mapping[str, Any] | None) -> None:
+        self.client = _client(self.uri)
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
             self.run_id = run_id
         else:
             exp = self.client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment, _artifact_root(uri))
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment, _artifact_root(self.uri))
             tag_dict = {k: str(v) for k, v in (tags or {}).items()}
             self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tag_dict).info.run_id
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        if not self.enabled:
+    def _guard(self, fn: Any, *args: Any) -> None:
+        if not self.enabled or self.error is not None:
             return
-        from mlflow.entities import Param
+        try:
+            fn(*args)
+        except Exception as e:  # MLflow, SQLAlchemy (locked/full sqlite) and HTTP errors: many types, one handling
+            self.error = f"{type(e).__name__}: {e}"
+            log.warning(
+                "MLflow store %s failed (%s); not mirroring this run any further. The run's files hold every "
+                "number; `steer-bench report` re-mirrors it from them.",
+                self.uri or os.environ.get("MLFLOW_TRACKING_URI"),
+                self.error,
+            )
 
-        items = [Param(k, v) for k, v in flatten(params).items()]
-        existing = self.client.get_run(self.run_id).data.params
-        items = [p for p in items if p.key not in existing]  # params are immutable; re-logging on resume is a no-op
-        for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        def log_params() -> None:
+            from mlflow.entities import Param
+
+            items = [Param(k, v) for k, v in flatten(params).items()]
+            existing = self.client.get_run(self.run_id).data.params
+            items = [p for p in items if p.key not in existing]  # params are immutable: re-logging is a no-op
+            for i in range(0, len(items), 100):
+                self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
+
+        self._guard(log_params)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        if self.enabled:
+        def set_tags() -> None:
             from mlflow.entities import RunTag
 
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
 
+        self._guard(set_tags)
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log finite scalar metrics at ``step``; non-finite values are skipped (MLflow stores them poorly)."""
-        if not self.enabled:
-            return
-        from mlflow.entities import Metric
 
-        ts = int(1000 * time.time())
-        items = [
-            Metric(sanitize_key(k), float(v), ts, step)
-            for k, v in metrics.items()
-            if isinstance(v, int | float) and math.isfinite(float(v))
-        ]
-        for i in range(0, len(items), _BATCH):
-            self.client.log_batch(self.run_id, metrics=items[i : i + _BATCH], synchronous=True)
+        def log_metrics() -> None:
+            from mlflow.entities import Metric
+
+            ts = int(1000 * time.time())
+            items = [
+                Metric(sanitize_key(k), float(v), ts, step)
+                for k, v in metrics.items()
+                if isinstance(v, int | float) and math.isfinite(float(v))
+            ]
+            for i in range(0, len(items), _BATCH):
+                self.client.log_batch(self.run_id, metrics=items[i : i + _BATCH], synchronous=True)
+
+        self._guard(log_metrics)
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        if self.enabled:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._guard(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def finish(self, status: str = "FINISHED") -> None:
-        if self.enabled:
-            self.client.set_terminated(self.run_id, status=status)
+        self._guard(lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+def train_run_tags(method: str, seed: int, run_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """The tags of a training run (the report finds runs by them)."""
+    return {"method": method, "seed": str(seed), "kind": "train", "run_dir": str(run_dir)}
+
+
+def mirror_metrics(tracker: Tracker, rows: list[dict[str, Any]]) -> None:
+    """Log ``metrics.jsonl`` rows (``{"step": s, key: value, ...}``) into ``tracker``'s run: re-mirroring a run
+    whose store failed mid-run (a step logged twice keeps its latest value, see :func:`metric_history`)."""
+    for row in rows:
+        tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
 
 
 def search_runs(experiment: str, *, filter_string: str = "", uri: str | None = None) -> list[Any]:
@@ -211,7 +250,9 @@ __all__ = [
     "flatten",
     "git_info",
     "metric_history",
+    "mirror_metrics",
     "resolve_uri",
     "sanitize_key",
     "search_runs",
+    "train_run_tags",
 ]

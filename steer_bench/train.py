@@ -220,7 +220,7 @@ def policy_update(
 def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run (or resume) one training run into ``out_dir``; returns the summary also written to ``train.done``."""
     from steer_bench.data import load_prepared
-    from steer_bench.tracking import Tracker, env_info, resolve_uri
+    from steer_bench.tracking import Tracker, env_info, resolve_uri, train_run_tags
 
     out = Path(out_dir)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
@@ -262,7 +262,7 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
         run_id=state.mlflow_run_id,
         enabled=main and cfg.track,
         uri=resolve_uri(cfg.tracking_db) if main and cfg.track else None,
-        tags={"method": method.name, "seed": cfg.seed, "kind": "train", "run_dir": str(out)},
+        tags=train_run_tags(method.name, cfg.seed, out),
     )
     state.mlflow_run_id = tracker.run_id
     tracker.log_params({"config": cfg.model_dump(mode="json"), "method": method.model_dump(mode="json"), "env": env})
@@ -388,6 +388,9 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
         "best_metric": state.best_metric,
         "final": metrics,
     }
+    if tracker.error:  # the files are complete; `steer-bench report` re-mirrors them into MLflow
+        summary["tracking_error"] = tracker.error
+        log.warning("%s: finished, but MLflow mirroring failed: %s", out, tracker.error)
     if main:
         io.write_json(out / "train.done", summary)
     return summary

@@ -320,8 +320,9 @@ def _finish(
         if len(values) == len(per_bench):
             avg[key] = sum(values) / len(values)
     tracker.log_metrics(_prefixed("avg", avg), step=0)
-    if job.train_run_id and track:
-        _log_into_training_run(job, per_bench, avg, tracking_uri)
+    error = tracker.error
+    if job.train_run_id and track and error is None:
+        error = _log_into_training_run(job, per_bench, avg, tracking_uri)
     done = {
         "row": job.row, "method": job.method, "seed": job.seed, "model": job.model, "checkpoint": job.checkpoint,
         "checkpoint_used": job.checkpoint_used, "checkpoint_step": job.checkpoint_step,
@@ -329,21 +330,23 @@ def _finish(
         "acc": {b: m["acc"] for b, m in per_bench.items()}, "avg_acc": avg.get("acc"),
         "mlflow_run_id": tracker.run_id, "train_run_id": job.train_run_id,
     }  # fmt: skip
+    if error:  # the files are complete; the condition is recorded and was logged as a warning
+        done["tracking_error"] = error
     io.write_json(job.out_dir / "eval.done", done)
     return done
 
 
-def _log_into_training_run(job: EvalJob, per_bench: dict[str, dict], avg: dict, uri: str | None) -> None:
+def _log_into_training_run(job: EvalJob, per_bench: dict[str, dict], avg: dict, uri: str | None) -> str | None:
+    """Copy the evaluation's metrics into its training run; returns the MLflow error, if any."""
     from steer_bench.tracking import Tracker
 
     metrics = {k: v for b, m in per_bench.items() for k, v in _prefixed(b, m).items()} | _prefixed("avg", avg)
-    try:
-        train = Tracker(job.experiment, run_id=job.train_run_id, uri=uri)
-        train.log_metrics(metrics, step=job.checkpoint_step or 0)
-        train.set_tags({"eval.checkpoint": job.checkpoint, "eval.checkpoint_used": job.checkpoint_used})
-        train.finish("FINISHED")
-    except Exception as e:  # any MLflow failure: the evaluation's own files and run are already complete
-        raise SteerBenchError(
-            f"evaluation of {job.model} is complete, but logging it into training run {job.train_run_id} failed "
-            f"(is MLFLOW_TRACKING_URI the store the run was trained with?): {e}"
-        ) from e
+    train = Tracker(job.experiment, run_id=job.train_run_id, uri=uri)
+    train.log_metrics(metrics, step=job.checkpoint_step or 0)
+    train.set_tags({"eval.checkpoint": job.checkpoint, "eval.checkpoint_used": job.checkpoint_used})
+    train.finish("FINISHED")
+    if train.error:
+        return (
+            f"logging into training run {job.train_run_id} failed (is MLFLOW_TRACKING_URI its store?): {train.error}"
+        )
+    return None

@@ -31,6 +31,8 @@ def build_report(exp: ExperimentConfig, out_dir: str | Path | None = None, *, ur
     if exp.reference:
         reference.check_table(exp.reference)
     out = Path(out_dir) if out_dir else exp.root / "report"
+    if uri:
+        collect.remirror_failed_runs(exp, uri)  # runs whose store failed mid-run: their files are complete
     results = collect.from_mlflow(exp, uri) if uri else collect.from_files(exp)
     if not results.acc and not results.curves:
         raise SteerBenchError(

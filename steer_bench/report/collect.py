@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from steer_bench import tracking
+from steer_bench.errors import SteerBenchError
 from steer_bench.experiment import ExperimentConfig
-from steer_bench.io import read_jsonl
+from steer_bench.io import read_json, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,38 @@ def expected_rows(exp: ExperimentConfig) -> dict[str, list[int | None]]:
 
 
 # ---------------------------------------------------------------------------------------------- MLflow
+def remirror_failed_runs(exp: ExperimentConfig, uri: str) -> list[str]:
+    """Re-mirror into MLflow every training run whose store failed while it ran (``tracking_error`` in its
+    ``train.done``) from its ``metrics.jsonl``, then clear the mark; returns the run folders mirrored."""
+    done_runs = []
+    for method in exp.methods:
+        for seed in exp.seeds:
+            run_dir = exp.run_dir(method, seed)
+            done_file = run_dir / "train.done"
+            done = read_json(done_file) if done_file.is_file() else {}
+            if not done.get("tracking_error"):
+                continue
+            tracker = tracking.Tracker(
+                exp.name,
+                run_name=f"{method}-seed{seed}",
+                run_id=done.get("mlflow_run_id"),
+                tags=tracking.train_run_tags(method, seed, run_dir),
+                uri=uri,
+            )
+            tracking.mirror_metrics(tracker, read_jsonl(run_dir / "metrics.jsonl"))
+            tracker.finish("FINISHED")
+            if tracker.error:
+                raise SteerBenchError(
+                    f"{run_dir}: its MLflow mirror is incomplete and the store {uri} still fails ({tracker.error}); "
+                    "fix the store, or build the report from the files: steer-bench report --source files"
+                )
+            done.pop("tracking_error")
+            write_json(done_file, done | {"mlflow_run_id": tracker.run_id})
+            log.info("%s: re-mirrored into MLflow run %s from metrics.jsonl", run_dir, tracker.run_id)
+            done_runs.append(str(run_dir))
+    return done_runs
+
+
 def from_mlflow(exp: ExperimentConfig, uri: str) -> Results:
     """Read every eval and train run of the experiment ``exp.name`` from the MLflow store at ``uri``."""
     rows = expected_rows(exp)

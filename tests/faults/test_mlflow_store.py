@@ -1,0 +1,111 @@
+"""The MLflow store failing (down from the start, or locked by another process mid-run): training finishes
+with its files complete, the condition is in ``train.done`` and a warning, and the report re-mirrors the run
+into MLflow from the files afterwards (so curves from MLflow equal those from the files)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from steer_bench.experiment import load_experiment
+from steer_bench.io import read_json, read_jsonl
+from steer_bench.methods import load_method
+from steer_bench.report import build_report, collect
+from steer_bench.tracking import Tracker, metric_history, search_runs
+from steer_bench.train import train
+
+STEPS = 4
+LOCKER = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(300)
+"""
+
+
+def _experiment(tmp: Path, model_dir: Path, data: dict[str, Path]) -> Path:
+    root = tmp / "results" / "store"
+    (root / "data").mkdir(parents=True)
+    for name, path in data.items():
+        (root / "data" / f"{name}.parquet").symlink_to(path)
+    exp = {
+        "name": "store", "results_dir": str(tmp / "results"), "model_path": str(model_dir),
+        "data": {"train": "synth_train", "benchmarks": ["synth_test"]}, "methods": ["grpo"], "seeds": [0],
+        "train": {"rollout": {"n": 4, "max_new_tokens": 20}, "optim": {"lr": 1e-3, "weight_decay": 0.0},
+                  "steps": STEPS, "prompts_per_step": 4, "mini_batch_prompts": 2, "micro_batch_size": 4,
+                  "max_prompt_len": 40, "save_every": 2},
+    }  # fmt: skip
+    path = tmp / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def _check_rebuilt(config: Path, uri: str) -> None:
+    """The report re-mirrors the run; MLflow's curves then equal the files' and train.done is clean again."""
+    exp = load_experiment(config)
+    build_report(exp, uri=uri)
+    done = read_json(exp.run_dir("grpo", 0) / "train.done")
+    assert "tracking_error" not in done
+    entropy = metric_history(done["mlflow_run_id"], "rollout/entropy_mean", uri=uri)
+    assert [s for s, _ in entropy] == list(range(1, STEPS + 1))
+    assert collect.from_mlflow(exp, uri).curves == collect.from_files(exp).curves
+
+
+def test_a_store_locked_mid_run(
+    model_dir: Path, data: dict[str, Path], tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    config = _experiment(tmp_path, model_dir, data)
+    exp = load_experiment(config)
+    db = mlflow_uri.removeprefix("sqlite:///")
+    real_log, locker = Tracker.log_metrics, []
+
+    def lock_at_step_2(self: Tracker, metrics: dict, step: int) -> None:
+        if step == 2 and not locker:  # another process takes an exclusive lock on the store and keeps it
+            locker.append(subprocess.Popen([sys.executable, "-c", LOCKER, db], stdout=subprocess.PIPE, text=True))
+            assert locker[0].stdout.readline().strip() == "locked"
+        real_log(self, metrics, step)
+
+    monkeypatch.setattr(Tracker, "log_metrics", lock_at_step_2)
+    try:
+        with caplog.at_level(logging.WARNING):
+            train(exp.train_config(0), load_method("grpo"), exp.run_dir("grpo", 0))
+    finally:
+        for p in locker:
+            p.kill()
+            p.wait()
+    run = exp.run_dir("grpo", 0)
+    done = read_json(run / "train.done")
+    assert "locked" in done["tracking_error"]
+    assert any("MLflow store" in r.message and "re-mirrors" in r.message for r in caplog.records)
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == list(range(1, STEPS + 1))  # the record
+    assert [s for s, _ in metric_history(done["mlflow_run_id"], "rollout/entropy_mean", uri=mlflow_uri)] == [1]
+    monkeypatch.setattr(Tracker, "log_metrics", real_log)
+    _check_rebuilt(config, mlflow_uri)
+
+
+def test_a_store_down_from_the_start(
+    model_dir: Path, data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    config = _experiment(tmp_path, model_dir, data)
+    exp = load_experiment(config)
+    train(exp.train_config(0), load_method("grpo"), exp.run_dir("grpo", 0))
+    done = read_json(exp.run_dir("grpo", 0) / "train.done")
+    assert done["mlflow_run_id"] is None
+    assert "Connection" in done["tracking_error"] or "refused" in done["tracking_error"]
+    uri = f"sqlite:///{tmp_path / 'later.db'}"  # the store is back (here: a new one)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    _check_rebuilt(config, uri)
+    assert len(search_runs("store", filter_string="tags.kind = 'train'", uri=uri)) == 1
