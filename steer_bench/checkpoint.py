@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from steer_bench import io
+from steer_bench.errors import SteerBenchError
 
 TRAINER_STATE = "trainer_state.pt"
 
@@ -39,13 +41,20 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)  # collective under FSDP: every rank calls it
     if accelerator.is_main_process:
-        with io.atomic_dir(path) as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
-            tokenizer.save_pretrained(tmp)
-            if optimizer is not None:
-                blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-                torch.save(blob, tmp / TRAINER_STATE)
-            io.write_json(tmp / "state.json", asdict(state))
+        try:
+            with io.atomic_dir(path) as tmp:
+                accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
+                tokenizer.save_pretrained(tmp)
+                if optimizer is not None:
+                    blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+                    torch.save(blob, tmp / TRAINER_STATE)
+                io.write_json(tmp / "state.json", asdict(state))
+        except (OSError, SafetensorError) as e:  # ENOSPC / EFBIG / EDQUOT; safetensors wraps them in its own type
+            raise SteerBenchError(
+                f"{path}: cannot write the checkpoint of step {state.step} ({e}): is the disk full, or a file-size "
+                f"or quota limit reached? The previous checkpoint in {path} is intact; free space and run again "
+                "to resume from it"
+            ) from e
     accelerator.wait_for_everyone()
 
 

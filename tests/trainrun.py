@@ -32,3 +32,28 @@ def make_cfg(model_dir: Path, data: dict[str, Path], **over: Any) -> TrainConfig
             node = node.setdefault(p, {})
         node[last] = value
     return validate(TrainConfig, raw, source="test")
+
+
+def experiment_yaml(tmp: Path, model_dir: Path, data: dict[str, Path], *, name: str, steps: int, **train: Any) -> Path:
+    """An experiment YAML whose layout points at prepared data and the tiny model (for the CLI and Snakemake)."""
+    import yaml
+
+    root = tmp / "results" / name
+    (root / "data").mkdir(parents=True)
+    for dataset, path in data.items():
+        (root / "data" / f"{dataset}.parquet").symlink_to(path)
+    exp = {
+        "name": name, "results_dir": str(tmp / "results"), "model_path": str(model_dir),
+        "data": {"train": "synth_train", "benchmarks": ["synth_test"]}, "methods": ["grpo"], "seeds": [0],
+        "train": {"rollout": {"n": 4, "max_new_tokens": 20}, "optim": {"lr": 1e-3, "weight_decay": 0.0},
+                  "steps": steps, "prompts_per_step": 4, "mini_batch_prompts": 2, "micro_batch_size": 4,
+                  "max_prompt_len": 40, "save_every": 2, "track": False} | train,
+    }  # fmt: skip
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def deterministic(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Metric rows without timings (which differ between any two runs)."""
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]

@@ -1,0 +1,86 @@
+"""Run one ``steer-bench`` subcommand in this real process with one fault injected, then let it crash as it
+would in the wild. Used by the fault tests as ``python inject.py FAULT -- <steer-bench arguments>``.
+
+Faults (each fires once, at a deterministic point, so a test knows exactly what was interrupted):
+
+- ``kill-at-replace:<name>:<n>``: SIGKILL right before the n-th ``os.replace`` whose source or destination is
+  called ``<name>`` or ``.<name>.old`` (``last``: the checkpoint directory's renames; ``main_table.tex``: a report
+  table), i.e. after the temporary copy is complete and before it is moved into place.
+- ``kill-at-grade:<n>``: SIGKILL at the n-th call of ``Grader.grade`` (an evaluation between two benchmarks).
+- ``fsize-after-save:<bytes>``: after the first completed checkpoint save, cap the size of any file this
+  process writes (RLIMIT_FSIZE, with SIGXFSZ ignored so writes fail with EFBIG): a disk that fills up mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sys
+from pathlib import Path
+
+
+def _kill() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_at_replace(name: str, nth: int) -> None:
+    real, seen = os.replace, [0]
+
+    def replace(src, dst, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if {Path(src).name, Path(dst).name} & {name, f".{name}.old"}:
+            seen[0] += 1
+            if seen[0] == nth:
+                _kill()
+        return real(src, dst, *args, **kwargs)
+
+    os.replace = replace
+
+
+def kill_at_grade(nth: int) -> None:
+    from steer_bench import grading
+
+    real, seen = grading.Grader.grade, [0]
+
+    def grade(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen[0] += 1
+        if seen[0] == nth:
+            _kill()
+        return real(self, *args, **kwargs)
+
+    grading.Grader.grade = grade
+
+
+def fsize_after_save(limit: int) -> None:
+    from steer_bench import checkpoint, train
+
+    real = checkpoint.save_checkpoint
+
+    def save(*args, **kwargs):  # type: ignore[no-untyped-def]
+        real(*args, **kwargs)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    train.save_checkpoint = save
+
+
+def main() -> int:
+    fault, sep, *argv = sys.argv[1:]
+    assert sep == "--", "usage: inject.py FAULT -- ARGS"
+    kind, *params = fault.split(":")
+    if kind == "kill-at-replace":
+        kill_at_replace(params[0], int(params[1]))
+    elif kind == "kill-at-grade":
+        kill_at_grade(int(params[0]))
+    elif kind == "fsize-after-save":
+        fsize_after_save(int(params[0]))
+    else:
+        raise SystemExit(f"unknown fault {fault!r}")
+    from steer_bench.cli import main as cli
+
+    return cli(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
