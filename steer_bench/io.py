@@ -75,6 +75,18 @@ def recover_atomic_dir(path: str | os.PathLike[str]) -> None:
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
 
+def remove_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporaries that killed writers left in ``folder`` (``.<name>.<random>.tmp``); return them.
+
+    Only for folders one job owns (a report's or an evaluation's output): a live writer's temporary would go too.
+    """
+    folder = Path(folder)
+    stale = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    for tmp in stale:
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    return stale
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -6,7 +6,8 @@ Per benchmark ``b`` the job's folder gets (each written atomically, samples firs
                               truncated, pred (the voted answer), strict_pred, correct, math_verify, strict,
                               status (ok | timeout | error), error
     <out>/<b>/summary.json    benchmark, row, method, seed, model, protocol, engine, versions, k, n_problems,
-                              metrics {acc, avg_at_<k>, pass_at_<j>, maj_at_<j>, ...}, complete: true
+                              metrics {acc, avg_at_<k>, pass_at_<j>, maj_at_<j>, ...}, samples_sha256 (of
+                              samples.jsonl: a summary names the exact samples it scored), complete: true
     <out>/eval.done           per-benchmark acc and the MLflow run ids, once every benchmark is complete
 
 A benchmark counts as done when its summary is complete and was made for the same request (model, protocol,
@@ -290,7 +291,11 @@ def _run_one(c: _Context, b: str, engine: Any, grader: Any, info: dict[str, Any]
         "time_s": {"generate": round(t1 - t0, 3), "grade": round(t2 - t1, 3)},
         "metrics": finite(metrics), "complete": True,
     }  # fmt: skip
+    # An earlier summary goes first: a crash between the two writes must leave no summary beside new samples.
+    (c.job.out_dir / b / "summary.json").unlink(missing_ok=True)
+    io.remove_temporaries(c.job.out_dir / b)  # left by a killed evaluation
     io.write_jsonl(c.job.out_dir / b / "samples.jsonl", rows)
+    summary["samples_sha256"] = hashlib.sha256((c.job.out_dir / b / "samples.jsonl").read_bytes()).hexdigest()
     io.write_json(c.job.out_dir / b / "summary.json", summary)
     log.info("%s: acc %.4f (avg@%d over %d problems) in %.1fs", b, metrics["acc"], params.n, len(problems), t2 - t0)
     return summary

@@ -31,6 +31,7 @@ def build_report(exp: ExperimentConfig, out_dir: str | Path | None = None, *, ur
     if exp.reference:
         reference.check_table(exp.reference)
     out = Path(out_dir) if out_dir else exp.root / "report"
+    io.remove_temporaries(out)  # from a report killed mid-write
     if uri:
         collect.remirror_failed_runs(exp, uri)  # runs whose store failed mid-run: their files are complete
     results = collect.from_mlflow(exp, uri) if uri else collect.from_files(exp)
