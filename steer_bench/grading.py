@@ -266,9 +266,9 @@ class _Worker:
         self.progress = 0.0  # when the current item started (last send or answer)
 
     def send(self, chunk: list[tuple[int, str, str]]) -> None:
+        self.conn.send(chunk)  # raises BrokenPipeError if the worker died while idle
         self.items.extend(i for i, _, _ in chunk)
         self.progress = time.monotonic()
-        self.conn.send(chunk)
 
     def stop(self, *, kill: bool) -> None:
         if kill:
@@ -354,9 +354,14 @@ class Grader:
         pending = self._chunks(golds)
         remaining = len(responses)
         while remaining:
-            for w in self._pool:
+            for w in list(self._pool):
                 if w.ready and not w.items and pending:
-                    w.send([(i, responses[i], golds[i]) for i in pending.popleft()])
+                    chunk = pending.popleft()
+                    try:
+                        w.send([(i, responses[i], golds[i]) for i in chunk])
+                    except OSError:  # died while idle (e.g. the OOM killer): replace it, the chunk goes back
+                        pending.appendleft(chunk)
+                        self._replace(w, pending, results, "error", "grading worker died while idle")
             for conn in wait([w.conn for w in self._pool], timeout=0.1):
                 w = next(w for w in self._pool if w.conn is conn)
                 try:
