@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from trainrun import experiment_yaml
 
 from steer_bench.experiment import load_experiment
 from steer_bench.io import read_json, read_jsonl
@@ -31,20 +31,7 @@ time.sleep(300)
 
 
 def _experiment(tmp: Path, model_dir: Path, data: dict[str, Path]) -> Path:
-    root = tmp / "results" / "store"
-    (root / "data").mkdir(parents=True)
-    for name, path in data.items():
-        (root / "data" / f"{name}.parquet").symlink_to(path)
-    exp = {
-        "name": "store", "results_dir": str(tmp / "results"), "model_path": str(model_dir),
-        "data": {"train": "synth_train", "benchmarks": ["synth_test"]}, "methods": ["grpo"], "seeds": [0],
-        "train": {"rollout": {"n": 4, "max_new_tokens": 20}, "optim": {"lr": 1e-3, "weight_decay": 0.0},
-                  "steps": STEPS, "prompts_per_step": 4, "mini_batch_prompts": 2, "micro_batch_size": 4,
-                  "max_prompt_len": 40, "save_every": 2},
-    }  # fmt: skip
-    path = tmp / "exp.yaml"
-    path.write_text(yaml.safe_dump(exp))
-    return path
+    return experiment_yaml(tmp, model_dir, data, name="store", steps=STEPS, track=True)
 
 
 def _check_rebuilt(config: Path, uri: str) -> None:
