@@ -51,6 +51,7 @@ _TABLES: dict[str, dict[str, str | None]] = {
     "plugin_7b": {  # STEER as a plug-in to other advantage estimators, Qwen2.5-Math-7B
         "RLOO": "31.5/14.7/68.8/80.6/37.5/41.7/45.8",
         "RLOO+STEER": "33.7/15.1/70.4/81.0/37.5/42.9/46.8",
+        "OPO": "32.2/13.4/71.5/82.2/38.2/41.0/46.4",  # the paper's OPO row, as printed in Table 3
         "OPO+STEER": "33.3/15.7/70.8/81.4/40.5/43.5/47.5",
     },
 }
