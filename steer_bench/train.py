@@ -38,12 +38,13 @@ from steer_bench.distributed import global_totals, param_checksums, reduce_acros
 from steer_bench.errors import SteerBenchError
 from steer_bench.grading import Grader
 from steer_bench.methods import MethodConfig, load_method
-from steer_bench.policy import load_policy, pad_to, prompt_token_ids, select_rows
+from steer_bench.policy import fit_prompts, load_policy, pad_to, select_rows
+from steer_bench.release_grading import reward_correct
 from steer_bench.rollout import SamplingParams, make_engine
 from steer_bench.rollout.batch import PaddedRollout, score_responses
 from steer_bench.runconfig import TrainConfig
 from steer_bench.stepstats import dump_rollouts, rollout_metrics
-from steer_bench.validation import load_validation, validate
+from steer_bench.validation import load_validation, selectable, validate
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,9 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
     check_run(cfg, method, policy.context_len, accelerator.num_processes)
     problems = load_prepared(cfg.data.train)
     problems = problems.head(cfg.data.limit) if cfg.data.limit else problems
-    prompts = prompt_token_ids(tokenizer, problems, max_len=cfg.max_prompt_len, source=cfg.data.train)
+    problems, prompts, dropped = fit_prompts(
+        tokenizer, problems, max_len=cfg.max_prompt_len, source=cfg.data.train, on_long=cfg.on_long_prompt
+    )
     golds = problems["answer"].tolist()
     val = load_validation(cfg, tokenizer)
 
@@ -293,7 +296,8 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
 
                 texts = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
                 verdicts = grader.grade(texts, [golds[idx[p]] for p in rollout.prompt_index])
-                correct = torch.tensor([v.correct and not t for v, t in zip(verdicts, rollout.truncated, strict=True)])
+                r = cfg.reward  # the grader's verdict, unless truncation forces the incorrect score
+                correct = torch.tensor(reward_correct(verdicts, rollout.truncated, grader=r.grader, rule=r.truncated))
                 scores = torch.where(correct, cfg.reward.correct, cfg.reward.incorrect).float().to(accelerator.device)
                 t2 = time.perf_counter()
 
@@ -327,13 +331,14 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
                     "time/update": t4 - t3,
                     "time/step": t4 - t0,
                     "perf/tokens_per_s": float(batch.response_mask.sum()) / max(t4 - t0, 1e-9),
+                    "data/prompts_dropped": float(len(dropped)),  # over max_prompt_len (on_long_prompt: drop)
                 }
                 metrics = reduce_across_ranks(metrics, accelerator)
                 if cfg.validation.every_n_steps and step % cfg.validation.every_n_steps == 0:
                     metrics |= validate(engine, tokenizer, val, cfg, grader, step_seed(cfg.seed, step) + 999_983)
                 metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}  # absent = undefined this step
                 state.step = step
-                if val is not None and _is_best(metrics.get(cfg.validation.metric), state):
+                if val is not None and selectable(cfg, step) and _is_best(metrics.get(cfg.validation.metric), state):
                     state.best_metric, state.best_step = metrics[cfg.validation.metric], step
                     save_checkpoint(best_dir, accelerator, model, tokenizer, state)
                 if main:

@@ -223,3 +223,36 @@ def test_two_cpu_ranks_keep_parameters_identical(model_dir: Path, data: dict[str
     start = AutoModelForCausalLM.from_pretrained(model_dir)
     assert first != pytest.approx(sum(float(p.abs().sum()) for p in start.parameters()), rel=1e-9)  # it trained
     assert len(finite_metrics(tmp_path / "ddp")) == 2
+
+
+def test_release_options_drop_long_prompts_grade_and_select_as_the_release(
+    model_dir: Path, data: dict[str, Path], tmp_path: Path
+) -> None:
+    """Issue 11 items 1-3, 8: release_strict reward, release_both validation (agreement logged), select_after,
+    on_long_prompt: drop (the dropped count in every step's metrics)."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from steer_bench.policy import render_prompt
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    lengths = sorted(len(render_prompt(tok, m)) for m in pd.read_parquet(data["synth_train"])["prompt"])
+    limit = lengths[len(lengths) // 2]  # about half the prompts are longer
+    too_long = sum(n > limit for n in lengths)
+    assert 0 < too_long < len(lengths)
+    cfg = make_cfg(model_dir, data, steps=3, max_prompt_len=limit, on_long_prompt="drop",
+                   reward={"grader": "release_strict", "correct": 1.0, "incorrect": -1.0},
+                   validation={"every_n_steps": 1, "data": str(data["synth_test"]), "limit": 4, "n": 2,
+                               "grader": "release_both", "select_after": 2})  # fmt: skip
+    summary = train(cfg, load_method("grpo"), tmp_path)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["data/prompts_dropped"] for r in rows] == [too_long] * 3
+    val_keys = {"val/avg_at_k", "val/math_verify_avg_at_k", "val/strict_avg_at_k", "val/grader_agreement"}
+    assert all(val_keys <= r.keys() for r in rows)
+    assert all(r["rollout/reward_mean"] >= -1.0 for r in rows)
+    vals = {r["step"]: r["val/avg_at_k"] for r in rows}
+    best = max((2, 3), key=lambda s: (vals[s], -s))  # step 1 is before select_after
+    assert summary["best_step"] == best
+    assert read_json(tmp_path / "checkpoints" / "best" / "state.json")["step"] == best
+    with pytest.raises(SteerBenchError, match="every prompt is longer"):
+        train(make_cfg(model_dir, data, max_prompt_len=1, on_long_prompt="drop"), load_method("grpo"), tmp_path / "x")
