@@ -56,8 +56,9 @@ _TABLES: dict[str, dict[str, str | None]] = {
     },
 }
 
-# Our rows that stand for a differently named paper row ("extreme" is GRPO run with Table 6's clipping).
-ALIASES = {"GRPO (extreme clipping)": "GRPO"}
+# Our rows that stand for a differently named paper row ("extreme" is GRPO run with Table 6's clipping; the
+# paper's STEER rows are compared with both λ_min settings: its text says 0.7, the release script 0.8).
+ALIASES = {"GRPO (extreme clipping)": "GRPO", "STEER (lambda_min 0.7)": "STEER"}
 
 
 def _parse(cells: str | None) -> dict[str, float] | None:

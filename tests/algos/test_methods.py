@@ -31,6 +31,9 @@ PRESETS = {
     "steer_first_order",
     "steer_quantile_k",
     "steer_release_bfc8d2e",
+    "steer_lmin07",
+    "rloo_clip_higher",
+    "opo_clip_higher",
 }
 
 
