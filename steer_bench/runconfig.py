@@ -127,6 +127,12 @@ class TrainConfig(StrictModel):
     """Longer prompts are never silently cut: an error (named by problem id) or dropped (``on_long_prompt``)."""
     on_long_prompt: Literal["error", "drop"] = "error"
     """drop: leave them out of training and validation and count them (the release's filter_overlong_prompts)."""
+    batch_order: Literal["grouped", "release"] = "grouped"
+    """Rows of the update: grouped = each rank updates on its own prompts' groups in order; release = verl's
+    balance_batch (length-balanced partition over ranks, each share in index order; steer_bench.batching)."""
+    loss_scale: Literal["global_tokens", "release"] = "global_tokens"
+    """global_tokens: micro-batch losses over the mini-batch's global totals (the paper's 1/Σ|o_i|); release:
+    each micro-batch's own aggregate / accumulation steps, averaged over ranks (verl v0.4.1)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     save_every: int = Field(10, ge=1)
     log_rollouts_every: int = Field(10, ge=0)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from steer_bench import io
 from steer_bench.algos import compute_advantages, mini_batch_stats, policy_loss, reduce_metrics
+from steer_bench.batching import loss_factor, loss_totals, order_for_update
 from steer_bench.checkpoint import TrainState, is_resumable, load_trainer_state, save_checkpoint, truncate_metrics
 from steer_bench.config import dump_yaml
 from steer_bench.distributed import global_totals, param_checksums, reduce_across_ranks, sync_mini_stats
@@ -173,6 +174,7 @@ def policy_update(
                 )
                 extra = sync_mini_stats(extra, accelerator)
             totals = global_totals(mask[rows], accelerator) | {"max_response_len": cfg.rollout.max_new_tokens}
+            totals = loss_totals(cfg.loss_scale, totals)  # release: each micro-batch's own counts
             optimizer.zero_grad(set_to_none=True)
             micro = micro_batches(rows, cfg.micro_batch_size)
             for j, mrows in enumerate(micro):
@@ -193,8 +195,8 @@ def policy_update(
                     )
                     if not torch.isfinite(loss):
                         raise NonFiniteLoss(f"the loss is {loss.item()} (rows {mrows[0].item()}..{mrows[-1].item()})")
-                    # The denominators are global; DDP averages gradients over ranks, so undo that average.
-                    accelerator.backward(loss * accelerator.num_processes)
+                    # global_tokens: global denominators, ×W undoes DDP's mean; release: ÷ accumulation steps.
+                    accelerator.backward(loss * loss_factor(cfg.loss_scale, len(micro), accelerator.num_processes))
                 calls.append(metrics)
             grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
             if not np.isfinite(grad_norm):
@@ -314,12 +316,18 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
                 )
                 t3 = time.perf_counter()
 
+                # The rows this rank updates on (batch_order: release exchanges them across ranks).
+                ubatch, uold, uadv = order_for_update(
+                    cfg.batch_order, batch, old, adv, accelerator, tokenizer.pad_token_id
+                )
                 probe = None
                 if cfg.analysis.every_n_steps and step % cfg.analysis.every_n_steps == 0:
                     from steer_bench.analysis import EntropyProbe
 
-                    probe = EntropyProbe(step, method, cfg, batch, old, adv, forward=forward)
-                metrics = policy_update(model, optimizer, scheduler, accelerator, batch, old, adv, method, cfg, probe)
+                    probe = EntropyProbe(step, method, cfg, ubatch, uold, uadv, forward=forward)
+                metrics = policy_update(
+                    model, optimizer, scheduler, accelerator, ubatch, uold, uadv, method, cfg, probe
+                )
                 if probe is not None:  # metrics on every rank (reduced below); the main process writes its rows
                     metrics |= probe.save(out / "analysis" / f"step_{step:06d}.parquet") if main else probe.metrics()
                 t4 = time.perf_counter()
@@ -332,6 +340,8 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
                     "time/step": t4 - t0,
                     "perf/tokens_per_s": float(batch.response_mask.sum()) / max(t4 - t0, 1e-9),
                     "data/prompts_dropped": float(len(dropped)),  # over max_prompt_len (on_long_prompt: drop)
+                    "batch/update_tokens_max": float(ubatch.attention_mask.sum()),  # over ranks: max and min
+                    "batch/update_tokens_min": float(ubatch.attention_mask.sum()),
                 }
                 metrics = reduce_across_ranks(metrics, accelerator)
                 if cfg.validation.every_n_steps and step % cfg.validation.every_n_steps == 0:

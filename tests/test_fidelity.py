@@ -21,6 +21,7 @@ def test_paper_configs_use_the_release_defaults(path: Path) -> None:
     assert (cfg.reward.correct, cfg.reward.incorrect) == (1.0, -1.0)
     assert (cfg.validation.grader, cfg.validation.select_after) == ("release_both", 80)
     assert cfg.on_long_prompt == "drop"
+    assert (cfg.batch_order, cfg.loss_scale) == ("release", "release")
 
 
 def test_paper_protocol_grades_as_the_release() -> None:
@@ -31,6 +32,7 @@ def test_cpu_miniature_keeps_its_defaults() -> None:
     cfg = load_experiment(REPO / "configs" / "default.yaml").train_config(0)
     assert (cfg.reward.grader, cfg.reward.truncated) == ("math_verify", "auto")
     assert (cfg.validation.grader, cfg.validation.select_after, cfg.on_long_prompt) == (None, 0, "error")
+    assert (cfg.batch_order, cfg.loss_scale) == ("grouped", "global_tokens")
 
 
 def _exp(name: str):
