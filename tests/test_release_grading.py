@@ -110,3 +110,17 @@ def test_pool_grades_under_a_per_call_grader() -> None:
         assert both == [grade_one(r, g, primary="release_both") for r, g in zip(responses, golds, strict=True)]
         assert [v.correct for v in both] == [True, True, True]
         assert [v.correct for v in pool.grade(responses, golds, primary="strict")] == [True, False, True]
+
+
+def test_sample_rows_record_the_strict_extraction_of_the_grader_used() -> None:
+    import pandas as pd
+
+    from steer_bench.evaluation.scoring import sample_rows
+
+    text = "Answer: 7\nso \\boxed{540 }"
+    problems = pd.DataFrame({"problem_id": ["p"], "answer": ["540"]})
+    batch = SimpleNamespace(prompt_index=[0], response_ids=[[1, 2]], finished=[True])
+    for grader, pred in (("release_both", "540 "), ("strict", "540")):
+        v = grade_one(text, "540", primary=grader)
+        (row,) = sample_rows(problems, batch, [text], [v], grader=grader)
+        assert (row["strict_pred"], row["strict"]) == (pred, grader == "strict")
