@@ -91,6 +91,9 @@ class ExperimentConfig(StrictModel):
     methods: list[str] = Field(min_length=1)
     method_overrides: dict[str, list[str]] = {}
     """Per-method dotted overrides of the preset, e.g. {steer: ["loss.params.weight_min=0.7"]}."""
+    controls: list[str] = []
+    """Methods that are matched controls, not rows of the paper (e.g. a baseline at STEER's ε_high 0.28): the
+    report marks their rows "(control)"."""
     seeds: list[int] = Field(min_length=1)
     train: dict[str, Any]
     """The TrainConfig fields shared by every run (model.path, data.train and seed are filled in)."""
@@ -189,6 +192,9 @@ def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = 
     for m in exp.methods:
         if m not in valid:
             raise SteerBenchError(f"{path}: unknown method {m!r} in 'methods'; valid: {valid}")
+    for m in exp.controls:
+        if m not in exp.methods:
+            raise SteerBenchError(f"{path}: 'controls' names {m!r}, which is not in 'methods'")
     for m, ov in exp.method_overrides.items():
         if m not in exp.methods:
             raise SteerBenchError(f"{path}: 'method_overrides' names {m!r}, which is not in 'methods'")

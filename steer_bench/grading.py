@@ -8,8 +8,11 @@ Two graders, both recorded in every :class:`Verdict`:
   last ``Answer: ...`` line there, normalised (:func:`normalize_answer`) and compared for exact equality
   with the normalised gold.
 
-The primary grader (``Verdict.correct``) is configurable: ``math_verify`` (default), ``strict``, or ``either``
-(STEER's "strict OR equivalence checker").
+The primary grader (``Verdict.correct``) is configurable: ``math_verify`` (default), ``strict``, ``either``
+(strict OR math-verify), and the release's ``release_strict`` / ``release_both`` (:mod:`steer_bench.release_grading`:
+the release's strict box on the last 100 of the last 300 characters, raw equality; ``release_both`` = that OR
+math-verify on the last 300 characters). With a release grader ``Verdict.strict`` is the release's strict box and
+math-verify sees only the last 300 characters, as the release's checkers do.
 
 Timeouts: math-verify's own timeouts use ``signal.alarm`` (whole seconds, main thread only) and, with
 ``raise_on_error=False``, turn a timeout into a silent ``False``. So we switch them off and arm our own
@@ -39,10 +42,11 @@ from multiprocessing.connection import Connection, wait
 from math_verify import parse, verify
 
 from steer_bench.errors import SteerBenchError
+from steer_bench.release_grading import RELEASE_GRADERS, last_boxed, release_strict_match, release_window
 
 log = logging.getLogger(__name__)
 
-PRIMARY_GRADERS = ("math_verify", "strict", "either")
+PRIMARY_GRADERS = ("math_verify", "strict", "either", *RELEASE_GRADERS)
 STRICT_WINDOW = 300  # characters at the end of a response the strict matcher looks at (STEER/DAPO)
 KILL_GRACE_S = 2.0  # extra seconds before the parent kills a worker that its own alarm did not stop
 STARTUP_TIMEOUT_S = 120.0
@@ -73,19 +77,6 @@ class Verdict:
 _ANSWER_LINE = re.compile(r"(?i)answer\s*:\s*([^\n]+)")
 _UNWRAP = re.compile(r"\\(?:text|textbf|mathrm|mbox|boxed)\{([^{}]*)\}")
 _DROP = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\ ", "$", "^\\circ", "^{\\circ}", "\\%", "%", " ")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (balanced braces) in ``text``, or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 0, start + len("\\boxed")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1 : j]
-    return None
 
 
 def normalize_answer(answer: str) -> str:
@@ -196,14 +187,24 @@ def check_math_verify(response: str, gold: str, *, timeout: float | None, cache:
             signal.signal(signal.SIGALRM, old)
 
 
+def strict_for(primary: str, response: str, gold: str) -> tuple[bool, str | None]:
+    """The strict matcher of ``primary``'s family: the release's strict box for a release grader, else ours."""
+    return release_strict_match(response, gold) if primary in RELEASE_GRADERS else strict_match(response, gold)
+
+
+def mv_input(primary: str, response: str) -> str:
+    """What math-verify grades: the release's 300-character window for a release grader, else the response."""
+    return release_window(response) if primary in RELEASE_GRADERS else response
+
+
 def combine(primary: str, mv: MVResult, strict: tuple[bool, str | None]) -> Verdict:
-    """The :class:`Verdict` from math-verify's result and the strict matcher's."""
+    """The :class:`Verdict` from math-verify's result and the strict matcher's (that of ``primary``'s family)."""
     mv_ok, mv_pred, status, error = mv
     strict_ok, strict_pred = strict
-    if primary == "strict":
+    if primary in ("strict", "release_strict"):
         correct, pred = strict_ok, strict_pred
     else:
-        correct = mv_ok is True or (primary == "either" and strict_ok)
+        correct = mv_ok is True or (primary in ("either", "release_both") and strict_ok)
         pred = mv_pred if mv_pred is not None else strict_pred
     return Verdict(correct=correct, math_verify=mv_ok, strict=strict_ok, pred=pred, status=status, error=error)
 
@@ -214,8 +215,8 @@ _ONE_PROCESS_CACHE: dict[str, list] = {}
 def grade_one(response: str, gold: str, *, primary: str = "math_verify", timeout: float | None = 10.0) -> Verdict:
     """Grade one response in this process (timeout only in the main thread; see :func:`check_math_verify`)."""
     _check_primary(primary)
-    mv = check_math_verify(response, gold, timeout=timeout, cache=_ONE_PROCESS_CACHE)
-    return combine(primary, mv, strict_match(response, gold))
+    mv = check_math_verify(mv_input(primary, response), gold, timeout=timeout, cache=_ONE_PROCESS_CACHE)
+    return combine(primary, mv, strict_for(primary, response, gold))
 
 
 def _check_primary(primary: str) -> None:
@@ -325,16 +326,19 @@ class Grader:
         """Process ids of the current workers (for monitoring)."""
         return [w.proc.pid for w in self._pool]
 
-    def grade(self, responses: Sequence[str], golds: Sequence[str]) -> list[Verdict]:
+    def grade(self, responses: Sequence[str], golds: Sequence[str], *, primary: str | None = None) -> list[Verdict]:
+        """Verdicts under the pool's primary grader, or under ``primary`` for this call (e.g. validation's)."""
+        primary = primary or self.primary
+        _check_primary(primary)
         if len(responses) != len(golds):
             raise SteerBenchError(f"grade: {len(responses)} responses but {len(golds)} golds")
         self.start()
         try:
-            mv = self._run_math_verify(list(responses), list(golds))
+            mv = self._run_math_verify([mv_input(primary, r) for r in responses], list(golds))
         except BaseException:  # e.g. Ctrl-C mid-call: in-flight answers must not leak into the next call
             self.close(kill=True)
             raise
-        return [combine(self.primary, m, strict_match(r, g)) for m, r, g in zip(mv, responses, golds, strict=True)]
+        return [combine(primary, m, strict_for(primary, r, g)) for m, r, g in zip(mv, responses, golds, strict=True)]
 
     def _chunks(self, golds: list[str]) -> deque[list[int]]:
         """Indices grouped by gold (whole groups per chunk), about four chunks per worker."""

@@ -1,12 +1,13 @@
 """Loading the policy (model + tokenizer) and turning prepared problems into prompt token ids.
 
 Shared by training and evaluation so both see exactly the same prompts: the dataset's messages rendered
-with the tokenizer's chat template (generation prompt appended). Over-long prompts are an error that names
-the problem ids, never silently truncated.
+with the tokenizer's chat template (generation prompt appended). Over-long prompts are never truncated: an
+error that names the problem ids, or (``on_long_prompt: drop``, the release's behaviour) dropped and counted.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from steer_bench.inputs import check_chat_template, check_model_dir
 from steer_bench.rollout.batch import PaddedRollout
 from steer_bench.runconfig import ModelConfig
 
+log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -54,14 +56,32 @@ def load_policy(cfg: ModelConfig, *, path: str | None = None) -> Policy:
 
 def prompt_token_ids(tokenizer: Any, problems: pd.DataFrame, *, max_len: int, source: str) -> list[list[int]]:
     """Chat-templated prompt ids per problem; raises naming the problems longer than ``max_len`` tokens."""
+    return fit_prompts(tokenizer, problems, max_len=max_len, source=source, on_long="error")[1]
+
+
+def fit_prompts(
+    tokenizer: Any, problems: pd.DataFrame, *, max_len: int, source: str, on_long: str
+) -> tuple[pd.DataFrame, list[list[int]], list[str]]:
+    """(kept problems, their prompt ids, ids of the dropped problems). Prompts longer than ``max_len`` tokens
+    raise (``on_long="error"``) or are dropped, as the release's ``data.filter_overlong_prompts`` (``"drop"``)."""
+    if on_long not in ("error", "drop"):
+        raise SteerBenchError(f"on_long_prompt must be 'error' or 'drop', got {on_long!r}")
     ids = [render_prompt(tokenizer, messages) for messages in problems["prompt"]]
-    too_long = [(pid, len(x)) for pid, x in zip(problems["problem_id"], ids, strict=True) if len(x) > max_len]
-    if too_long:
+    keep = [len(x) <= max_len for x in ids]
+    too_long = [(pid, len(x)) for pid, x, k in zip(problems["problem_id"], ids, keep, strict=True) if not k]
+    if too_long and on_long == "error":
         raise SteerBenchError(
             f"{source}: {len(too_long)} prompt(s) longer than max_prompt_len={max_len} tokens, e.g. "
             + ", ".join(f"{pid} ({n})" for pid, n in too_long[:5])
+            + " (set on_long_prompt: drop to leave them out, as the release does)"
         )
-    return ids
+    if too_long and not any(keep):
+        raise SteerBenchError(f"{source}: every prompt is longer than max_prompt_len={max_len} tokens")
+    if too_long:
+        log.warning("%s: dropped %d prompt(s) over max_prompt_len=%d: %s", source, len(too_long), max_len,
+                    ", ".join(str(pid) for pid, _ in too_long[:10]))  # fmt: skip
+    kept = problems[keep].reset_index(drop=True) if too_long else problems
+    return kept, [x for x, k in zip(ids, keep, strict=True) if k], [str(pid) for pid, _ in too_long]
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:

@@ -14,6 +14,9 @@ from pydantic import Field, field_validator, model_validator
 
 from steer_bench.config import StrictModel
 
+# steer_bench.grading.PRIMARY_GRADERS (not imported: it loads math-verify); docs/fidelity.md items 1-2.
+Grader = Literal["math_verify", "strict", "either", "release_strict", "release_both"]
+
 
 class ModelConfig(StrictModel):
     path: str
@@ -43,7 +46,10 @@ class RolloutConfig(StrictModel):
 
 
 class RewardConfig(StrictModel):
-    grader: Literal["math_verify", "strict", "either"] = "math_verify"
+    grader: Grader = "math_verify"
+    truncated: Literal["auto", "incorrect", "graded"] = "auto"
+    """A truncated response: auto = the grader's convention (release graders grade it as it is, ours score it
+    incorrect), or always incorrect / always graded (steer_bench.release_grading)."""
     correct: float = 1.0
     incorrect: float = 0.0
     """Score of a wrong, truncated or ungradeable response. (STEER's release uses +1/−1; GRPO is invariant to it.)"""
@@ -75,6 +81,10 @@ class ValidationConfig(StrictModel):
     """None = the rollout's max_new_tokens."""
     metric: str = "val/avg_at_k"
     """Key that selects the best checkpoint (higher is better)."""
+    grader: Grader | None = None
+    """Grader of the validation samples; None = reward.grader (the paper: release_both, as the release)."""
+    select_after: int = Field(0, ge=0)
+    """Only validations at steps >= select_after can become the best checkpoint (the release: save_after=80)."""
 
     @model_validator(mode="after")
     def _needs_data(self) -> ValidationConfig:
@@ -114,7 +124,15 @@ class TrainConfig(StrictModel):
     """Sequences per forward/backward (gradient accumulation inside a mini-batch)."""
     ppo_epochs: int = Field(1, ge=1)
     max_prompt_len: int = Field(ge=1)
-    """Longer prompts are an error (named by problem id), never silently cut."""
+    """Longer prompts are never silently cut: an error (named by problem id) or dropped (``on_long_prompt``)."""
+    on_long_prompt: Literal["error", "drop"] = "error"
+    """drop: leave them out of training and validation and count them (the release's filter_overlong_prompts)."""
+    batch_order: Literal["grouped", "release"] = "grouped"
+    """Rows of the update: grouped = each rank updates on its own prompts' groups in order; release = verl's
+    balance_batch (length-balanced partition over ranks, each share in index order; steer_bench.batching)."""
+    loss_scale: Literal["global_tokens", "release"] = "global_tokens"
+    """global_tokens: micro-batch losses over the mini-batch's global totals (the paper's 1/Σ|o_i|); release:
+    each micro-batch's own aggregate / accumulation steps, averaged over ranks (verl v0.4.1)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     save_every: int = Field(10, ge=1)
     log_rollouts_every: int = Field(10, ge=0)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from steer_bench import io
 from steer_bench.algos import compute_advantages, mini_batch_stats, policy_loss, reduce_metrics
+from steer_bench.batching import loss_factor, loss_totals, order_for_update
 from steer_bench.checkpoint import TrainState, is_resumable, load_trainer_state, save_checkpoint, truncate_metrics
 from steer_bench.config import dump_yaml
 from steer_bench.distributed import global_totals, param_checksums, reduce_across_ranks, sync_mini_stats
@@ -40,12 +41,13 @@ from steer_bench.grading import Grader
 from steer_bench.guards import check_token_values, check_weights
 from steer_bench.inputs import check_same_architecture
 from steer_bench.methods import MethodConfig, load_method
-from steer_bench.policy import load_policy, pad_to, prompt_token_ids, select_rows
+from steer_bench.policy import fit_prompts, load_policy, pad_to, select_rows
+from steer_bench.release_grading import reward_correct
 from steer_bench.rollout import SamplingParams, make_engine
 from steer_bench.rollout.batch import PaddedRollout, score_responses
 from steer_bench.runconfig import TrainConfig
 from steer_bench.stepstats import dump_rollouts, rollout_metrics
-from steer_bench.validation import load_validation, validate
+from steer_bench.validation import load_validation, selectable, validate
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +176,7 @@ def policy_update(
                 )
                 extra = sync_mini_stats(extra, accelerator)
             totals = global_totals(mask[rows], accelerator) | {"max_response_len": cfg.rollout.max_new_tokens}
+            totals = loss_totals(cfg.loss_scale, totals)  # release: each micro-batch's own counts
             optimizer.zero_grad(set_to_none=True)
             micro = micro_batches(rows, cfg.micro_batch_size)
             for j, mrows in enumerate(micro):
@@ -194,8 +197,8 @@ def policy_update(
                     )
                     if not torch.isfinite(loss):
                         raise NonFiniteError(f"the loss is {loss.item()} (rows {mrows[0].item()}..{mrows[-1].item()})")
-                    # The denominators are global; DDP averages gradients over ranks, so undo that average.
-                    accelerator.backward(loss * accelerator.num_processes)
+                    # global_tokens: global denominators, ×W undoes DDP's mean; release: ÷ accumulation steps.
+                    accelerator.backward(loss * loss_factor(cfg.loss_scale, len(micro), accelerator.num_processes))
                 calls.append(metrics)
             grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
             if not np.isfinite(grad_norm):
@@ -240,7 +243,9 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
     check_run(cfg, method, policy.context_len, accelerator.num_processes)
     problems = load_prepared(cfg.data.train)
     problems = problems.head(cfg.data.limit) if cfg.data.limit else problems
-    prompts = prompt_token_ids(tokenizer, problems, max_len=cfg.max_prompt_len, source=cfg.data.train)
+    problems, prompts, dropped = fit_prompts(
+        tokenizer, problems, max_len=cfg.max_prompt_len, source=cfg.data.train, on_long=cfg.on_long_prompt
+    )
     golds = problems["answer"].tolist()
     val = load_validation(cfg, tokenizer)
 
@@ -302,7 +307,8 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
 
                 texts = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
                 verdicts = grader.grade(texts, [golds[idx[p]] for p in rollout.prompt_index])
-                correct = torch.tensor([v.correct and not t for v, t in zip(verdicts, rollout.truncated, strict=True)])
+                r = cfg.reward  # the grader's verdict, unless truncation forces the incorrect score
+                correct = torch.tensor(reward_correct(verdicts, rollout.truncated, grader=r.grader, rule=r.truncated))
                 scores = torch.where(correct, cfg.reward.correct, cfg.reward.incorrect).float().to(accelerator.device)
                 t2 = time.perf_counter()
 
@@ -319,12 +325,18 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
                 )
                 t3 = time.perf_counter()
 
+                # The rows this rank updates on (batch_order: release exchanges them across ranks).
+                ubatch, uold, uadv = order_for_update(
+                    cfg.batch_order, batch, old, adv, accelerator, tokenizer.pad_token_id
+                )
                 probe = None
                 if cfg.analysis.every_n_steps and step % cfg.analysis.every_n_steps == 0:
                     from steer_bench.analysis import EntropyProbe
 
-                    probe = EntropyProbe(step, method, cfg, batch, old, adv, forward=forward)
-                metrics = policy_update(model, optimizer, scheduler, accelerator, batch, old, adv, method, cfg, probe)
+                    probe = EntropyProbe(step, method, cfg, ubatch, uold, uadv, forward=forward)
+                metrics = policy_update(
+                    model, optimizer, scheduler, accelerator, ubatch, uold, uadv, method, cfg, probe
+                )
                 if probe is not None:  # metrics on every rank (reduced below); the main process writes its rows
                     metrics |= probe.save(out / "analysis" / f"step_{step:06d}.parquet") if main else probe.metrics()
                 t4 = time.perf_counter()
@@ -336,13 +348,16 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
                     "time/update": t4 - t3,
                     "time/step": t4 - t0,
                     "perf/tokens_per_s": float(batch.response_mask.sum()) / max(t4 - t0, 1e-9),
+                    "data/prompts_dropped": float(len(dropped)),  # over max_prompt_len (on_long_prompt: drop)
+                    "batch/update_tokens_max": float(ubatch.attention_mask.sum()),  # over ranks: max and min
+                    "batch/update_tokens_min": float(ubatch.attention_mask.sum()),
                 }
                 metrics = reduce_across_ranks(metrics, accelerator)
                 if cfg.validation.every_n_steps and step % cfg.validation.every_n_steps == 0:
                     metrics |= validate(engine, tokenizer, val, cfg, grader, step_seed(cfg.seed, step) + 999_983)
                 metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}  # absent = undefined this step
                 state.step = step
-                if val is not None and _is_best(metrics.get(cfg.validation.metric), state):
+                if val is not None and selectable(cfg, step) and _is_best(metrics.get(cfg.validation.metric), state):
                     state.best_metric, state.best_step = metrics[cfg.validation.metric], step
                     save_checkpoint(best_dir, accelerator, model, tokenizer, state)
                 if main:

@@ -170,13 +170,17 @@ def test_killed_run_resumes_and_matches_uninterrupted(model_dir: Path, data: dic
 
 
 @pytest.mark.slow
-def test_two_cpu_ranks_keep_parameters_identical(model_dir: Path, data: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("sets", [[], ["--set", "batch_order=release", "--set", "loss_scale=release"]],
+                         ids=["grouped", "release"])  # fmt: skip
+def test_two_cpu_ranks_keep_parameters_identical(
+    sets: list[str], model_dir: Path, data: dict[str, Path], tmp_path: Path
+) -> None:
     config = _experiment(tmp_path, model_dir, data, steps=2)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "steer_bench", "train",
            "--config", str(config), "--method", "steer", "--seed", "0", "--out", str(tmp_path / "ddp"),
-           "--method-set", "loss.params.scope=mini"]  # fmt: skip
+           "--method-set", "loss.params.scope=mini", *sets]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     done = json.loads((tmp_path / "ddp" / "train.done").read_text())
@@ -184,4 +188,56 @@ def test_two_cpu_ranks_keep_parameters_identical(model_dir: Path, data: dict[str
     assert first == second
     start = AutoModelForCausalLM.from_pretrained(model_dir)
     assert first != pytest.approx(sum(float(p.abs().sum()) for p in start.parameters()), rel=1e-9)  # it trained
-    assert len(finite_metrics(tmp_path / "ddp")) == 2
+    rows = finite_metrics(tmp_path / "ddp")
+    assert len(rows) == 2
+    if sets:  # the release's order: the ranks' token counts differ by at most one sequence (prompt + response)
+        assert all(r["batch/update_tokens_max"] - r["batch/update_tokens_min"] <= 40 + 20 for r in rows)
+
+
+def test_release_options_drop_long_prompts_grade_and_select_as_the_release(
+    model_dir: Path, data: dict[str, Path], tmp_path: Path
+) -> None:
+    """Issue 11 items 1-3, 8: release_strict reward, release_both validation (agreement logged), select_after,
+    on_long_prompt: drop (the dropped count in every step's metrics)."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from steer_bench.policy import render_prompt
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    lengths = sorted(len(render_prompt(tok, m)) for m in pd.read_parquet(data["synth_train"])["prompt"])
+    limit = lengths[len(lengths) // 2]  # about half the prompts are longer
+    too_long = sum(n > limit for n in lengths)
+    assert 0 < too_long < len(lengths)
+    cfg = make_cfg(model_dir, data, steps=3, max_prompt_len=limit, on_long_prompt="drop",
+                   reward={"grader": "release_strict", "correct": 1.0, "incorrect": -1.0},
+                   validation={"every_n_steps": 1, "data": str(data["synth_test"]), "limit": 4, "n": 2,
+                               "grader": "release_both", "select_after": 2})  # fmt: skip
+    summary = train(cfg, load_method("grpo"), tmp_path)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["data/prompts_dropped"] for r in rows] == [too_long] * 3
+    val_keys = {"val/avg_at_k", "val/math_verify_avg_at_k", "val/strict_avg_at_k", "val/grader_agreement"}
+    assert all(val_keys <= r.keys() for r in rows)
+    assert all(r["rollout/reward_mean"] >= -1.0 for r in rows)
+    vals = {r["step"]: r["val/avg_at_k"] for r in rows}
+    best = max((2, 3), key=lambda s: (vals[s], -s))  # step 1 is before select_after
+    assert summary["best_step"] == best
+    assert read_json(tmp_path / "checkpoints" / "best" / "state.json")["step"] == best
+    with pytest.raises(SteerBenchError, match="every prompt is longer"):
+        train(make_cfg(model_dir, data, max_prompt_len=1, on_long_prompt="drop"), load_method("grpo"), tmp_path / "x")
+
+
+def test_batch_order_and_loss_scale_in_the_loop(model_dir: Path, data: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 11 items 4-5 on one process: the release's order is the grouped one (verl's single part), and its
+    loss scaling changes the update when micro-batches (here one prompt's 4 responses) differ in length."""
+    grouped = train(make_cfg(model_dir, data), load_method("steer"), tmp_path / "grouped")
+    release = train(make_cfg(model_dir, data, batch_order="release"), load_method("steer"), tmp_path / "release")
+    assert release["param_checksums"] == grouped["param_checksums"]
+    assert _deterministic(read_jsonl(tmp_path / "release" / "metrics.jsonl")) == _deterministic(
+        read_jsonl(tmp_path / "grouped" / "metrics.jsonl"))  # fmt: skip
+    # The entropy bonus gives every micro-batch a gradient (GRPO's alone often leaves one group with signal per
+    # mini-batch, and Adam does not see a constant scale): their relative weights now differ.
+    ent = load_method("entropy_loss")
+    ours = train(make_cfg(model_dir, data), ent, tmp_path / "ours")
+    scaled = train(make_cfg(model_dir, data, loss_scale="release"), ent, tmp_path / "scaled")
+    assert scaled["param_checksums"] != ours["param_checksums"]

@@ -13,6 +13,9 @@ from torch import Tensor
 
 from steer_bench.algos.stats import masked_mean
 
+# Ω variants: the current release, the other stored release version (labelled by its commit), our p·Ω.
+OMEGA_FORMS = ("paper", "release_bfc8d2e", "first_order")
+
 # Elements per chunk of rows (a few chunk-sized temporaries live at once: 64 MiB each in float32).
 CHUNK_ELEMENTS = 2**24
 
@@ -112,8 +115,9 @@ def entropy_from_logits(logits: Tensor, *, temperature: float = 1.0, chunk_rows:
 def omega(advantages: Tensor, old_log_probs: Tensor, log_probs: Tensor, entropy: Tensor, *, form: str) -> Tensor:
     """STEER's per-token entropy-change estimate Ω (B, T), no gradient.
 
-    paper (the released code):  Ω = (A / π_old) · p(1 − p) · (ln p + H)
-    first_order:                 p · Ω
+    paper (the released code):  Ω = (A / π_old) · p(1 − p) · (ln p + H)        (release commit b31df71)
+    release_bfc8d2e:             Ω = (A / π_old) · p(1 − p)² · (ln p + H)       (release commit bfc8d2e)
+    first_order:                 p · Ω_paper
     with p = exp(log_probs) clamped to [1e-8, 1 − 1e-8] (current policy), π_old = exp(old_log_probs) clamped
     to [1e-8, 1], H the old policy's entropy. Non-finite values become 0 (as released).
 
@@ -121,14 +125,16 @@ def omega(advantages: Tensor, old_log_probs: Tensor, log_probs: Tensor, entropy:
     only the sampled logit (the paper's Assumption 1) is ΔH ≈ −(η/L)·p·Ω_paper = −(η/L)·Ω_first_order: the
     sampled logit moves by (η/L)·A·p(1−p)/π_old and ∂H/∂z_y = −p(ln p + H). The released Ω lacks the factor p.
     """
-    if form not in ("paper", "first_order"):
-        raise ValueError(f"omega form must be 'paper' or 'first_order', got {form!r}")
+    if form not in OMEGA_FORMS:
+        raise ValueError(f"omega form must be one of {OMEGA_FORMS}, got {form!r}")
     with torch.no_grad():
         p = log_probs.detach().exp().clamp(1e-8, 1 - 1e-8)
         old_p = old_log_probs.detach().exp().clamp(1e-8, 1.0)
         out = advantages.detach() / old_p * p * (1 - p) * (p.log() + entropy.detach())
         if form == "first_order":
             out = out * p
+        elif form == "release_bfc8d2e":  # the other stored release version squares (1 − p)
+            out = out * (1 - p)
         return torch.where(torch.isfinite(out), out, torch.zeros_like(out))
 
 

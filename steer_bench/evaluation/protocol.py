@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, model_validator
 
 from steer_bench.config import StrictModel, apply_overrides, read_yaml, validate
 from steer_bench.errors import SteerBenchError
 from steer_bench.rollout import SamplingParams
+from steer_bench.runconfig import Grader
 
 PROTOCOLS_DIR = Path(__file__).resolve().parents[2] / "configs" / "protocols"
 
@@ -35,8 +36,9 @@ class Protocol(StrictModel):
     seed: int = Field(0, ge=0)
     chat_template: bool = True
     """Apply the tokenizer's chat template (False: the prompt messages' contents joined by a blank line)."""
-    grader: Literal["math_verify", "strict", "either"] = "math_verify"
-    """Primary grader (``steer_bench.grading``); both graders are recorded per sample either way."""
+    grader: Grader = "math_verify"
+    """Primary grader (``steer_bench.grading``); math-verify and the (family's) strict matcher are recorded per
+    sample either way. The paper protocol: release_both, the release's "strict box OR checker"."""
 
     @model_validator(mode="after")
     def _check(self) -> Protocol:

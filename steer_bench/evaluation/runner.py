@@ -276,7 +276,7 @@ def _run_one(c: _Context, b: str, engine: Any, grader: Any, info: dict[str, Any]
     texts = c.tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
     verdicts = grader.grade(texts, [problems["answer"].iat[i] for i in batch.prompt_index])
     t2 = time.perf_counter()
-    rows = sample_rows(problems, batch, texts, verdicts)
+    rows = sample_rows(problems, batch, texts, verdicts, grader=grader.primary)
     metrics = score(rows, verdicts, params.n)
     if metrics["timeouts"]:
         log.warning("%s: %d of %d samples timed out in grading (counted wrong)", b, metrics["timeouts"], len(rows))

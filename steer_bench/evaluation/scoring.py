@@ -8,12 +8,15 @@ from typing import Any
 import pandas as pd
 
 from steer_bench.evaluation.protocol import pass_ks
-from steer_bench.grading import strict_match, summarize_verdicts
+from steer_bench.grading import strict_for, summarize_verdicts
 from steer_bench.metrics import benchmark_metrics
 
 
-def sample_rows(problems: pd.DataFrame, batch: Any, texts: list[str], verdicts: list[Any]) -> list[dict[str, Any]]:
-    """One row per sample (batch row i·k + j = sample j of problem i), in batch order."""
+def sample_rows(
+    problems: pd.DataFrame, batch: Any, texts: list[str], verdicts: list[Any], *, grader: str = "math_verify"
+) -> list[dict[str, Any]]:
+    """One row per sample (batch row i·k + j = sample j of problem i), in batch order. ``strict_pred`` is the
+    extraction of ``grader``'s strict matcher (the release's box for a release grader), as ``strict`` is."""
     rows, seen = [], {}
     for i, text, v, ids, finished in zip(
         batch.prompt_index, texts, verdicts, batch.response_ids, batch.finished, strict=True
@@ -23,7 +26,7 @@ def sample_rows(problems: pd.DataFrame, batch: Any, texts: list[str], verdicts: 
         rows.append({
             "problem_id": problems["problem_id"].iat[i], "sample": seen[i], "gold": gold, "response": text,
             "response_len": len(ids), "truncated": not finished, "pred": v.pred,
-            "strict_pred": strict_match(text, gold)[1], "correct": v.correct, "math_verify": v.math_verify,
+            "strict_pred": strict_for(grader, text, gold)[1], "correct": v.correct, "math_verify": v.math_verify,
             "strict": v.strict, "status": v.status, "error": v.error,
         })  # fmt: skip
     return rows

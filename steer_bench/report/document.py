@@ -41,7 +41,22 @@ def experiment_section(exp: ExperimentConfig, table: tables.Table) -> list[str]:
     ]
     out += [f"- Eval-only row `{r.name}` ({table.labels[r.name]}): model `{r.model}`" for r in exp.eval_only]
     out += [f"- Overrides of `{m}`: {', '.join(f'`{o}`' for o in ov)}" for m, ov in exp.method_overrides.items()]
+    out += settings_lines(exp, table)
     return [*out, ""]
+
+
+def settings_lines(exp: ExperimentConfig, table: tables.Table) -> list[str]:
+    """Per trained row, the settings a matched comparison turns on: clipping, STEER's λ_min, control or not."""
+    from steer_bench.methods import load_method  # lazy: imports torch
+
+    out = []
+    for m in exp.methods:
+        method = load_method(m, exp.method_overrides.get(m, []))
+        loss = method.loss
+        lam = f", λ_min {loss.params['weight_min']:g}" if "weight_min" in loss.params else ""
+        role = " — a matched control, not a paper row" if m in exp.controls else ""
+        out.append(f"- Row {table.labels[m]}: ε_low {loss.clip_low}, ε_high {loss.clip_high}{lam}{role}")
+    return out
 
 
 def protocol_section(results: Results) -> list[str]:

@@ -82,7 +82,7 @@ def main_table(exp: ExperimentConfig, results: Results) -> Table:
                 per_seed_avg.append(100 * statistics.fmean(found))
         cells[(row, labels.AVG)] = Cell.of(per_seed_avg, len(seeds))
     trained = {r: r in exp.methods for r in rows}
-    names = {r: labels.row_label(r, trained=trained[r]) for r in rows}
+    names = {r: labels.row_label(r, trained=trained[r]) + (" (control)" if r in exp.controls else "") for r in rows}
     return Table(list(rows), names, trained, [*benches, labels.AVG], cells)
 
 

@@ -30,6 +30,10 @@ PRESETS = {
     "opo_steer",
     "steer_first_order",
     "steer_quantile_k",
+    "steer_release_bfc8d2e",
+    "steer_lmin07",
+    "rloo_clip_higher",
+    "opo_clip_higher",
 }
 
 
@@ -78,6 +82,7 @@ def test_steer_preset_matches_the_release() -> None:
     }
     assert load_method("steer_linear").loss.params["weight_max"] == 1.2
     assert load_method("steer_first_order").loss.params["form"] == "first_order"
+    assert load_method("steer_release_bfc8d2e").loss.params["form"] == "release_bfc8d2e"
     assert load_method("steer_quantile_k").loss.params["k_norm"] == "quantile:0.99"
     assert load_method("rloo_steer").advantage.estimator == "rloo"
     assert load_method("opo_steer").advantage.estimator == "opo"

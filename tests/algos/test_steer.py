@@ -42,6 +42,17 @@ def test_omega_sign_in_each_quadrant() -> None:
     assert float(omega(adv, logp, logp, ent, form="first_order")[0, 0]) == pytest.approx(0.9 * float(om[0, 0]))
 
 
+def test_omega_release_bfc8d2e_form_squares_one_minus_p() -> None:
+    """Release commit bfc8d2e: f = p(1 − p)²(ln p + H), i.e. (1 − p) × the current release's Ω, token by token."""
+    p, old_p, h, a = 0.3, 0.25, 1.1, -0.7
+    args = (_t([[a]]), _t([[math.log(old_p)]]), _t([[math.log(p)]]), _t([[h]]))
+    v1 = float(omega(*args, form="release_bfc8d2e")[0, 0])
+    assert v1 == pytest.approx(a / old_p * p * (1 - p) ** 2 * (math.log(p) + h), rel=1e-12)  # float64 inputs
+    assert v1 == pytest.approx((1 - p) * float(omega(*args, form="paper")[0, 0]), rel=1e-12)
+    with pytest.raises(ValueError, match="release_bfc8d2e"):
+        omega(*args, form="v1")
+
+
 def test_omega_zeroes_non_finite_values_and_zero_advantage() -> None:
     om = omega(_t([[math.inf, 0.0]]), _t([[-1.0, -1.0]]), _t([[-1.0, -1.0]]), _t([[0.5, 0.5]]), form="paper")
     assert om.tolist() == [[0.0, 0.0]]

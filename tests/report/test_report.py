@@ -235,7 +235,7 @@ def test_cli_from_files(setup, tmp_path: Path) -> None:
 def test_reference_transcription_is_consistent() -> None:
     """Every paper row's Avg is the mean of its six benchmarks up to the paper's rounding (catches typos)."""
     rows = [(t, r, c) for t, table in reference.REFERENCE.items() for r, c in table.items() if c is not None]
-    assert len(rows) == 27
+    assert len(rows) == 28
     for table, row, cells in rows:
         six = [cells[b] for b in reference.COLUMNS[:-1]]
         assert abs(sum(six) / 6 - cells["avg"]) <= 0.0501, (table, row)
@@ -243,6 +243,9 @@ def test_reference_transcription_is_consistent() -> None:
     assert reference.paper_value("table6_extreme", "GRPO (extreme clipping)", "avg") == 44.9
     assert reference.paper_value("table3_7b", "Fork Tokens", "aime24") is None
     assert reference.paper_value("plugin_7b", "STEER", "aime24") is None
+    # The plug-in table's OPO baseline row (issue 11, item 11), the same numbers as Table 3's OPO row.
+    opo = [reference.paper_value("plugin_7b", "OPO", c) for c in reference.COLUMNS]
+    assert opo == [32.2, 13.4, 71.5, 82.2, 38.2, 41.0, 46.4]
 
 
 def test_unknown_reference_and_empty_store_are_clear_errors(setup, tmp_path: Path) -> None:
