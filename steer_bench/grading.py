@@ -304,6 +304,7 @@ class Grader:
             self._ctx.set_forkserver_preload(["steer_bench.grading"])  # workers fork with math-verify imported
         self._pool: list[_Worker] = []
         self.restarts = 0
+        self._startup_kills = 0  # workers killed before they were ready, since the last one that started
 
     def __enter__(self) -> Grader:
         self.start()
@@ -374,7 +375,7 @@ class Grader:
                     remaining -= self._replace(w, pending, results, "error", "grading worker died")
                     continue
                 if msg == _READY:
-                    w.ready = True
+                    w.ready, self._startup_kills = True, 0
                     continue
                 index, result = msg
                 results[index] = result
@@ -395,7 +396,10 @@ class Grader:
 
     def _replace(self, w: _Worker, pending: deque[list[int]], results: list, status: str, error: str) -> int:
         """Kill ``w``, give its current item ``status``, re-queue the rest of its chunk, start a new worker."""
-        if not w.ready:
+        if not w.ready:  # died before its first message: a kill from outside (exit code < 0) is retried
+            w.proc.join(timeout=1)
+            self._startup_kills += 1
+        if not w.ready and not (w.proc.exitcode is not None and w.proc.exitcode < 0 and self._startup_kills <= 3):
             raise SteerBenchError(
                 f"grading worker died during start-up (exit code {w.proc.exitcode}); with start methods "
                 "'forkserver'/'spawn' the main script must be a file whose top level is guarded by "

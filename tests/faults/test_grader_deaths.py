@@ -76,3 +76,20 @@ def test_a_training_run_goes_on_when_its_grader_workers_die(
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(r["grading/errors"] == 0 and r["grading/timeouts"] == 0 for r in rows)  # replaced before use
     assert summary["steps"] == 3
+
+
+def test_a_worker_killed_during_start_up_is_replaced() -> None:
+    with Grader(workers=1, timeout=10) as g:
+        os.kill(g.pids[0], signal.SIGKILL)  # before its warm-up finished: never ready
+        verdicts = g.grade(["\\boxed{1}", "\\boxed{3}"], ["1", "2"])
+        assert [v.correct for v in verdicts] == [True, False]
+        assert g.restarts == 1
+
+
+def test_a_start_up_that_fails_on_its_own_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grading, "_worker_main", lambda conn, timeout: os._exit(1))  # e.g. an import error
+    with (
+        Grader(workers=1, timeout=10, start_method="fork") as g,
+        pytest.raises(grading.SteerBenchError, match="start-up"),
+    ):
+        g.grade(["\\boxed{1}"], ["1"])
