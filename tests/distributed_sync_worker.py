@@ -25,6 +25,46 @@ from steer_bench.rollout.vllm import VLLMEngine
 from steer_bench.rollout.weights import full_weights
 
 
+def sharded_resume(model: torch.nn.Module, tok: object, opt: torch.optim.Optimizer, ckpt: Path, rank: int) -> dict:
+    """Save through the production ``save_checkpoint`` (every rank its own optimizer shard), rebuild the sharded
+    model from the checkpoint's HF folder, restore with ``load_trainer_state`` and compare this rank's shards."""
+    from accelerate import Accelerator
+    from torch.distributed.fsdp import fully_shard
+
+    from steer_bench.checkpoint import TrainState, load_trainer_state, save_checkpoint
+
+    class FSDP2Accelerator(Accelerator):  # FSDP2 driven directly (Accelerate runs MULTI_CPU here): gather ourselves
+        def get_state_dict(self, model: torch.nn.Module, unwrap: bool = True) -> dict:
+            return dict(full_weights(model))
+
+    acc = FSDP2Accelerator(cpu=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    save_checkpoint(ckpt, acc, model, tok, TrainState(step=1), optimizer=opt, scheduler=sched)
+    again = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+    mesh = next(p for p in model.parameters()).device_mesh
+    for layer in again.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(again, mesh=mesh)
+    opt2 = torch.optim.AdamW(again.parameters(), lr=1e-2)
+    state = load_trainer_state(ckpt, opt2, torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0))
+    pairs = list(zip(model.parameters(), again.parameters(), strict=True))
+    saved, restored = opt.state_dict()["state"], opt2.state_dict()["state"]
+    local = {i: {k: v.to_local() if hasattr(v, "to_local") else v for k, v in st.items()} for i, st in saved.items()}
+    same = saved.keys() == restored.keys() and all(
+        torch.equal(local[i][k], v.to_local() if hasattr(v, "to_local") else v)
+        for i, st in restored.items()
+        for k, v in st.items()
+    )
+    return {
+        "step": state.step,
+        "world_size": state.world_size,
+        "weights_equal": all(torch.equal(p.to_local(), q.to_local()) for p, q in pairs),
+        "optimizer_equal": same,
+        "states": len(saved),
+        "exp_avg_shard_sum": float(sum(st["exp_avg"].double().sum() for st in local.values())),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -80,6 +120,9 @@ def main() -> None:
     except SteerBenchError as e:
         result["lossy_error"] = str(e)
     engine.llm.collective_rpc = real
+    result["resume"] = (
+        sharded_resume(model, tok, opt, Path(args.out) / "ckpt", rank) if args.shard == "fsdp2" else None
+    )
     Path(args.out, f"rank{rank}.json").write_text(json.dumps(result))
     engine.close()
     dist.barrier()

@@ -16,8 +16,10 @@ from __future__ import annotations
 import collections
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,7 @@ import yaml
 from tiny import tiny_model_dir
 
 from steer_bench.errors import SteerBenchError
-from steer_bench.io import read_jsonl
+from steer_bench.io import read_json, read_jsonl
 
 pytest.importorskip("vllm")
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +129,14 @@ def test_fsdp2_sharded_sync_into_one_vllm_engine_per_rank(model_dir: Path, tmp_p
         assert stats["peak_bytes"] < stats["total_bytes"]
         assert "weight sync failed" in r["lossy_error"]  # the self-check catches a transfer that drops a tensor
     assert ranks[0]["checksum"] == ranks[1]["checksum"]
+    for r in ranks:  # sharded resume: each rank got its own optimizer shard back, bit for bit
+        assert r["resume"] == r["resume"] | {
+            "step": 1,
+            "world_size": 2,
+            "weights_equal": True,
+            "optimizer_equal": True,
+        }
+    assert ranks[0]["resume"]["exp_avg_shard_sum"] != ranks[1]["resume"]["exp_avg_shard_sum"]  # shards differ
     assert ranks[0]["samples_same_seed"] == ranks[1]["samples_same_seed"]  # identical engines, one request seed
     assert ranks[0]["samples_rank_seed"] != ranks[1]["samples_rank_seed"]  # per-rank seeds: different samples
 
@@ -160,19 +170,48 @@ def launch(config: Path, out: Path, *extra: str) -> list[str]:
             "0", "--out", str(out), *extra]  # fmt: skip
 
 
+def _deterministic(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_two_ranks_train_with_one_vllm_engine_each(model_dir: Path, tmp_path: Path) -> None:
-    config = _experiment(tmp_path, model_dir)
-    proc = subprocess.run(launch(config, tmp_path / "run"), env=_env(), capture_output=True, text=True, timeout=600)
+def test_two_ranks_train_with_vllm_then_a_killed_run_resumes_exactly(model_dir: Path, tmp_path: Path) -> None:
+    """The production path, then sharded resume: SIGKILL to every rank after a checkpoint, relaunch, and the
+    run ends with the uninterrupted run's metrics (timings aside) and parameters."""
+    config = _experiment(tmp_path, model_dir, steps=6)
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    proc = subprocess.run(launch(config, ref), env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    done = json.loads((tmp_path / "run" / "train.done").read_text())
+    done = json.loads((ref / "train.done").read_text())
     first, second = done["param_checksums"]
     assert first == second  # data-parallel training stayed in sync
-    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2, 3]
+    rows = read_jsonl(ref / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 7))
     for r in rows:  # sync_tol = 1e-5 made every sync (rollout and validation) check this on every rank
         assert r["sync/probe_gap_max"] <= GAP
         assert r["rollout/logprob_gap"] <= GAP
         assert r["sync/peak_mb_max"] > 0
-    assert "val/avg_at_k" in rows[1]
+    assert all("val/avg_at_k" in rows[i] for i in (1, 3, 5))
+    assert sorted(p.name for p in (ref / "checkpoints" / "last" / "trainer_state").iterdir()) == [
+        "rank0.pt",
+        "rank1.pt",
+    ]
+
+    # Kill the whole launch (launcher and both ranks) once step 3 is logged: the step-2 checkpoint exists.
+    log = (tmp_path / "killed.log").open("w")
+    run = subprocess.Popen(launch(config, killed), env=_env(), stdout=log, stderr=log, start_new_session=True)
+    deadline = time.time() + 300
+    metrics = killed / "metrics.jsonl"
+    while len(read_jsonl(metrics) if metrics.exists() else []) < 3:
+        assert run.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert not (killed / "train.done").exists()
+    assert read_json(killed / "checkpoints" / "last" / "state.json")["step"] in (2, 4)
+    proc = subprocess.run(launch(config, killed), env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert _deterministic(read_jsonl(killed / "metrics.jsonl")) == _deterministic(rows)
+    assert json.loads((killed / "train.done").read_text())["param_checksums"] == done["param_checksums"]
