@@ -200,6 +200,8 @@ class VLLMEngine:
         held (:class:`~steer_bench.rollout.weights.SyncMeter`).
         """
         if self.asleep:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the update's cached blocks go back to the driver, where vLLM allocates
             self.llm.wake_up(tags=["weights"])  # the KV cache stays released while the weights load
         meter = SyncMeter()
         if self.sync_mode == "tensors":
