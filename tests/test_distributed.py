@@ -215,3 +215,18 @@ def test_two_ranks_train_with_vllm_then_a_killed_run_resumes_exactly(model_dir: 
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert _deterministic(read_jsonl(killed / "metrics.jsonl")) == _deterministic(rows)
     assert json.loads((killed / "train.done").read_text())["param_checksums"] == done["param_checksums"]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_an_engine_that_cannot_start_fails_with_the_launch_named(model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from steer_bench.rollout.vllm import VLLMEngine
+
+    model, tok = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    # Too little memory for the configured KV cache: vLLM's own check, re-raised before any rollout.
+    with pytest.raises(SteerBenchError, match=r"engine could not start \(rank 0 of 1, backend in-process, tp 1\)"):
+        VLLMEngine(model, tok, model_path=str(model_dir), cpu_kvcache_gb=1e-6, max_model_len=128)
+    with pytest.raises(SteerBenchError, match="engine could not start"):  # longer than the model's context
+        VLLMEngine(model, tok, model_path=str(model_dir), cpu_kvcache_gb=0.25, max_model_len=100_000)

@@ -1,9 +1,9 @@
 """The dress rehearsal of the paper pipeline (configs/paper/rehearsal.yaml), trimmed to stay short: the real
 `snakemake` on a config that extends it and only cuts the scale further (one method, 2 steps, 2 problems per
-benchmark). Every paper-scale path a CPU runs: the six release benchmark files, 2 training ranks under
-`accelerate launch` with one vLLM engine each (sync self-check at 1e-5), AIME24 validation selecting the best
-checkpoint, sharded checkpoints, vLLM evaluation with the paper protocol, MLflow, and the report with the
-paper's Table 3 beside ours."""
+benchmark, a 30-step warm start). Every paper-scale path a CPU runs: the six release benchmark files, 2
+training ranks under `accelerate launch` with one vLLM engine each (sync self-check at 1e-5), AIME24
+validation selecting the best checkpoint, sharded checkpoints, vLLM evaluation with the paper protocol,
+MLflow, and the report with the paper's Table 3 beside ours."""
 
 from __future__ import annotations
 
@@ -44,8 +44,13 @@ def test_rehearsal_changes_only_the_scale() -> None:
 @pytest.mark.vllm
 def test_trimmed_rehearsal_end_to_end(tmp_path: Path) -> None:
     (tmp_path / "configs").symlink_to(REPO / "configs")
+    warm = yaml.safe_load((REPO / "configs" / "warmstart" / "rehearsal.yaml").read_text())
+    warm["sft"] |= {"max_steps": 30, "eval_every": 30, "warmup_steps": 5}  # a format-only warm start: seconds
+    warm["task"] |= {"n_test": 8}
+    (tmp_path / "warm.yaml").write_text(yaml.safe_dump(warm))
     trimmed = {
         "extends": str(REHEARSAL), "name": "rehearsal_ci", "methods": ["steer"], "eval_only": [],
+        "warmstart": str(tmp_path / "warm.yaml"),
         "data": {"limits": {"dapo_math_17k": 8, **dict.fromkeys(BENCHMARKS, 2)}},
         "train": {"steps": 2, "save_every": 1, "validation": {"every_n_steps": 1}},
     }  # fmt: skip
