@@ -81,7 +81,7 @@ def save_checkpoint(
     from accelerate.utils import broadcast_object_list
 
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)  # collective under FSDP: every rank calls it
+    state_dict = full_state_dict(model, accelerator)  # collective under FSDP: every rank calls it
     state.world_size = accelerator.num_processes
     with contextlib.ExitStack() as stack:
         tmp = [str(stack.enter_context(io.atomic_dir(path))) if accelerator.is_main_process else None]
@@ -99,6 +99,19 @@ def save_checkpoint(
             tokenizer.save_pretrained(tmp_dir)
             io.write_json(tmp_dir / "state.json", asdict(state))
     accelerator.wait_for_everyone()
+
+
+def full_state_dict(model: Any, accelerator: Any) -> dict[str, torch.Tensor]:
+    """The full state dict for the HF folder: Accelerate's (it gathers under its FSDP plugin), or, for a model
+    sharded with ``fully_shard`` directly (``train.shard: fsdp2``), gathered here one tensor at a time."""
+    from torch.distributed.tensor import DTensor
+
+    from steer_bench.rollout.weights import full_weights
+
+    unwrapped = accelerator.unwrap_model(model)
+    if any(isinstance(t, DTensor) for t in unwrapped.state_dict().values()):
+        return {name: t.cpu() for name, t in full_weights(unwrapped)}
+    return accelerator.get_state_dict(model)
 
 
 def is_resumable(path: Path) -> bool:

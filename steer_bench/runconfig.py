@@ -128,6 +128,11 @@ class TrainConfig(StrictModel):
     max_prompt_len: int = Field(ge=1)
     """Longer prompts are an error (named by problem id), never silently cut."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    shard: Literal["accelerate", "fsdp2"] = "accelerate"
+    """How the model is distributed: ``accelerate`` = what the accelerate config says (DDP, or FSDP on GPU);
+    ``fsdp2`` = torch's ``fully_shard`` called directly (how FSDP2 runs on CPU ranks, where Accelerate's FSDP
+    plugin falls back to DDP); float32 only, and with the vllm engine (hf ``generate`` runs a different number of
+    forward passes on each rank, which FSDP2's collectives cannot)."""
     save_every: int = Field(10, ge=1)
     log_rollouts_every: int = Field(10, ge=0)
     """Dump sample rollouts as JSONL every N steps (0 = never)."""
@@ -143,6 +148,8 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _batch_shapes(self) -> TrainConfig:
+        if self.shard == "fsdp2" and (self.rollout.engine != "vllm" or self.mixed_precision != "no"):
+            raise ValueError("shard: fsdp2 needs rollout.engine: vllm and mixed_precision: no")
         if self.prompts_per_step % self.mini_batch_prompts:
             raise ValueError(
                 f"mini_batch_prompts ({self.mini_batch_prompts}) must divide "

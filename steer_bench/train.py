@@ -34,7 +34,14 @@ from steer_bench import io
 from steer_bench.algos import compute_advantages, mini_batch_stats, policy_loss, reduce_metrics
 from steer_bench.checkpoint import TrainState, is_resumable, load_trainer_state, save_checkpoint, truncate_metrics
 from steer_bench.config import dump_yaml
-from steer_bench.distributed import global_totals, param_checksums, reduce_across_ranks, sync_mini_stats
+from steer_bench.distributed import (
+    global_totals,
+    param_checksums,
+    prepare,
+    reduce_across_ranks,
+    shard_fsdp2,
+    sync_mini_stats,
+)
 from steer_bench.errors import SteerBenchError
 from steer_bench.grading import Grader
 from steer_bench.methods import MethodConfig, load_method
@@ -235,8 +242,10 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
     golds = problems["answer"].tolist()
     val = load_validation(cfg, tokenizer)
 
+    if cfg.shard == "fsdp2":
+        model = shard_fsdp2(model, accelerator)  # before the optimizer: it must see the sharded parameters
     optimizer, scheduler = make_optimizer(model, cfg)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler = prepare(accelerator, model, optimizer, scheduler, shard=cfg.shard)
     state = load_trainer_state(last_dir, optimizer, scheduler) if resume else TrainState()
     if resume:
         truncate_metrics(out / "metrics.jsonl", state.step)
