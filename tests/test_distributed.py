@@ -80,6 +80,16 @@ def test_sleep_mode_and_memory_are_checked_on_cpu() -> None:
         check_memory(0.5, 100_000)
 
 
+def test_fsdp2_sharding_needs_the_vllm_engine_and_float32(model_dir: Path, tmp_path: Path) -> None:
+    from steer_bench.experiment import load_experiment
+
+    exp = load_experiment(_experiment(tmp_path, model_dir, shard="fsdp2"))
+    assert exp.train_config(0).shard == "fsdp2"
+    for override in ("rollout.engine=hf", "mixed_precision=bf16"):
+        with pytest.raises(SteerBenchError, match=r"shard: fsdp2 needs rollout\.engine: vllm and mixed_precision: no"):
+            exp.train_config(0, [override])
+
+
 def test_full_weights_snapshot_and_meter(model_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
