@@ -74,6 +74,10 @@ def check_run(cfg: TrainConfig, method: MethodConfig, context_len: int | None, w
     for name in ("prompts_per_step", "mini_batch_prompts"):
         if getattr(cfg, name) % world_size:
             raise SteerBenchError(f"{name} ({getattr(cfg, name)}) must be divisible by the {world_size} processes")
+    if cfg.rollout.engine == "vllm":  # an engine that cannot start in this world fails before the model is prepared
+        from steer_bench.rollout.vllm import launch_backend
+
+        launch_backend(world_size, cfg.rollout.vllm.tensor_parallel_size)
 
 
 def step_seed(seed: int, step: int) -> int:

@@ -90,6 +90,17 @@ def test_fsdp2_sharding_needs_the_vllm_engine_and_float32(model_dir: Path, tmp_p
             exp.train_config(0, [override])
 
 
+def test_a_launch_the_engine_cannot_serve_fails_before_the_model_is_prepared(model_dir: Path, tmp_path: Path) -> None:
+    from steer_bench.experiment import load_experiment
+    from steer_bench.methods import load_method
+    from steer_bench.train import check_run
+
+    cfg = load_experiment(_experiment(tmp_path, model_dir)).train_config(0, ["rollout.vllm.tensor_parallel_size=2"])
+    check_run(cfg, load_method("grpo"), 128, 1)  # alone, vLLM runs its own tensor-parallel workers
+    with pytest.raises(SteerBenchError, match=r"tensor_parallel_size=2 inside a 2-rank training world"):
+        check_run(cfg, load_method("grpo"), 128, 2)
+
+
 def test_full_weights_snapshot_and_meter(model_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
