@@ -102,16 +102,26 @@ def save_checkpoint(
 
 
 def full_state_dict(model: Any, accelerator: Any) -> dict[str, torch.Tensor]:
-    """The full state dict for the HF folder: Accelerate's (it gathers under its FSDP plugin), or, for a model
-    sharded with ``fully_shard`` directly (``train.shard: fsdp2``), gathered here one tensor at a time."""
+    """The full state dict for the HF folder (used on the main process; collective, every rank calls it).
+
+    Accelerate's under its own FSDP plugin (it gathers) and for unsharded models; for a model sharded with
+    ``fully_shard`` directly (``train.shard: fsdp2``) gathered here one tensor at a time, every rank taking part in
+    each all-gather but only the main process keeping the (host) copies.
+    """
+    from accelerate.utils import DistributedType
     from torch.distributed.tensor import DTensor
 
     from steer_bench.rollout.weights import full_weights
 
     unwrapped = accelerator.unwrap_model(model)
-    if any(isinstance(t, DTensor) for t in unwrapped.state_dict().values()):
-        return {name: t.cpu() for name, t in full_weights(unwrapped)}
-    return accelerator.get_state_dict(model)
+    sharded = any(isinstance(t, DTensor) for t in unwrapped.state_dict().values())
+    if accelerator.distributed_type == DistributedType.FSDP or not sharded:
+        return accelerator.get_state_dict(model)
+    out: dict[str, torch.Tensor] = {}
+    for name, t in full_weights(unwrapped):
+        if accelerator.is_main_process:
+            out[name] = t.cpu()
+    return out
 
 
 def is_resumable(path: Path) -> bool:

@@ -33,11 +33,7 @@ def sharded_resume(model: torch.nn.Module, tok: object, opt: torch.optim.Optimiz
 
     from steer_bench.checkpoint import TrainState, load_trainer_state, save_checkpoint
 
-    class FSDP2Accelerator(Accelerator):  # FSDP2 driven directly (Accelerate runs MULTI_CPU here): gather ourselves
-        def get_state_dict(self, model: torch.nn.Module, unwrap: bool = True) -> dict:
-            return dict(full_weights(model))
-
-    acc = FSDP2Accelerator(cpu=True)
+    acc = Accelerator(cpu=True)  # MULTI_CPU: the checkpoint gathers the fully_shard shards itself
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     save_checkpoint(ckpt, acc, model, tok, TrainState(step=1), optimizer=opt, scheduler=sched)
     again = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
