@@ -10,6 +10,7 @@
 
 import os
 import sys
+import zlib
 from pathlib import Path
 
 from steer_bench.errors import SteerBenchError
@@ -24,7 +25,16 @@ except SteerBenchError as e:
 PY = sys.executable  # the interpreter running snakemake (the project's venv)
 SB = f"{PY} -m steer_bench"
 # Training runs under `accelerate launch` when the experiment names an accelerate config (multi-GPU, FSDP).
-TRAIN = f"{PY} -m accelerate.commands.launch --config_file {EXP.accelerate_config} -m steer_bench" if EXP.accelerate_config else SB
+def train_launcher(w):
+    """`accelerate launch` with the experiment's config, or one process. Each launch gets its own rendezvous port
+    (a stable hash of method/seed), so two multi-rank train jobs on one machine (configs/paper/rehearsal.yaml on
+    CPU) do not both bind accelerate's default 29500."""
+    if not EXP.accelerate_config:
+        return SB
+    port = 20000 + zlib.crc32(f"{w.method}/{w.seed}".encode()) % 20000
+    return f"{PY} -m accelerate.commands.launch --config_file {EXP.accelerate_config} --main_process_port {port} -m steer_bench"
+
+
 ROOT = str(EXP.root)
 TREE = bool(EXP.tree)
 DATA_DIR = f"--data-dir {EXP.data.dir}" if EXP.data.dir else ""
@@ -98,10 +108,12 @@ rule train:
     log:
         f"{ROOT}/logs/train/{{method}}-seed{{seed}}.log",
     threads: 1
+    params:
+        launcher=train_launcher,
     resources:
         gpu=RES.train_gpus, mem_mb=RES.train_mem_mb, runtime=RES.train_minutes
     shell:
-        "{TRAIN} train --config {CONFIG} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
+        "{params.launcher} train --config {CONFIG} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
 
 
 rule eval_run:

@@ -1,5 +1,6 @@
 """Data-parallel helpers for the trainer: global loss denominators, mini-batch statistics and metrics over
-ranks, and a parameter checksum per rank. No-ops (or cheap) in a single process."""
+ranks, a parameter checksum per rank, and FSDP2 driven directly (``train.shard: fsdp2``). No-ops (or cheap) in a
+single process."""
 
 from __future__ import annotations
 
@@ -53,6 +54,37 @@ def reduce_across_ranks(metrics: dict[str, float], accelerator: Accelerator) -> 
 
 
 def param_checksums(model: Any, accelerator: Accelerator) -> list[float]:
-    """Σ|θ| of the trained parameters on every rank: equal on all ranks iff data-parallel training stayed in sync."""
-    total = sum(p.detach().double().abs().sum() for p in accelerator.unwrap_model(model).parameters())
+    """Σ|θ| of the trained parameters on every rank: equal on all ranks iff data-parallel training stayed in sync
+    (FSDP2 shards are gathered first, so there it checks the gather)."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p.detach() for p in accelerator.unwrap_model(model).parameters()]
+    total = sum((p.full_tensor() if isinstance(p, DTensor) else p).double().abs().sum() for p in params)
     return accelerator.gather(total.reshape(1).to(accelerator.device)).cpu().tolist()
+
+
+def prepare(accelerator: Accelerator, model: Any, optimizer: Any, scheduler: Any, *, shard: str) -> tuple[Any, ...]:
+    """``accelerator.prepare`` (DDP, or FSDP from the accelerate config), or for ``shard == "fsdp2"`` only the
+    optimizer and scheduler: the model was sharded by :func:`shard_fsdp2` (before the optimizer was built)."""
+    if shard == "accelerate":
+        return accelerator.prepare(model, optimizer, scheduler)
+    optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+    return model, optimizer, scheduler
+
+
+def shard_fsdp2(model: Any, accelerator: Accelerator) -> Any:
+    """FSDP2 without Accelerate's plugin (which does not engage on CPU): ``fully_shard`` every decoder layer, then
+    the root, over a 1-D mesh of all ranks. Gradients are reduce-scattered with an average over ranks, as DDP's
+    all-reduce, so the trainer's loss scaling is the same; parameters, gradients and AdamW state are DTensor
+    shards (the weight sync and checkpoints gather them one tensor at a time)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    if accelerator.num_processes == 1:
+        return model
+    mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
+    model.to(accelerator.device)
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model

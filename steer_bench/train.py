@@ -35,7 +35,14 @@ from steer_bench.algos import compute_advantages, mini_batch_stats, policy_loss,
 from steer_bench.batching import loss_factor, loss_totals, order_for_update
 from steer_bench.checkpoint import TrainState, is_resumable, load_trainer_state, save_checkpoint, truncate_metrics
 from steer_bench.config import dump_yaml
-from steer_bench.distributed import global_totals, param_checksums, reduce_across_ranks, sync_mini_stats
+from steer_bench.distributed import (
+    global_totals,
+    param_checksums,
+    prepare,
+    reduce_across_ranks,
+    shard_fsdp2,
+    sync_mini_stats,
+)
 from steer_bench.errors import NonFiniteError, SteerBenchError
 from steer_bench.grading import Grader
 from steer_bench.guards import check_token_values, check_weights
@@ -67,6 +74,10 @@ def check_run(cfg: TrainConfig, method: MethodConfig, context_len: int | None, w
     for name in ("prompts_per_step", "mini_batch_prompts"):
         if getattr(cfg, name) % world_size:
             raise SteerBenchError(f"{name} ({getattr(cfg, name)}) must be divisible by the {world_size} processes")
+    if cfg.rollout.engine == "vllm":  # an engine that cannot start in this world fails before the model is prepared
+        from steer_bench.rollout.vllm import launch_backend
+
+        launch_backend(world_size, cfg.rollout.vllm.tensor_parallel_size)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -249,8 +260,10 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
     golds = problems["answer"].tolist()
     val = load_validation(cfg, tokenizer)
 
+    if cfg.shard == "fsdp2":
+        model = shard_fsdp2(model, accelerator)  # before the optimizer: it must see the sharded parameters
     optimizer, scheduler = make_optimizer(model, cfg)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler = prepare(accelerator, model, optimizer, scheduler, shard=cfg.shard)
     state = load_trainer_state(last_dir, optimizer, scheduler) if resume else TrainState()
     if resume:
         truncate_metrics(out / "metrics.jsonl", state.step)
@@ -341,6 +354,7 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
                     metrics |= probe.save(out / "analysis" / f"step_{step:06d}.parquet") if main else probe.metrics()
                 t4 = time.perf_counter()
                 metrics |= rollout_metrics(batch, rollout.truncated, verdicts, scores, adv, *old, group_ids)
+                metrics |= engine.sync_metrics()
                 metrics |= {
                     "time/rollout": t1 - t0,
                     "time/grading": t2 - t1,
@@ -354,6 +368,7 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
                 }
                 metrics = reduce_across_ranks(metrics, accelerator)
                 if cfg.validation.every_n_steps and step % cfg.validation.every_n_steps == 0:
+                    engine.sync_weights(accelerator.unwrap_model(model))  # validate the updated policy, not π_old
                     metrics |= validate(engine, tokenizer, val, cfg, grader, step_seed(cfg.seed, step) + 999_983)
                 metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}  # absent = undefined this step
                 state.step = step

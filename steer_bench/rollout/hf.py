@@ -74,6 +74,10 @@ class HFEngine:
         """Nothing to copy: generation runs on the trainer's model itself (adopts ``model`` if it is another)."""
         self.model = model
 
+    def sync_metrics(self) -> dict[str, float]:
+        """Nothing is copied, so there is nothing to report."""
+        return {}
+
     def close(self) -> None:
         pass
 

