@@ -94,7 +94,7 @@ def save_checkpoint(
                 blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()}
                 target = rank_file(tmp_dir, accelerator.process_index)
                 target.parent.mkdir(exist_ok=True)
-                torch.save(blob, target)
+                _torch_save(blob, target)
             accelerator.wait_for_everyone()  # every rank's file is in the folder before it moves into place
             if accelerator.is_main_process:
                 accelerator.unwrap_model(model).save_pretrained(tmp_dir, state_dict=state_dict)
@@ -107,6 +107,15 @@ def save_checkpoint(
             "to resume from it"
         ) from e
     accelerator.wait_for_everyone()
+
+
+def _torch_save(obj: Any, target: Path) -> None:
+    """torch.save, with a failed write (disk full, file-size limit) raised as the OSError it is: torch's zip
+    writer reports it as a RuntimeError ("basic_ios::clear: iostream error", "unexpected pos ...")."""
+    try:
+        torch.save(obj, target)
+    except RuntimeError as e:
+        raise OSError(f"writing {target} failed: {e}") from e
 
 
 def full_state_dict(model: Any, accelerator: Any) -> dict[str, torch.Tensor]:

@@ -76,7 +76,7 @@ def test_a_full_disk_during_a_checkpoint_write(config: Path, reference: list, tm
     run = tmp_path / "run"
     full = _train(config, run, "fsize-after-save:65536")  # the weights file (~370 kB) no longer fits
     assert full.returncode == 2, full.stderr[-2000:]
-    assert "File too large" in full.stderr
+    assert "cannot write the checkpoint of step 4" in full.stderr  # EFBIG in torch or safetensors
     assert "checkpoints/last" in full.stderr
     assert "previous checkpoint" in full.stderr
     _assert_intact_at_step_2(run)
