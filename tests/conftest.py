@@ -61,3 +61,24 @@ def _fail_vllm_skip_under_ci(report: pytest.TestReport | pytest.CollectReport) -
     """A skip that names vLLM (``pytest.importorskip("vllm")``, a broken import) counts as a failure under CI."""
     if CI and report.skipped and "vllm" in str(report.longrepr).lower():
         report.outcome = "failed"
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SFT'd model (tests/tiny.py), built once per session."""
+    from tiny import tiny_model_dir
+
+    return tiny_model_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small prepared synthetic datasets: 200 training problems and 16 test problems, level 1."""
+    from steer_bench.data.prepare import prepare_dataset
+
+    d = tmp_path_factory.mktemp("data")
+    out = {}
+    for name, n in (("synth_train", 200), ("synth_test", 16)):
+        out[name] = d / f"{name}.parquet"
+        prepare_dataset(name, out[name], limit=n, levels=[1], check_golds=False)
+    return out

@@ -13,12 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from tiny import tiny_model_dir
-from trainrun import make_cfg
+from trainrun import deterministic, experiment_yaml, make_cfg
 from transformers import AutoModelForCausalLM
 
-from steer_bench.data.prepare import prepare_dataset
 from steer_bench.errors import SteerBenchError
 from steer_bench.io import read_json, read_jsonl
 from steer_bench.methods import list_methods, load_method
@@ -32,21 +29,6 @@ CORE_KEYS = {
     "rollout/response_len_mean", "rollout/truncation_rate", "rollout/all_equal_groups", "loss/clipfrac_high",
     "loss/clipfrac_low", "loss/approx_kl", "train/grad_norm", "time/rollout", "time/update", "time/step",
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("data")
-    out = {}
-    for name, n in (("synth_train", 200), ("synth_test", 16)):
-        out[name] = d / f"{name}.parquet"
-        prepare_dataset(name, out[name], limit=n, levels=[1], check_golds=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_model_dir(tmp_path_factory)
 
 
 def finite_metrics(run_dir: Path) -> list[dict[str, float]]:
@@ -118,24 +100,6 @@ def test_config_errors_name_the_culprit(model_dir: Path, data: dict[str, Path], 
     assert not (tmp_path / "train.done").exists()
 
 
-def _experiment(tmp: Path, model_dir: Path, data: dict[str, Path], steps: int) -> Path:
-    """An experiment YAML whose layout points at prepared data and the tiny model (for the CLI)."""
-    root = tmp / "results" / "resume"
-    (root / "data").mkdir(parents=True)
-    for name, path in data.items():
-        (root / "data" / f"{name}.parquet").symlink_to(path)
-    exp = {
-        "name": "resume", "results_dir": str(tmp / "results"), "model_path": str(model_dir),
-        "data": {"train": "synth_train", "benchmarks": ["synth_test"]}, "methods": ["grpo"], "seeds": [0],
-        "train": {"rollout": {"n": 4, "max_new_tokens": 20}, "optim": {"lr": 1e-3, "weight_decay": 0.0},
-                  "steps": steps, "prompts_per_step": 4, "mini_batch_prompts": 2, "micro_batch_size": 4,
-                  "max_prompt_len": 40, "save_every": 2, "track": False},
-    }  # fmt: skip
-    path = tmp / "exp.yaml"
-    path.write_text(yaml.safe_dump(exp))
-    return path
-
-
 def _cli(config: Path, out: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "steer_bench", "train", "--config", str(config), "--method", "grpo", "--seed", "0",
@@ -143,13 +107,9 @@ def _cli(config: Path, out: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _deterministic(rows: list[dict[str, float]]) -> list[dict[str, float]]:
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
-
-
 @pytest.mark.slow
 def test_killed_run_resumes_and_matches_uninterrupted(model_dir: Path, data: dict[str, Path], tmp_path: Path) -> None:
-    config = _experiment(tmp_path, model_dir, data, steps=6)
+    config = experiment_yaml(tmp_path, model_dir, data, name="resume", steps=6)
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     assert _cli(config, ref).wait(timeout=300) == 0
     proc = _cli(config, killed)
@@ -166,7 +126,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(model_dir: Path, data: dic
     assert _cli(config, killed).wait(timeout=300) == 0
     got, want = read_jsonl(killed / "metrics.jsonl"), read_jsonl(ref / "metrics.jsonl")
     assert [r["step"] for r in got] == list(range(1, 7))
-    assert _deterministic(got) == _deterministic(want)
+    assert deterministic(got) == deterministic(want)
 
 
 @pytest.mark.slow
@@ -175,7 +135,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(model_dir: Path, data: dic
 def test_two_cpu_ranks_keep_parameters_identical(
     sets: list[str], model_dir: Path, data: dict[str, Path], tmp_path: Path
 ) -> None:
-    config = _experiment(tmp_path, model_dir, data, steps=2)
+    config = experiment_yaml(tmp_path, model_dir, data, name="resume", steps=2)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "steer_bench", "train",
@@ -233,7 +193,7 @@ def test_batch_order_and_loss_scale_in_the_loop(model_dir: Path, data: dict[str,
     grouped = train(make_cfg(model_dir, data), load_method("steer"), tmp_path / "grouped")
     release = train(make_cfg(model_dir, data, batch_order="release"), load_method("steer"), tmp_path / "release")
     assert release["param_checksums"] == grouped["param_checksums"]
-    assert _deterministic(read_jsonl(tmp_path / "release" / "metrics.jsonl")) == _deterministic(
+    assert deterministic(read_jsonl(tmp_path / "release" / "metrics.jsonl")) == deterministic(
         read_jsonl(tmp_path / "grouped" / "metrics.jsonl"))  # fmt: skip
     # The entropy bonus gives every micro-batch a gradient (GRPO's alone often leaves one group with signal per
     # mini-batch, and Adam does not see a constant scale): their relative weights now differ.
