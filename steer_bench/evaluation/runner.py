@@ -41,8 +41,9 @@ from steer_bench import io
 from steer_bench.errors import SteerBenchError
 from steer_bench.evaluation import engines
 from steer_bench.evaluation.protocol import Protocol
-from steer_bench.evaluation.scoring import finite, sample_rows, score
+from steer_bench.evaluation.scoring import finite, problem_counts, sample_rows, score
 from steer_bench.experiment import EvalSection
+from steer_bench.metrics import combined_se
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ def _run_one(c: _Context, b: str, engine: Any, grader: Any, info: dict[str, Any]
         "data": str(c.job.benchmarks[b]), "timeouts": metrics["timeouts"],
         "grading": {"workers": grader.workers, "timeout_s": grader.timeout, "restarts": grader.restarts},
         "time_s": {"generate": round(t1 - t0, 3), "grade": round(t2 - t1, 3)},
-        "metrics": finite(metrics), "complete": True,
+        "metrics": finite(metrics), "correct_per_problem": problem_counts(rows), "complete": True,
     }  # fmt: skip
     # An earlier summary goes first: a crash between the two writes must leave no summary beside new samples.
     (c.job.out_dir / b / "summary.json").unlink(missing_ok=True)
@@ -324,6 +325,8 @@ def _finish(
         values = [m[key] for m in per_bench.values() if m.get(key) is not None]
         if len(values) == len(per_bench):
             avg[key] = sum(values) / len(values)
+    if "acc" in avg:  # the standard error of the unweighted mean over benchmarks
+        avg["acc_se"] = combined_se([m.get("acc_se") for m in per_bench.values()])
     tracker.log_metrics(_prefixed("avg", avg), step=0)
     error = tracker.error
     if job.train_run_id and track and error is None:
