@@ -192,7 +192,8 @@ def test_dedupe_gives_exactly_the_verdicts_of_grading_every_item(pool, primary, 
     once = pool.grade(responses, golds, primary=primary)
     assert once == every
     assert once == [grade_one(r, g, primary=primary) for r, g in cases]
-    assert every[6].status == "error" and every[1] == every[2]
+    assert every[6].status == "error"
+    assert every[1] == every[2]
     assert sent == [len(cases), 7 if primary == "release_both" else 8]  # distinct (math-verify input, gold)
 
 

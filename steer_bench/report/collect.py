@@ -88,6 +88,7 @@ def remirror_failed_runs(exp: ExperimentConfig, uri: str) -> list[str]:
                 uri=uri,
             )
             tracking.mirror_metrics(tracker, read_jsonl(run_dir / "metrics.jsonl"))
+            tracking.mirror_metrics(tracker, [{"step": done.get("steps", 0)} | tracking.headline_metrics(done)])
             tracker.finish("FINISHED")
             if tracker.error:
                 raise SteerBenchError(
