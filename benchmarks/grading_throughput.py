@@ -89,10 +89,10 @@ def bench_dedupe(sets: dict[str, tuple[list[str], list[str]]], repeats: int, wor
     """Per set, verdicts/s of one cold call (fresh pool, started before timing) with and without de-duplication,
     interleaved over rounds; medians. Asserts that both ways return the same verdicts."""
     walls: dict[tuple[str, bool], list[float]] = {(name, d): [] for name in sets for d in (True, False)}
-    for _ in range(repeats):
+    for r in range(repeats):
         for name, (responses, golds) in sets.items():
             verdicts = {}
-            for dedupe in (True, False):
+            for dedupe in (True, False) if r % 2 == 0 else (False, True):  # alternate which goes first
                 with Grader(workers=workers, timeout=10.0) as grader:
                     grader.grade(["\\boxed{1}"] * workers, ["1"] * workers)  # every worker up
                     t0 = time.perf_counter()
