@@ -284,6 +284,15 @@ class _Worker:
         self.conn.close()
 
 
+def _distinct(items: list[tuple[str, str]], dedupe: bool) -> tuple[list[tuple[str, str]], list[int]]:
+    """(distinct items in first-seen order, each item's index among them); every item when not ``dedupe``."""
+    if not dedupe:
+        return items, list(range(len(items)))
+    first: dict[tuple[str, str], int] = {}
+    slot = [first.setdefault(p, len(first)) for p in items]
+    return list(first), slot
+
+
 class Grader:
     """A persistent pool of grading processes (a context manager; not thread-safe).
 
@@ -338,15 +347,9 @@ class Grader:
         _check_primary(primary)
         if len(responses) != len(golds):
             raise SteerBenchError(f"grade: {len(responses)} responses but {len(golds)} golds")
-        pairs = list(zip(responses, golds, strict=True))
-        first: dict[tuple[str, str], int] = {}
-        slot = [first.setdefault(p, len(first)) for p in pairs] if dedupe else list(range(len(pairs)))
-        unique = list(first) if dedupe else pairs
+        unique, slot = _distinct(list(zip(responses, golds, strict=True)), dedupe)
         # math-verify sees mv_input(response): a release grader's window can make distinct responses one input.
-        mv_first: dict[tuple[str, str], int] = {}
-        mv_items = [(mv_input(primary, r), g) for r, g in unique]
-        mv_slot = [mv_first.setdefault(p, len(mv_first)) for p in mv_items] if dedupe else list(range(len(mv_items)))
-        mv_unique = list(mv_first) if dedupe else mv_items
+        mv_unique, mv_slot = _distinct([(mv_input(primary, r), g) for r, g in unique], dedupe)
         self.start()
         try:
             mv = self._run_math_verify([r for r, _ in mv_unique], [g for _, g in mv_unique])
