@@ -1,7 +1,14 @@
 """Grading throughput (verdicts/s) on real MATH500 golds with 1 and 2 worker processes, per-call overhead,
-and a pathological batch. Run by hand:
+and a pathological batch; with ``--samples``, on the miniature's own responses too. Run by hand:
 
     .venv/bin/python benchmarks/grading_throughput.py [--data-dir ../shared/data] [--repeats 3]
+        [--samples results/miniature/eval/base/synth_test/samples.jsonl]
+
+``--samples``: an evaluation's ``samples.jsonl`` (``response``, ``gold``), e.g. the miniature's base-row
+evaluation (200 problems × 4 samples at T = 1). Each of ``--repeats`` rounds grades it with a fresh 2-worker
+pool (cold: no gold cached) with and without de-duplication of identical (response, gold) pairs, and the
+MATH500 set likewise, interleaved (noise hits all alike); the table gives the median over rounds and checks
+that both ways give the same verdicts.
 
 Items: for each of the 500 MATH500 golds, a short worked response ending in ``\\boxed{gold}`` and one ending
 in a different number (1,000 verdicts per call). "cold" is the first call of a fresh pool (every gold parsed
@@ -13,8 +20,10 @@ verdicts per CPU-second stay comparable on a busy machine; the load average is p
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import statistics
 import time
 from pathlib import Path
 
@@ -71,6 +80,38 @@ def bench_pool(workers: int, data_dir: Path, repeats: int) -> list[str]:
     return rows
 
 
+def _samples(path: Path) -> tuple[list[str], list[str]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r["response"] for r in rows], [str(r["gold"]) for r in rows]
+
+
+def bench_dedupe(sets: dict[str, tuple[list[str], list[str]]], repeats: int, workers: int = 2) -> list[str]:
+    """Per set, verdicts/s of one cold call (fresh pool, started before timing) with and without de-duplication,
+    interleaved over rounds; medians. Asserts that both ways return the same verdicts."""
+    walls: dict[tuple[str, bool], list[float]] = {(name, d): [] for name in sets for d in (True, False)}
+    for r in range(repeats):
+        for name, (responses, golds) in sets.items():
+            verdicts = {}
+            for dedupe in (True, False) if r % 2 == 0 else (False, True):  # alternate which goes first
+                with Grader(workers=workers, timeout=10.0) as grader:
+                    grader.grade(["\\boxed{1}"] * workers, ["1"] * workers)  # every worker up
+                    t0 = time.perf_counter()
+                    verdicts[dedupe] = grader.grade(responses, golds, dedupe=dedupe)
+                    walls[(name, dedupe)].append(time.perf_counter() - t0)
+            if verdicts[True] != verdicts[False]:
+                raise SystemExit(f"{name}: de-duplicated verdicts differ from grading every item")
+    rows = ["| set | verdicts | distinct (response, gold) | dedupe | wall s (median) | verdicts/s | rounds |",
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, (responses, golds) in sets.items():
+        distinct = len(set(zip(responses, golds, strict=True)))
+        for dedupe in (True, False):
+            wall = statistics.median(walls[(name, dedupe)])
+            each = ", ".join(f"{w:.3f}" for w in walls[(name, dedupe)])
+            rows.append(f"| {name} | {len(responses)} | {distinct} | {'yes' if dedupe else 'no'} | {wall:.3f} | "
+                        f"{len(responses) / wall:.0f} | {each} |")  # fmt: skip
+    return rows
+
+
 def bench_in_process(responses: list[str], golds: list[str]) -> str:
     t0 = time.perf_counter()
     for r, g in zip(responses, golds, strict=True):
@@ -100,8 +141,16 @@ def main() -> None:
         "--data-dir", type=Path, default=Path(os.environ.get("STEER_BENCH_SHARED_DATA", "../shared/data"))
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--samples", type=Path, help="an evaluation's samples.jsonl (the miniature's responses)")
+    parser.add_argument("--dedupe-only", action="store_true", help="only the de-duplication comparison")
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()}; cores: {os.cpu_count()}")
+    sets = {"math500": _items(args.data_dir, offset=1)}
+    if args.samples:
+        sets = {"miniature": _samples(args.samples)} | sets
+    print("\n".join(bench_dedupe(sets, args.repeats)))
+    if args.dedupe_only:
+        return
     rows = ["| workers | call | verdicts | wall s | verdicts/s | verdicts/CPU-s | timeouts | errors | accuracy |",
             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for workers in (1, 2):

@@ -284,11 +284,23 @@ class _Worker:
         self.conn.close()
 
 
+def _distinct(items: list[tuple[str, str]], dedupe: bool) -> tuple[list[tuple[str, str]], list[int]]:
+    """(distinct items in first-seen order, each item's index among them); every item when not ``dedupe``."""
+    if not dedupe:
+        return items, list(range(len(items)))
+    first: dict[tuple[str, str], int] = {}
+    slot = [first.setdefault(p, len(first)) for p in items]
+    return list(first), slot
+
+
 class Grader:
     """A persistent pool of grading processes (a context manager; not thread-safe).
 
-    ``grade(responses, golds)`` returns one :class:`Verdict` per response, in order. Items are grouped by gold
-    so each distinct gold goes to one worker, which parses it once (and caches it across calls).
+    ``grade(responses, golds)`` returns one :class:`Verdict` per response, in order. Identical (response, gold)
+    pairs are graded once and share the verdict — exact, as both graders are functions of the pair (a timeout,
+    which depends on the machine's load, is shared too, as grading the copy again would most likely repeat it).
+    Items are grouped by gold so each distinct gold goes to one worker, which parses it once (and caches it
+    across calls).
     ``restarts`` counts workers killed for exceeding the timeout or found dead.
     """
 
@@ -327,19 +339,28 @@ class Grader:
         """Process ids of the current workers (for monitoring)."""
         return [w.proc.pid for w in self._pool]
 
-    def grade(self, responses: Sequence[str], golds: Sequence[str], *, primary: str | None = None) -> list[Verdict]:
-        """Verdicts under the pool's primary grader, or under ``primary`` for this call (e.g. validation's)."""
+    def grade(
+        self, responses: Sequence[str], golds: Sequence[str], *, primary: str | None = None, dedupe: bool = True
+    ) -> list[Verdict]:
+        """Verdicts under the pool's primary grader, or under ``primary`` for this call (e.g. validation's).
+        ``dedupe=False`` grades every item, duplicates included (for tests and benchmarks)."""
         primary = primary or self.primary
         _check_primary(primary)
         if len(responses) != len(golds):
             raise SteerBenchError(f"grade: {len(responses)} responses but {len(golds)} golds")
+        unique, slot = _distinct(list(zip(responses, golds, strict=True)), dedupe)
+        # math-verify sees mv_input(response): a release grader's window can make distinct responses one input.
+        mv_unique, mv_slot = _distinct([(mv_input(primary, r), g) for r, g in unique], dedupe)
         self.start()
         try:
-            mv = self._run_math_verify([mv_input(primary, r) for r in responses], list(golds))
+            mv = self._run_math_verify([r for r, _ in mv_unique], [g for _, g in mv_unique])
         except BaseException:  # e.g. Ctrl-C mid-call: in-flight answers must not leak into the next call
             self.close(kill=True)
             raise
-        return [combine(primary, m, strict_for(primary, r, g)) for m, r, g in zip(mv, responses, golds, strict=True)]
+        verdicts = [
+            combine(primary, mv[j], strict_for(primary, r, g)) for (r, g), j in zip(unique, mv_slot, strict=True)
+        ]
+        return [verdicts[i] for i in slot]
 
     def _chunks(self, golds: list[str]) -> deque[list[int]]:
         """Indices grouped by gold (whole groups per chunk), about four chunks per worker."""

@@ -12,6 +12,14 @@ All values are fractions in [0, 1]. With n samples of a problem of which c are c
   agree). **Ties** are broken uniformly at random *in expectation*: the vote scores the mean correctness of
   the tied answers, so maj@k is deterministic (and may be fractional for one problem).
 
+**Standard errors** (``<metric>_se``, e.g. ``acc_se``, ``pass_at_8_se``): every metric above is a mean over the
+P problems of a per-problem value x_i (c_i/n, pass@k_i, maj@k_i), so its standard error is that of a sample
+mean over problems, s/√P with s the sample standard deviation (ddof = 1) of the x_i (``scipy.stats.sem``). It
+treats the benchmark's problems as a draw from a population of such problems, which is the uncertainty that
+matters when comparing methods on one benchmark (Miller 2024, "Adding Error Bars to Evals", §2; with n > 1
+samples per problem the within-problem sampling noise is included, since each x_i carries it). Undefined
+(NaN, written as null) with a single problem.
+
 Metric keys are MLflow-safe: ``avg_at_32``, ``pass_at_8``, ``maj_at_32``.
 """
 
@@ -21,7 +29,9 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 from steer_bench.errors import SteerBenchError
 
@@ -60,7 +70,8 @@ def maj_at_k(preds: Sequence[str | None], correct: Sequence[bool], k: int) -> fl
 def benchmark_metrics(samples: pd.DataFrame, ks: Iterable[int] = (1,)) -> dict[str, float]:
     """Metrics of one benchmark from per-sample rows (``problem_id``, ``correct``, ``pred``; rows of a problem
     in sample order). Every problem must have the same number of samples n; ``pass_at_k``/``maj_at_k`` are
-    given for each k in ``ks`` with k <= n, plus ``avg_at_<n>``, ``accuracy`` (= avg@n), ``maj_at_<n>``."""
+    given for each k in ``ks`` with k <= n, plus ``avg_at_<n>``, ``accuracy`` (= avg@n), ``maj_at_<n>``, and
+    for each of them its standard error over problems, ``<key>_se`` (see the module docstring)."""
     missing = [c for c in ("problem_id", "correct", "pred") if c not in samples.columns]
     if missing:
         raise SteerBenchError(f"benchmark_metrics: missing column(s) {missing}")
@@ -76,11 +87,24 @@ def benchmark_metrics(samples: pd.DataFrame, ks: Iterable[int] = (1,)) -> dict[s
     correct = [g["correct"].astype(bool).tolist() for _, g in groups]
     preds = [[None if pd.isna(p) else str(p) for p in g["pred"]] for _, g in groups]
     out: dict[str, float] = {"n_problems": len(groups), "n_samples": n}
-    out[f"avg_at_{n}"] = out["accuracy"] = _mean(avg_at_k(c) for c in correct)
+    _put(out, f"avg_at_{n}", [avg_at_k(c) for c in correct])
+    out["accuracy"], out["accuracy_se"] = out[f"avg_at_{n}"], out[f"avg_at_{n}_se"]
     for k in ks:
-        out[f"pass_at_{k}"] = _mean(pass_at_k(n, sum(c), k) for c in correct)
-        out[f"maj_at_{k}"] = _mean(maj_at_k(p, c, k) for p, c in zip(preds, correct, strict=True))
+        _put(out, f"pass_at_{k}", [pass_at_k(n, sum(c), k) for c in correct])
+        _put(out, f"maj_at_{k}", [maj_at_k(p, c, k) for p, c in zip(preds, correct, strict=True)])
     return out
+
+
+def correct_counts(samples: pd.DataFrame) -> dict[str, int]:
+    """Correct samples per problem, ``{problem_id: c}`` in first-seen order (the c of the module docstring)."""
+    counts = samples.groupby("problem_id", sort=False)["correct"].apply(lambda c: int(c.astype(bool).sum()))
+    return {str(pid): int(c) for pid, c in counts.items()}
+
+
+def _put(out: dict[str, float], key: str, per_problem: list[float]) -> None:
+    """The mean over problems and its standard error (NaN with one problem: no spread to estimate)."""
+    out[key] = _mean(per_problem)
+    out[f"{key}_se"] = float(stats.sem(np.asarray(per_problem, dtype=float))) if len(per_problem) > 1 else math.nan
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -90,10 +114,26 @@ def _mean(values: Iterable[float]) -> float:
 
 def average_over_benchmarks(per_benchmark: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """Unweighted mean over benchmarks of every metric that all of them report (the paper's "Avg" column is
-    the mean of ``accuracy``); counts (``n_problems``, ``n_samples``) are not averaged."""
+    the mean of ``accuracy``); counts (``n_problems``, ``n_samples``) are not averaged; a standard error
+    ``<key>_se`` is that of the mean, :func:`combined_se`."""
     if not per_benchmark:
         raise SteerBenchError("average_over_benchmarks: no benchmarks")
     common = set.intersection(*(set(m) for m in per_benchmark.values())) - {"n_problems", "n_samples"}
-    out = {key: _mean(m[key] for m in per_benchmark.values()) for key in sorted(common)}
+    out = {
+        key: combined_se([m[key] for m in per_benchmark.values()])
+        if key.endswith("_se")
+        else _mean(m[key] for m in per_benchmark.values())
+        for key in sorted(common)
+    }
     out["n_benchmarks"] = len(per_benchmark)
     return out
+
+
+def combined_se(ses: Sequence[float | None]) -> float:
+    """Standard error of the unweighted mean of B independent estimates (benchmarks have disjoint problem
+    sets): √(Σ se_b²) / B. NaN when any is unknown."""
+    if not ses:
+        raise SteerBenchError("combined_se: no standard errors")
+    if any(se is None or not math.isfinite(se) for se in ses):
+        return math.nan
+    return math.sqrt(sum(se * se for se in ses)) / len(ses)

@@ -31,6 +31,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# MLflow 3's UI reads the experiment's kind from this tag (the value its "Machine learning" experiment type
+# writes; mlflow/server/js: ExperimentKind.CUSTOM_MODEL_DEVELOPMENT); "genai_development" opens the GenAI view.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # the UI nests a run under this one (an evaluation under its training)
+# Per-run headline metrics, one value each (the runs table's columns): see :func:`headline_metrics`.
+HEADLINE_KEYS = ("headline/final_accuracy", "headline/final_entropy", "headline/best_step", "headline/best_val")
+
 _BAD_KEY_CHARS = re.compile(r"[^0-9A-Za-z_\-./ ]")
 _MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 _BATCH = 500  # MLflow accepts at most 1000 metrics per batch call
@@ -152,6 +159,8 @@ class Tracker:
         else:
             exp = self.client.get_experiment_by_name(experiment)
             exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment, _artifact_root(self.uri))
+            if exp is None or exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             tag_dict = {k: str(v) for k, v in (tags or {}).items()}
             self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tag_dict).info.run_id
 
@@ -209,6 +218,9 @@ class Tracker:
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         self._guard(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
+    def log_artifacts(self, folder: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        self._guard(lambda: self.client.log_artifacts(self.run_id, str(folder), artifact_path))
+
     def finish(self, status: str = "FINISHED") -> None:
         self._guard(lambda: self.client.set_terminated(self.run_id, status=status))
 
@@ -216,6 +228,28 @@ class Tracker:
 def train_run_tags(method: str, seed: int, run_dir: str | os.PathLike[str]) -> dict[str, str]:
     """The tags of a training run (the report finds runs by them)."""
     return {"method": method, "seed": str(seed), "kind": "train", "run_dir": str(run_dir)}
+
+
+def headline_metrics(done: Mapping[str, Any]) -> dict[str, float]:
+    """A training run's headline from its ``train.done`` summary: the last step's rollout accuracy and entropy,
+    the best checkpoint's step and validation score (absent when there was no validation)."""
+    final = done.get("final") or {}
+    pairs = (
+        ("headline/final_accuracy", final.get("rollout/accuracy")),
+        ("headline/final_entropy", final.get("rollout/entropy_mean")),
+        ("headline/best_step", done.get("best_step")),
+        ("headline/best_val", done.get("best_metric")),
+    )
+    return {k: float(v) for k, v in pairs if v is not None}
+
+
+def log_report(experiment: str, report_dir: str | os.PathLike[str], *, uri: str) -> str | None:
+    """Log a report folder (tables, figures, report.md) as the artifacts of a new ``kind=report`` run; returns
+    its id, or None when the store failed (warned; the report's files are complete either way)."""
+    tracker = Tracker(experiment, run_name="report", tags={"kind": "report"}, uri=uri)
+    tracker.log_artifacts(report_dir)
+    tracker.finish()
+    return None if tracker.error else tracker.run_id
 
 
 def mirror_metrics(tracker: Tracker, rows: list[dict[str, Any]]) -> None:
@@ -245,10 +279,16 @@ def metric_history(run_id: str, key: str, *, uri: str | None = None) -> list[tup
 
 
 __all__ = [
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
+    "HEADLINE_KEYS",
+    "PARENT_RUN_TAG",
     "Tracker",
     "env_info",
     "flatten",
     "git_info",
+    "headline_metrics",
+    "log_report",
     "metric_history",
     "mirror_metrics",
     "resolve_uri",

@@ -234,7 +234,7 @@ def policy_update(
 def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run (or resume) one training run into ``out_dir``; returns the summary also written to ``train.done``."""
     from steer_bench.data import load_prepared
-    from steer_bench.tracking import Tracker, env_info, resolve_uri, train_run_tags
+    from steer_bench.tracking import Tracker, env_info, headline_metrics, resolve_uri, train_run_tags
 
     out = Path(out_dir)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
@@ -418,6 +418,7 @@ def train(cfg: TrainConfig, method: MethodConfig, out_dir: str | Path) -> dict[s
         "best_metric": state.best_metric,
         "final": metrics,
     }
+    tracker.log_metrics(headline_metrics(summary), step=state.step)  # the runs table's columns (a finished run)
     if tracker.error:  # the files are complete; `steer-bench report` re-mirrors them into MLflow
         summary["tracking_error"] = tracker.error
         log.warning("%s: finished, but MLflow mirroring failed: %s", out, tracker.error)

@@ -155,6 +155,12 @@ EXPECTED = {
     "pass_at_1": (0.5 + 0.5 + 0.75) / 3,
     "pass_at_2": (5 / 6 + 5 / 6 + 1) / 3,  # 1 − C(n−c, 2)/C(4, 2): 1 − 1/6, 1 − 1/6, 1 (n − c = 1 < 2)
     "pass_at_4": 1.0,
+    # standard errors over the 3 problems, s/√3: avg@4 0.5, 0.5, 0.75 -> s² = 1/48, SE 1/12; pass@2 5/6, 5/6, 1
+    # -> s² = 1/108, SE 1/18; pass@4 1, 1, 1 -> 0
+    "acc_se": 1 / 12,
+    "avg_at_4_se": 1 / 12,
+    "pass_at_2_se": 1 / 18,
+    "pass_at_4_se": 0.0,
     "maj_at_1": (1 + 0 + 1) / 3,  # first answers 7 (right), 3 (wrong), 1/2 (right)
     "maj_at_2": (1 + 0.5 + 0.5) / 3,  # 7,7 | tie 3 vs 12 | tie 1/2 vs 0: ties score the mean
     "maj_at_4": (1 + 0.5 + 1) / 3,  # 7 (2 of 3 votes) | tie 2:2 | 1/2 (3 votes)
@@ -187,6 +193,7 @@ def test_scripted_model_metrics_end_to_end(tmp_path: Path, tiny: Path, mlflow_ur
     metrics = summary["metrics"]
     for key, value in EXPECTED.items():
         assert metrics[key] == pytest.approx(value), key
+    assert list(summary["correct_per_problem"].values()) == [2, 2, 3]  # of k = 4 each, in problem order
     samples = read_jsonl(job.out_dir / "synth_test" / "samples.jsonl")
     lengths = [len(tok(r if isinstance(r, str) else r[0])["input_ids"]) + isinstance(r, str)
                for rs in SCRIPT.values() for r in rs]  # fmt: skip

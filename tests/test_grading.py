@@ -167,6 +167,36 @@ def test_pool_matches_grade_one_and_keeps_order(pool):
         pool.grade(["a"], [])
 
 
+@pytest.mark.parametrize("primary", ["math_verify", "either", "release_both"])
+def test_dedupe_gives_exactly_the_verdicts_of_grading_every_item(pool, primary, monkeypatch):
+    """Identical (response, gold) pairs are graded once; the verdicts equal those of grading every item, in
+    order. release_both's math-verify sees the last 300 characters, so responses that differ only before
+    them are one math-verify item. Also an unparseable gold (an error verdict) and a different gold for the
+    same response (not a duplicate)."""
+    prefix = "x" * 400  # outside the release window
+    base = [
+        ("\\boxed{\\frac{1}{2}}", "0.5"), ("\\boxed{4}", "3"), ("Answer: 540", "540"), ("\\boxed{4}", "4"),
+        ("\\boxed{3}", "}{"), ("no answer", "7"), (prefix + "\\boxed{9}", "9"), ("y" + prefix + "\\boxed{9}", "9"),
+    ]  # fmt: skip
+    cases = [base[i % len(base)] for i in (0, 1, 1, 2, 3, 0, 4, 4, 5, 6, 7, 6, 1, 3, 7)]
+    responses, golds = (list(x) for x in zip(*cases, strict=True))
+    sent: list[int] = []
+    real = Grader._run_math_verify
+
+    def counting(self, rs, gs):
+        sent.append(len(rs))
+        return real(self, rs, gs)
+
+    monkeypatch.setattr(Grader, "_run_math_verify", counting)
+    every = pool.grade(responses, golds, primary=primary, dedupe=False)
+    once = pool.grade(responses, golds, primary=primary)
+    assert once == every
+    assert once == [grade_one(r, g, primary=primary) for r, g in cases]
+    assert every[6].status == "error"
+    assert every[1] == every[2]
+    assert sent == [len(cases), 7 if primary == "release_both" else 8]  # distinct (math-verify input, gold)
+
+
 def test_unparseable_gold_is_an_error_not_a_zero(pool):
     (v,) = pool.grade(["\\boxed{3}"], ["}{"])
     assert v.status == "error"

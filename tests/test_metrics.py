@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 
 from steer_bench.errors import SteerBenchError
-from steer_bench.metrics import average_over_benchmarks, avg_at_k, benchmark_metrics, maj_at_k, pass_at_k
+from steer_bench.metrics import (
+    average_over_benchmarks,
+    avg_at_k,
+    benchmark_metrics,
+    combined_se,
+    correct_counts,
+    maj_at_k,
+    pass_at_k,
+)
 
 
 def _brute_pass_at_k(n: int, c: int, k: int) -> float:
@@ -84,6 +92,36 @@ def test_benchmark_metrics_hand_checked():
     assert m["maj_at_1"] == 0.5
     # maj@2: p1 "7","7" -> 0; p2 "5","5" -> 1
     assert m["maj_at_2"] == 0.5
+
+
+def test_standard_errors_hand_checked():
+    """SE of a mean over problems = s/√P (s: sample std, ddof 1), for avg@k, pass@k and maj@k alike."""
+    # Three problems of 2 samples: c = 0, 1, 2 -> avg@2 per problem 0, 1/2, 1 (mean 1/2, s = 1/2, SE 1/(2√3));
+    # pass@2 per problem 0, 1, 1 (mean 2/3, s² = ((2/3)² + 2·(1/3)²)/2 = 1/3, SE = √(1/3)/√3 = 1/3).
+    df = pd.DataFrame(
+        {
+            "problem_id": ["a", "a", "b", "b", "c", "c"],
+            "correct": [False, False, False, True, True, True],
+            "pred": ["1", "1", "1", "2", "2", "2"],
+        }
+    )
+    m = benchmark_metrics(df, ks=(1, 2))
+    assert m["accuracy_se"] == m["avg_at_2_se"] == pytest.approx(1 / (2 * math.sqrt(3)), rel=1e-12)
+    assert m["pass_at_1_se"] == pytest.approx(1 / (2 * math.sqrt(3)), rel=1e-12)
+    assert m["pass_at_2"] == pytest.approx(2 / 3)
+    assert m["pass_at_2_se"] == pytest.approx(1 / 3, rel=1e-12)
+    # maj@2 per problem: a "1" wrong -> 0; b tie "1"/"2" -> (0 + 1)/2; c "2" right -> 1: SE as avg@2's
+    assert m["maj_at_2_se"] == pytest.approx(1 / (2 * math.sqrt(3)), rel=1e-12)
+    assert correct_counts(df) == {"a": 0, "b": 1, "c": 2}
+    one = benchmark_metrics(df[df["problem_id"] == "a"], ks=(1,))
+    assert math.isnan(one["accuracy_se"])  # one problem: no spread to estimate
+
+
+def test_combined_se_of_a_mean_over_benchmarks():
+    assert combined_se([0.3, 0.4]) == pytest.approx(0.25)  # √(0.09 + 0.16) / 2
+    assert math.isnan(combined_se([0.3, None]))
+    per = {"a": {"accuracy": 0.2, "accuracy_se": 0.3}, "b": {"accuracy": 0.8, "accuracy_se": 0.4}}
+    assert average_over_benchmarks(per)["accuracy_se"] == pytest.approx(0.25)  # not the mean 0.35
 
 
 def test_benchmark_metrics_errors():

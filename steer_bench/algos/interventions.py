@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steer_bench.algos.entropy import QUADRANTS, covariance, omega, quadrant
+from steer_bench.algos.entropy import QUADRANTS, covariance, omega
 from steer_bench.algos.stats import masked_mean, masked_quantile
 from steer_bench.algos.steer import lambda_map, omega_range, parse_k_norm
 from steer_bench.algos.surrogate import Surrogate
@@ -95,16 +95,28 @@ def steer(
 def _steer_metrics(
     b: TokenBatch, om: Tensor, lam: Tensor, scale: float, weight_min: float, mapping: str, floor: float
 ) -> Metrics:
+    """STEER's per-call metrics (:mod:`steer_bench.algos.losses`' table). The masked fractions and quadrant sums
+    are computed as rows of one stacked tensor — the same elementwise products and the same sums over (B, T)
+    as one :func:`frac` / ``(Ω·1[q]).sum()`` per key (a test checks equality with that per-key form), in a few
+    tensor ops instead of ~60: on the miniature's (16, 64) micro-batches this took half of STEER's extra time."""
     mask = b.mask
+    maskf = mask.float()  # frac's dtype: float32 whatever λ's
     valid_lam = lam[mask] if mask.any() else torch.ones(1)
     abs_q = masked_quantile(om.abs(), mask, [0.5, 0.9, 0.99, 1.0])
     n = mask.sum().clamp(min=1)
+    a = b.advantages.sign()
+    s = (b.log_probs.detach() + b.old_entropy).sign()
+    pos, neg, high, low = a > 0, a < 0, s > 0, s < 0
+    quads = torch.stack([pos & high, pos & low, neg & high, neg & low]) & mask  # QUADRANTS order 1..4
+    shares = torch.cat([torch.stack([lam.float(), lam < 0.99, lam <= weight_min + 1e-6]).float(), quads.float()])
+    fracs = (shares * maskf).sum(dim=(1, 2)) / maskf.sum().clamp(min=1)
+    sums = (om * quads).sum(dim=(1, 2)) / n
     out = {
-        "steer/lambda_mean": frac(lam, mask),
+        "steer/lambda_mean": fracs[0],
         "steer/lambda_min": valid_lam.min(),
         "steer/lambda_max": valid_lam.max(),
-        "steer/frac_lambda_below_099": frac(lam < 0.99, mask),
-        "steer/frac_lambda_at_min": frac(lam <= weight_min + 1e-6, mask),
+        "steer/frac_lambda_below_099": fracs[1],
+        "steer/frac_lambda_at_min": fracs[2],
         "steer/floor_active": torch.tensor(float(mapping == "exp" and scale < floor)),
         "steer/omega_scale": torch.tensor(scale),
         "steer/omega_abs_p50": abs_q[0],
@@ -112,10 +124,9 @@ def _steer_metrics(
         "steer/omega_abs_p99": abs_q[2],
         "steer/omega_abs_max": abs_q[3],
     }
-    label = quadrant(b.advantages, b.log_probs, b.old_entropy, mask)
-    for q, qname in QUADRANTS.items():
-        out[f"steer/frac_{qname}"] = frac(label == q, mask)
-        out[f"steer/omega_sum_{qname}"] = (om * (label == q)).sum() / n
+    for i, qname in enumerate(QUADRANTS.values()):
+        out[f"steer/frac_{qname}"] = fracs[3 + i]
+        out[f"steer/omega_sum_{qname}"] = sums[i]
     return out
 
 

@@ -41,8 +41,10 @@ from steer_bench import io
 from steer_bench.errors import SteerBenchError
 from steer_bench.evaluation import engines
 from steer_bench.evaluation.protocol import Protocol
-from steer_bench.evaluation.scoring import finite, sample_rows, score
+from steer_bench.evaluation.scoring import finite, problem_counts, sample_rows, score
 from steer_bench.experiment import EvalSection
+from steer_bench.metrics import combined_se
+from steer_bench.tracking import PARENT_RUN_TAG
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ class EvalJob:
             "checkpoint_step": "" if self.checkpoint_step is None else self.checkpoint_step,
             "engine": engine,
             "benchmarks": ",".join(self.benchmarks),
-        }
+        } | ({"train_run_id": self.train_run_id, PARENT_RUN_TAG: self.train_run_id} if self.train_run_id else {})
 
 
 # ------------------------------------------------------------------------------------------------ prompts
@@ -289,7 +291,7 @@ def _run_one(c: _Context, b: str, engine: Any, grader: Any, info: dict[str, Any]
         "data": str(c.job.benchmarks[b]), "timeouts": metrics["timeouts"],
         "grading": {"workers": grader.workers, "timeout_s": grader.timeout, "restarts": grader.restarts},
         "time_s": {"generate": round(t1 - t0, 3), "grade": round(t2 - t1, 3)},
-        "metrics": finite(metrics), "complete": True,
+        "metrics": finite(metrics), "correct_per_problem": problem_counts(rows), "complete": True,
     }  # fmt: skip
     # An earlier summary goes first: a crash between the two writes must leave no summary beside new samples.
     (c.job.out_dir / b / "summary.json").unlink(missing_ok=True)
@@ -324,10 +326,14 @@ def _finish(
         values = [m[key] for m in per_bench.values() if m.get(key) is not None]
         if len(values) == len(per_bench):
             avg[key] = sum(values) / len(values)
-    tracker.log_metrics(_prefixed("avg", avg), step=0)
+    if "acc" in avg:  # the standard error of the unweighted mean over benchmarks
+        avg["acc_se"] = combined_se([m.get("acc_se") for m in per_bench.values()])
+    tracker.log_metrics(
+        _prefixed("avg", avg) | {f"headline/{k}": v for k, v in avg.items() if k in ("acc", "acc_se")}, step=0
+    )
     error = tracker.error
     if job.train_run_id and track and error is None:
-        error = _log_into_training_run(job, per_bench, avg, tracking_uri)
+        error = _log_into_training_run(job, per_bench, avg, tracking_uri, tracker.run_id)
     done = {
         "row": job.row, "method": job.method, "seed": job.seed, "model": job.model, "checkpoint": job.checkpoint,
         "checkpoint_used": job.checkpoint_used, "checkpoint_step": job.checkpoint_step,
@@ -341,14 +347,17 @@ def _finish(
     return done
 
 
-def _log_into_training_run(job: EvalJob, per_bench: dict[str, dict], avg: dict, uri: str | None) -> str | None:
+def _log_into_training_run(
+    job: EvalJob, per_bench: dict[str, dict], avg: dict, uri: str | None, eval_run_id: str | None
+) -> str | None:
     """Copy the evaluation's metrics into its training run; returns the MLflow error, if any."""
     from steer_bench.tracking import Tracker
 
     metrics = {k: v for b, m in per_bench.items() for k, v in _prefixed(b, m).items()} | _prefixed("avg", avg)
     train = Tracker(job.experiment, run_id=job.train_run_id, uri=uri)
     train.log_metrics(metrics, step=job.checkpoint_step or 0)
-    train.set_tags({"eval.checkpoint": job.checkpoint, "eval.checkpoint_used": job.checkpoint_used})
+    train.set_tags({"eval.checkpoint": job.checkpoint, "eval.checkpoint_used": job.checkpoint_used,
+                    "eval_run_id": eval_run_id or ""})  # fmt: skip
     train.finish("FINISHED")
     if train.error:
         return (

@@ -9,7 +9,7 @@ import pandas as pd
 
 from steer_bench.evaluation.protocol import pass_ks
 from steer_bench.grading import strict_for, summarize_verdicts
-from steer_bench.metrics import benchmark_metrics
+from steer_bench.metrics import benchmark_metrics, correct_counts
 
 
 def sample_rows(
@@ -33,13 +33,16 @@ def sample_rows(
 
 
 def score(rows: list[dict[str, Any]], verdicts: list[Any], k: int) -> dict[str, float]:
-    """avg@k (= ``acc``), pass@j and maj@j for j in :func:`pass_ks`, and the grading/length statistics."""
+    """avg@k (= ``acc``), pass@j and maj@j for j in :func:`pass_ks`, each with its standard error over
+    problems (``acc_se``, ``pass_at_<j>_se``, ...: :func:`steer_bench.metrics.benchmark_metrics`), and the
+    grading/length statistics."""
     df = pd.DataFrame(rows)
     m = benchmark_metrics(df[["problem_id", "correct", "pred"]], pass_ks(k))
     g = summarize_verdicts(verdicts)
     counts = ("n_problems", "n_samples")  # in the summary itself (n_problems, k)
     return {
         "acc": m["accuracy"],
+        "acc_se": m["accuracy_se"],
         **{key: v for key, v in m.items() if key not in counts},
         "truncation_rate": float(df["truncated"].mean()),
         "response_len_mean": float(df["response_len"].mean()),
@@ -54,3 +57,8 @@ def score(rows: list[dict[str, Any]], verdicts: list[Any], k: int) -> dict[str, 
 def finite(metrics: dict[str, float]) -> dict[str, float | None]:
     """JSON has no NaN: an undefined metric (e.g. agreement with nothing graded) is written as null."""
     return {k: (v if isinstance(v, int) or math.isfinite(v) else None) for k, v in metrics.items()}
+
+
+def problem_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Correct samples per problem (``{problem_id: c}``, of k each): what avg@k, pass@k and their errors use."""
+    return correct_counts(pd.DataFrame(rows)[["problem_id", "correct"]])

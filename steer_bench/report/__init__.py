@@ -11,7 +11,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from steer_bench import io
+from steer_bench import io, tracking
 from steer_bench.errors import SteerBenchError
 from steer_bench.experiment import ExperimentConfig
 from steer_bench.report import collect, document, figures, reference, tables
@@ -53,6 +53,8 @@ def build_report(exp: ExperimentConfig, out_dir: str | Path | None = None, *, ur
             (out / name).unlink(missing_ok=True)  # from an earlier report with a reference
     drawn = figures.draw_all(results.curves, list(exp.methods), table.labels, out)
     io.write_text(out / "report.md", document.render(exp, results, table, drawn, out))
+    if uri:  # the tables and figures in the MLflow UI too (a kind=report run)
+        tracking.log_report(exp.name, out, uri=uri)
     return Report(out, results, table, drawn)
 
 

@@ -4,7 +4,8 @@ Both readers return the same :class:`Results`, so a test can check that MLflow a
 
 - Evaluations: one accuracy in [0, 1] per (row, seed, benchmark): the ``eval/<b>/acc`` metric of eval runs
   tagged ``kind=eval``, or ``metrics.acc`` of ``eval/<row>[/seed<k>]/<b>/summary.json``. Eval-only rows have
-  seed ``None``. Only rows and seeds of the experiment config count; when several eval runs hold the same cell,
+  seed ``None``. Its standard error (``acc_se``) is read alike, where recorded. Only rows and seeds of the
+  experiment config count; when several eval runs hold the same cell,
   the newest finished one wins; trained rows only count runs of the configured checkpoint (``eval.checkpoint``).
 - Training curves: (step, value) per (method, seed, metric key), for the keys in ``CURVE_KEYS``: the metric
   histories of the newest ``kind=train`` run per (method, seed), or ``runs/<method>/seed<k>/metrics.jsonl``
@@ -50,6 +51,8 @@ CURVE_KEYS = (
 class Results:
     acc: dict[EvalKey, float] = field(default_factory=dict)
     """Headline accuracy in [0, 1] (avg@k with the protocol's k)."""
+    acc_se: dict[EvalKey, float] = field(default_factory=dict)
+    """Its standard error over problems (``acc_se``), where the evaluation recorded one."""
     curves: dict[RunKey, dict[str, Curve]] = field(default_factory=dict)
     eval_info: dict[tuple[str, int | None], dict[str, Any]] = field(default_factory=dict)
     """Per evaluated (row, seed): model, protocol, engine, versions, checkpoint, source (run id or file)."""
@@ -85,6 +88,7 @@ def remirror_failed_runs(exp: ExperimentConfig, uri: str) -> list[str]:
                 uri=uri,
             )
             tracking.mirror_metrics(tracker, read_jsonl(run_dir / "metrics.jsonl"))
+            tracking.mirror_metrics(tracker, [{"step": done.get("steps", 0)} | tracking.headline_metrics(done)])
             tracker.finish("FINISHED")
             if tracker.error:
                 raise SteerBenchError(
@@ -114,6 +118,9 @@ def from_mlflow(exp: ExperimentConfig, uri: str) -> Results:
             value = run.data.metrics.get(tracking.sanitize_key(f"eval/{bench}/acc"))
             if value is not None and (row, seed, bench) not in out.acc:
                 out.acc[(row, seed, bench)] = value
+                se = run.data.metrics.get(tracking.sanitize_key(f"eval/{bench}/acc_se"))
+                if se is not None:
+                    out.acc_se[(row, seed, bench)] = se
                 found = True
         if found and (row, seed) not in out.eval_info:
             out.eval_info[(row, seed)] = _eval_info_from_run(run) | _protocol_from_files(exp, row, seed)
@@ -184,6 +191,8 @@ def from_files(exp: ExperimentConfig) -> Results:
                 if summary is None:
                     continue
                 out.acc[(row, seed, bench)] = float(summary["metrics"]["acc"])
+                if summary["metrics"].get("acc_se") is not None:
+                    out.acc_se[(row, seed, bench)] = float(summary["metrics"]["acc_se"])
                 out.eval_info.setdefault((row, seed), _eval_info_from_summary(summary, eval_dir(exp, row, seed)))
     for method in exp.methods:
         for seed in exp.seeds:

@@ -158,6 +158,7 @@ def render(
     lines += experiment_section(exp, table) + protocol_section(results)
     lines += ["## Main table", "", tables.to_markdown(table), tables.CONVENTIONS, ""]
     lines += ["Also as [LaTeX](main_table.tex) and [CSV](main_table.csv) (percentages, unrounded).", ""]
+    lines += ["### Seed spread and evaluation error", "", tables.spread_markdown(table), tables.SPREAD_CONVENTIONS, ""]
     if exp.reference:
         lines += [f"## Ours vs the paper (`{exp.reference}`)", "", tables.vs_paper_markdown(table, exp.reference)]
         lines += [tables.VS_PAPER_CONVENTIONS, "", "Also as [CSV](vs_paper.csv).", ""]

@@ -6,6 +6,10 @@ Conventions (also stated under every table):
 - Avg of one seed = unweighted mean over the benchmarks, only for seeds that have every benchmark; the Avg
   cell is the mean ± std of those per-seed averages.
 - Best per column in bold, compared at the displayed precision (ties are all bold).
+- Seed spread and evaluation error (a second table and the CSV): min–max over seeds, and the standard error
+  over problems of one evaluation (``acc_se`` of its summary.json: s/√P of the per-problem avg@k, see
+  ``steer_bench.metrics``), root-mean-square over the seeds; for Avg the per-seed SE of the unweighted mean
+  over benchmarks, √(Σ se_b²)/B.
 - vs paper: Δ = ours − paper, computed from the displayed (rounded) value in Markdown, unrounded in the CSV.
   The paper's Avg is over its six benchmarks, so it is compared only when the experiment has exactly those.
 """
@@ -14,10 +18,12 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 from dataclasses import dataclass
 
 from steer_bench.experiment import ExperimentConfig
+from steer_bench.metrics import combined_se
 from steer_bench.report import labels, reference
 from steer_bench.report.collect import Results, expected_rows
 
@@ -25,6 +31,13 @@ DASH = "—"
 CONVENTIONS = (
     "Accuracy (%): mean ± std over seeds (sample std, shown with ≥ 2 seeds); Avg: unweighted mean over the "
     "benchmarks per seed; best per column in **bold**; —: no result; †: fewer seeds than configured (see Missing)."
+)
+SPREAD_CONVENTIONS = (
+    "Per cell: min–max of the seeds' accuracies (%) and, in brackets, the standard error of one evaluation: "
+    "s/√P over the P problems of the per-problem avg@k (s the sample std; `acc_se` in each summary.json), "
+    "root-mean-square over the seeds; Avg: √(Σ SE_b²)/B per seed (benchmarks have disjoint problems). The SE "
+    "measures how much the number would move on another draw of problems; the seed spread, how much it moves "
+    "with the training seed."
 )
 VS_PAPER_CONVENTIONS = (
     "Δ = ours − paper in percentage points, from the rounded values shown; —: unknown (the paper's value is not "
@@ -34,18 +47,26 @@ VS_PAPER_CONVENTIONS = (
 
 @dataclass(frozen=True)
 class Cell:
-    """mean/std in percent; n seeds found of ``expected``."""
+    """mean/std/min/max over seeds in percent; n seeds found of ``expected``; ``se``: one evaluation's standard
+    error over problems in percent (root-mean-square over the seeds; None when a seed has none)."""
 
     mean: float | None
     std: float | None
     n: int
     expected: int
+    low: float | None = None
+    high: float | None = None
+    se: float | None = None
 
     @classmethod
-    def of(cls, values: list[float], expected: int) -> Cell:
+    def of(cls, values: list[float], expected: int, ses: list[float | None] | None = None) -> Cell:
         mean = statistics.fmean(values) if values else None
         std = statistics.stdev(values) if len(values) >= 2 else None
-        return cls(mean, std, len(values), expected)
+        low, high = (min(values), max(values)) if values else (None, None)
+        se = None
+        if ses and all(x is not None and math.isfinite(x) for x in ses):
+            se = math.sqrt(statistics.fmean(x * x for x in ses))
+        return cls(mean, std, len(values), expected, low, high, se)
 
     @property
     def partial(self) -> bool:
@@ -72,18 +93,26 @@ def main_table(exp: ExperimentConfig, results: Results) -> Table:
     rows = expected_rows(exp)
     cells: dict[tuple[str, str], Cell] = {}
     for row, seeds in rows.items():
-        per_seed_avg = []
+        per_seed_avg, per_seed_se = [], []
         for bench in benches:
-            values = [100 * results.acc[(row, s, bench)] for s in seeds if (row, s, bench) in results.acc]
-            cells[(row, bench)] = Cell.of(values, len(seeds))
+            found = [s for s in seeds if (row, s, bench) in results.acc]
+            values = [100 * results.acc[(row, s, bench)] for s in found]
+            cells[(row, bench)] = Cell.of(
+                values, len(seeds), [_pct(results.acc_se.get((row, s, bench))) for s in found]
+            )
         for s in seeds:
             found = [results.acc.get((row, s, b)) for b in benches]
             if all(v is not None for v in found):
                 per_seed_avg.append(100 * statistics.fmean(found))
-        cells[(row, labels.AVG)] = Cell.of(per_seed_avg, len(seeds))
+                per_seed_se.append(_pct(combined_se([results.acc_se.get((row, s, b)) for b in benches])))
+        cells[(row, labels.AVG)] = Cell.of(per_seed_avg, len(seeds), per_seed_se)
     trained = {r: r in exp.methods for r in rows}
     names = {r: labels.row_label(r, trained=trained[r]) + (" (control)" if r in exp.controls else "") for r in rows}
     return Table(list(rows), names, trained, [*benches, labels.AVG], cells)
+
+
+def _pct(se: float | None) -> float | None:
+    return None if se is None or not math.isfinite(se) else 100 * se
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -106,6 +135,25 @@ def to_markdown(table: Table) -> str:
     for r in table.rows:
         cells = [cell_text(table.cells[(r, c)], bold=r in best[c]) for c in table.columns]
         lines.append("| " + " | ".join([table.labels[r], *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def spread_text(cell: Cell) -> str:
+    """``low–high (SE x)``; a single seed shows its value; ``—`` parts are unknown."""
+    if cell.mean is None:
+        return DASH
+    rng = f"{cell.low:.1f}" if cell.n == 1 else f"{cell.low:.1f}–{cell.high:.1f}"
+    return rng + (f" (SE {cell.se:.1f})" if cell.se is not None else " (SE —)")
+
+
+def spread_markdown(table: Table) -> str:
+    """The seed spread and the evaluation's standard error per cell (:data:`SPREAD_CONVENTIONS`)."""
+    head = ["Method", "seeds", *(labels.benchmark_label(c) for c in table.columns)]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(table.columns)]
+    for r in table.rows:
+        first = table.cells[(r, table.columns[0])]
+        cells = [spread_text(table.cells[(r, c)]) for c in table.columns]
+        lines.append("| " + " | ".join([table.labels[r], f"{first.n}/{first.expected}", *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -139,16 +187,18 @@ def _fmt(x: float | None) -> str:
 
 
 def to_csv(table: Table) -> str:
-    """One line per row; per column ``<col>_mean_pct``, ``<col>_std_pct``, ``<col>_n_seeds`` (empty = none)."""
+    """One line per row; per column ``<col>_mean_pct``, ``_std_pct``, ``_n_seeds``, ``_min_pct``, ``_max_pct``
+    and ``_se_pct`` (one evaluation's standard error, see :data:`SPREAD_CONVENTIONS`); empty = none."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["row", "label", "kind", "seeds_expected"]
-               + [f"{c}_{s}" for c in table.columns for s in ("mean_pct", "std_pct", "n_seeds")])  # fmt: skip
+    stats_ = ("mean_pct", "std_pct", "n_seeds", "min_pct", "max_pct", "se_pct")
+    w.writerow(["row", "label", "kind", "seeds_expected"] + [f"{c}_{s}" for c in table.columns for s in stats_])
     for r in table.rows:
         cells = [table.cells[(r, c)] for c in table.columns]
         kind = "method" if table.trained[r] else "eval_only"
         w.writerow([r, table.labels[r], kind, cells[0].expected]
-                   + [v for c in cells for v in (_fmt(c.mean), _fmt(c.std), c.n)])  # fmt: skip
+                   + [v for c in cells for v in (_fmt(c.mean), _fmt(c.std), c.n, _fmt(c.low), _fmt(c.high),
+                                                 _fmt(c.se))])  # fmt: skip
     return buf.getvalue()
 
 

@@ -51,6 +51,11 @@ CURVES = {  # (method, seed) -> entropy at steps 1..4; steer also logs λ statis
 }
 
 
+def _se(a: float) -> float:
+    """The standard error of a greedy accuracy a over 10 problems: s/√10 with s² = 10·a(1−a)/9 (0/1 values)."""
+    return math.sqrt(a * (1 - a) / 9)
+
+
 def _eval_run(
     uri: str, exp: ExperimentConfig, row: str, seed: int | None, accs: list[float], status: str = "FINISHED", **tags
 ) -> None:
@@ -59,6 +64,7 @@ def _eval_run(
             "model": "tiny/model", "protocol": "greedy", "checkpoint": "best" if trained else ""} | tags  # fmt: skip
     tracker = Tracker(exp.name, tags=tags, uri=uri)
     metrics = {f"eval/{b}/acc": a for b, a in zip(BENCHES, accs, strict=True)}
+    metrics |= {f"eval/{b}/acc_se": _se(a) for b, a in zip(BENCHES, accs, strict=True)}
     tracker.log_metrics({**metrics, **{f"eval/{b}/pass_at_1": a for b, a in zip(BENCHES, accs, strict=True)}}, 0)
     tracker.finish(status)
     time.sleep(0.002)  # distinct start times: "newest" is well defined
@@ -68,7 +74,7 @@ def _write_summaries(exp: ExperimentConfig, row: str, seed: int | None, accs: li
     for b, a in zip(BENCHES, accs, strict=True):
         summary = {"benchmark": b, "row": row, "method": row if seed is not None else "", "seed": seed,
                    "model": "tiny/model", "protocol": {"name": "greedy", "temperature": 0.0}, "engine": "hf",
-                   "versions": {"torch": "2.13.0"}, "k": 1, "n_problems": 10, "metrics": {"acc": a},
+                   "versions": {"torch": "2.13.0"}, "k": 1, "n_problems": 10, "metrics": {"acc": a, "acc_se": _se(a)},
                    "complete": True}  # fmt: skip
         write_json(collect.eval_dir(exp, row, seed) / b / "summary.json", summary)
 
@@ -166,6 +172,30 @@ def test_main_table_csv_and_latex(report) -> None:
     assert r"STEER & \textbf{35.0 $\pm$ 7.1} & \textbf{82.0 $\pm$ 2.8} & 50.0 $\pm$ 7.1" in tex
     assert r"Clip-Higher & 20.0$^\dagger$" in tex
     assert r"KL-Cov & -- & -- & -- & -- \\" in tex
+
+
+def test_seed_spread_and_standard_errors(report) -> None:
+    """min–max over seeds and one evaluation's SE (root-mean-square over seeds; Avg: √(Σ se²)/B per seed)."""
+    rows = {r["row"]: r for r in csv.DictReader(io.StringIO((report.out_dir / "main_table.csv").read_text()))}
+    grpo = rows["grpo"]
+    assert (float(grpo["aime24_min_pct"]), float(grpo["aime24_max_pct"])) == pytest.approx((25.0, 35.0))
+    assert float(grpo["aime24_se_pct"]) == pytest.approx(100 * math.sqrt((_se(0.25) ** 2 + _se(0.35) ** 2) / 2))
+    avg_se = [math.sqrt(sum(_se(a) ** 2 for a in ACC[("grpo", s)])) / 3 for s in (0, 1)]
+    assert float(grpo["avg_se_pct"]) == pytest.approx(100 * math.sqrt((avg_se[0] ** 2 + avg_se[1] ** 2) / 2))
+    assert float(rows["base"]["aime24_se_pct"]) == pytest.approx(100 * _se(0.10))  # one "seed": its own SE
+    assert rows["kl_cov"]["aime24_se_pct"] == ""
+    spread = _md_rows_after(report.out_dir / "report.md", "### Seed spread and evaluation error")
+    se = 100 * math.sqrt((_se(0.25) ** 2 + _se(0.35) ** 2) / 2)
+    assert spread["GRPO"][:2] == ["2/2", f"25.0–35.0 (SE {se:.1f})"]
+    assert spread["Base"][:2] == ["1/1", f"10.0 (SE {100 * _se(0.10):.1f})"]
+    assert spread["KL-Cov"] == ["0/2", "—", "—", "—", "—"]
+
+
+def _md_rows_after(path: Path, heading: str) -> dict[str, list[str]]:
+    """The first Markdown table after ``heading``: {first cell: other cells}."""
+    text = path.read_text().split(heading, 1)[1].lstrip().split("\n\n", 1)[0]
+    lines = [ln for ln in text.splitlines() if ln.startswith("| ")][1:]
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in ln.strip("|").split("|")] for ln in lines)}
 
 
 def test_vs_paper(report) -> None:
