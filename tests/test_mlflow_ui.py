@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tiny import tiny_model_dir
 from trainrun import experiment_yaml
 
 from steer_bench.cli import main
-from steer_bench.data.prepare import prepare_dataset
 from steer_bench.experiment import load_experiment
 from steer_bench.io import read_json, read_jsonl
 from steer_bench.methods import load_method
@@ -21,20 +19,10 @@ from steer_bench.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, PARENT_RU
 from steer_bench.train import train
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("ui-data")
-    out = {}
-    for name, n in (("synth_train", 100), ("synth_test", 8)):
-        out[name] = d / f"{name}.parquet"
-        prepare_dataset(name, out[name], limit=n, levels=[1], check_golds=False)
-    return out
-
-
 def test_ui_facing_tags_metrics_links_and_artifacts(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, data: dict[str, Path], mlflow_uri: str
+    tmp_path: Path, model_dir: Path, data: dict[str, Path], mlflow_uri: str
 ) -> None:
-    model = tiny_model_dir(tmp_path_factory)
+    model = model_dir
     config = experiment_yaml(tmp_path, model, data, name="ui", steps=2, track=True,
                              validation={"every_n_steps": 1, "limit": 8, "n": 2})  # fmt: skip
     raw = yaml.safe_load(config.read_text())
