@@ -3,6 +3,7 @@ its own defaults, and every release behaviour that differs from ours is a named 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,13 @@ def test_paper_configs_use_the_release_defaults(path: Path) -> None:
     cfg = load_experiment(path).train_config(0)
     assert (cfg.reward.grader, cfg.reward.truncated) == ("release_strict", "auto")
     assert (cfg.reward.correct, cfg.reward.incorrect) == (1.0, -1.0)
-    assert (cfg.validation.grader, cfg.validation.select_after) == ("release_both", 80)
+    # The release selects from step 80 of 200 (save_after=80): the first validation at ≥ 40% of the run, so 80 in
+    # every paper table and the same fraction at the rehearsal's scale (step 2 of 4, validating every 2 steps).
+    every = cfg.validation.every_n_steps
+    assert (cfg.validation.grader, cfg.validation.select_after) == (
+        "release_both",
+        math.ceil(0.4 * cfg.steps / every) * every,
+    )
     assert cfg.on_long_prompt == "drop"
     assert (cfg.batch_order, cfg.loss_scale) == ("release", "release")
 
