@@ -71,17 +71,17 @@ def recover_atomic_dir(path: str | os.PathLike[str]) -> None:
             shutil.rmtree(old)  # the new directory is in place: only the clean-up was cut short
         else:
             os.replace(old, path)
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    remove_temporaries(path.parent, name=path.name)
 
 
-def remove_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
-    """Delete the temporaries that killed writers left in ``folder`` (``.<name>.<random>.tmp``); return them.
+def remove_temporaries(folder: str | os.PathLike[str], *, name: str = "*") -> list[Path]:
+    """Delete the temporaries that killed writers of ``name`` (default: any file) left in ``folder``
+    (``.<name>.<random>.tmp``, see :func:`atomic_path` / :func:`atomic_dir`); return them.
 
     Only for folders one job owns (a report's or an evaluation's output): a live writer's temporary would go too.
     """
     folder = Path(folder)
-    stale = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    stale = sorted(folder.glob(f".{name}.*.tmp")) if folder.is_dir() else []
     for tmp in stale:
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     return stale
