@@ -16,12 +16,12 @@ from steer_bench.errors import SteerBenchError
 # subcommand -> (module, one-line help). The module provides configure(parser) and run(args).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("steer_bench.data.prepare", "normalise datasets into one parquet per dataset"),
-    "warmstart": ("steer_bench.warmstart", "build tokenizer + tiny Qwen2 model and SFT it (CPU miniature)"),
+    "warmstart": ("steer_bench.train.warmstart", "build tokenizer + tiny Qwen2 model and SFT it (CPU miniature)"),
     "train": ("steer_bench.train", "RL training of one method and seed"),
-    "eval": ("steer_bench.evaluate", "evaluate a trained run or any HF model on benchmarks"),
+    "eval": ("steer_bench.commands.eval", "evaluate a trained run or any HF model on benchmarks"),
     "report": ("steer_bench.report", "tables and figures from MLflow"),
     "analyze": ("steer_bench.analysis", "entropy-dynamics analysis of runs"),
-    "tree": ("steer_bench.tree.cli", "the reasoning-tree testbed"),
+    "tree": ("steer_bench.commands.tree", "the reasoning-tree testbed"),
     "validate-config": ("steer_bench.experiment", "validate an experiment config and print the resolved jobs"),
 }
 

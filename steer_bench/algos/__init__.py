@@ -1,23 +1,35 @@
 """The RLVR objective library: pure torch over (B, T) response-token tensors with a mask; no I/O.
 
-Trainer contract, per rollout and per mini-batch / micro-batch (gradient accumulation)::
+A preset resolves once into a :class:`Method` (:func:`make_method`; the config layer does it for
+``configs/methods/*.yaml``), which every caller — the trainer, the reasoning-tree testbed, the load-time
+dry run — uses the same way, per rollout and per mini-batch / micro-batch (gradient accumulation)::
 
-    adv = compute_advantages(m.advantage.estimator, scores, group_ids, mask, entropy=old_entropy,
-                             **m.advantage_params())
-    totals = {"batch_tokens": ..., "batch_seqs": ...}       # valid tokens / non-empty rows of the mini-batch
-    extra = mini_batch_stats(m.loss.name, logp_nograd, old_logp, adv, mask, entropy=..., old_entropy=...,
-                             **m.loss_params()) if m.needs_mini_stats else {}   # whole mini-batch, no grad
-    loss, metrics = policy_loss(m.loss.name, logp, old_logp, adv, mask, entropy=..., old_entropy=...,
-                                **m.loss_params(), **totals, **extra)          # per micro-batch; backward
-    reduce_metrics([metrics, ...])                           # combine the micro-batches' metrics
+    adv = m.advantages(scores, group_ids, mask, old_entropy=old_entropy)         # (B, T)
+    stats = m.mini_batch_stats(TokenBatch(logp_nograd, old_logp, adv, mask, entropy, old_entropy),
+                               reduce)              # whole mini-batch, all ranks; None unless m.needs.mini_batch_stats
+    loss, metrics = m.loss(TokenBatch(logp, old_logp, adv, mask, entropy, old_entropy),
+                           Totals(batch_tokens, batch_seqs, max_response_len), stats)   # per micro-batch
+    m.reduce_metrics([metrics, ...])                  # combine the micro-batches' metrics by declared rules
 
-Modules: ``advantages`` (estimators), ``surrogate`` (dual-clip PPO, aggregation), ``interventions`` (the
-per-token pieces of each method), ``losses`` (their registry, ``policy_loss`` and its metric keys), ``steer``
-(λ), ``entropy`` (entropy from logits, Ω, covariance, quadrants), ``stats`` (masked statistics, metric
+Modules: ``base`` (what a method file defines: :class:`Intervention`, :class:`TokenBatch`, metrics,
+discovery), ``method`` (:class:`Method`, the shared metrics, the dry run), ``interventions/`` (one file per
+token-level intervention), ``advantages`` (estimators), ``surrogate`` (dual-clip PPO, aggregation),
+``entropy`` (entropy from logits, Ω, covariance, quadrants), ``stats`` (masked statistics, metric
 reductions), ``registry`` (hyperparameter checks).
 """
 
 from steer_bench.algos.advantages import ADVANTAGES, GROUP_ESTIMATORS, compute_advantages, estimator_needs_entropy
+from steer_bench.algos.base import (
+    INTERVENTIONS,
+    Intervention,
+    Metric,
+    Reduce,
+    TokenBatch,
+    Totals,
+    discover,
+    intervention_class,
+    local_reduce,
+)
 from steer_bench.algos.entropy import (
     QUADRANTS,
     covariance,
@@ -26,32 +38,39 @@ from steer_bench.algos.entropy import (
     omega,
     quadrant,
 )
-from steer_bench.algos.losses import POLICY_LOSSES, mini_batch_stats, policy_loss
-from steer_bench.algos.stats import METRIC_REDUCTIONS, masked_mean, masked_quantile, reduce_metrics
-from steer_bench.algos.steer import omega_range, steer_weights
+from steer_bench.algos.method import SHARED_METRICS, Method, Needs, make_method, metric_table
+from steer_bench.algos.stats import masked_mean, masked_quantile, reduce_metrics
 from steer_bench.algos.surrogate import AGG_MODES, aggregate, clipped_surrogate
 
 __all__ = [
     "ADVANTAGES",
     "AGG_MODES",
     "GROUP_ESTIMATORS",
-    "METRIC_REDUCTIONS",
-    "POLICY_LOSSES",
+    "INTERVENTIONS",
     "QUADRANTS",
+    "SHARED_METRICS",
+    "Intervention",
+    "Method",
+    "Metric",
+    "Needs",
+    "Reduce",
+    "TokenBatch",
+    "Totals",
     "aggregate",
     "clipped_surrogate",
     "compute_advantages",
     "covariance",
+    "discover",
     "entropy_from_logits",
     "estimator_needs_entropy",
+    "intervention_class",
+    "local_reduce",
     "logprobs_and_entropy",
+    "make_method",
     "masked_mean",
     "masked_quantile",
-    "mini_batch_stats",
+    "metric_table",
     "omega",
-    "omega_range",
-    "policy_loss",
     "quadrant",
     "reduce_metrics",
-    "steer_weights",
 ]

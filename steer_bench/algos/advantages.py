@@ -20,6 +20,23 @@ from torch import Tensor
 
 from steer_bench.algos.registry import check_params, lookup
 
+# The advantage estimators, by the name used in configs/methods/*.yaml, and those whose baseline is a group
+# statistic (they need n ≥ 2 responses per prompt to mean anything); filled by @estimator below.
+ADVANTAGES: dict[str, Callable[..., Tensor]] = {}
+GROUP_ESTIMATORS: set[str] = set()
+
+
+def estimator(*, groups: bool) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Register an estimator under its function name; ``groups``: its baseline is a group statistic."""
+
+    def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        ADVANTAGES[fn.__name__] = fn
+        if groups:
+            GROUP_ESTIMATORS.add(fn.__name__)
+        return fn
+
+    return register
+
 
 def _group_stats(scores: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-response group size n, group mean and unbiased group std (float64; std 0 for n = 1)."""
@@ -32,6 +49,7 @@ def _group_stats(scores: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Ten
     return n[inv], mean[inv], std[inv]
 
 
+@estimator(groups=True)
 def grpo(scores: Tensor, group_ids: Tensor, response_mask: Tensor, *, norm_by_std: bool, eps: float) -> Tensor:
     """GRPO: a_i = (s_i − mean_g) / (std_g + eps), std unbiased (n−1); Dr. GRPO: a_i = s_i − mean_g.
 
@@ -48,6 +66,7 @@ def grpo(scores: Tensor, group_ids: Tensor, response_mask: Tensor, *, norm_by_st
     return centred / (std + eps)
 
 
+@estimator(groups=True)
 def rloo(scores: Tensor, group_ids: Tensor, response_mask: Tensor) -> Tensor:
     """RLOO: a_i = s_i − mean_{j≠i} s_j = n/(n−1)·(s_i − mean_g) (verl ``compute_rloo_outcome_advantage``)."""
     n, mean, _ = _group_stats(scores, group_ids)
@@ -55,6 +74,7 @@ def rloo(scores: Tensor, group_ids: Tensor, response_mask: Tensor) -> Tensor:
     return torch.where(n > 1, n / (n - 1).clamp(min=1) * (s - mean), s)
 
 
+@estimator(groups=True)
 def opo(scores: Tensor, group_ids: Tensor, response_mask: Tensor) -> Tensor:
     """OPO: a_i = s_i − b_g with the length-weighted baseline b_g = Σ_j len_j·s_j / Σ_j len_j.
 
@@ -73,6 +93,7 @@ def opo(scores: Tensor, group_ids: Tensor, response_mask: Tensor) -> Tensor:
     return s - base[inv]
 
 
+@estimator(groups=False)
 def w_reinforce(scores: Tensor, group_ids: Tensor, response_mask: Tensor, *, positive_weight: float) -> Tensor:
     """W-REINFORCE (Zhu et al. 2025): a = +λ if correct, −1 if wrong; no baseline, groups unused.
 
@@ -87,6 +108,7 @@ def w_reinforce(scores: Tensor, group_ids: Tensor, response_mask: Tensor, *, pos
     return torch.where(scores > 0, positive_weight, -1.0).to(torch.float64)
 
 
+@estimator(groups=True)
 def entropy_adv(
     scores: Tensor,
     group_ids: Tensor,
@@ -109,21 +131,9 @@ def entropy_adv(
     return adv + bonus
 
 
-# The advantage estimators, by the name used in configs/methods/*.yaml.
-ADVANTAGES: dict[str, Callable[..., Tensor]] = {
-    "grpo": grpo,
-    "rloo": rloo,
-    "opo": opo,
-    "w_reinforce": w_reinforce,
-    "entropy_adv": entropy_adv,
-}
-# Estimators whose baseline is a group statistic: they need n ≥ 2 responses per prompt to mean anything.
-GROUP_ESTIMATORS = frozenset({"grpo", "rloo", "opo", "entropy_adv"})
-
-
 def estimator_needs_entropy(name: str) -> bool:
     """Whether the estimator takes the old policy's token entropy (B, T)."""
-    return "entropy" in inspect.signature(ADVANTAGES[name]).parameters
+    return "entropy" in inspect.signature(lookup("advantage estimator", ADVANTAGES, name)).parameters
 
 
 def compute_advantages(

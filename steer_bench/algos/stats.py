@@ -1,8 +1,8 @@
 """Masked statistics over (B, T) token tensors and the reduction rules for loss metrics across micro-batches.
 
 Every metric a loss returns is computed over the tokens of one call (one micro-batch). The trainer combines
-the calls of a mini-batch with :func:`reduce_metrics`: keys listed in :data:`METRIC_REDUCTIONS` use that rule,
-every other key is a token-weighted mean (weight = the call's ``loss/n_tokens``), which is exact for
+the calls of a mini-batch with :func:`reduce_metrics`: each key uses its declared rule (sum, min, max), every
+other key is a token-weighted mean (weight = the call's ``loss/n_tokens``), which is exact for
 fractions and means over tokens and approximate for quantiles.
 """
 
@@ -37,33 +37,18 @@ def masked_quantile(x: Tensor, mask: Tensor, q: float | Sequence[float]) -> Tens
     return out.to(x.dtype)
 
 
-# How a metric combines over the micro-batches of a mini-batch (default: token-weighted mean).
-METRIC_REDUCTIONS: dict[str, str] = {
-    "loss/n_tokens": "sum",
-    "loss/pg": "sum",
-    "loss/entropy_bonus": "sum",
-    "loss/ratio_max": "max",
-    "steer/lambda_min": "min",
-    "steer/lambda_max": "max",
-    "steer/omega_abs_max": "max",
-    "clip_cov/tokens_touched": "sum",
-    "clip_cov/candidates": "sum",
-    "kl_cov/tokens_touched": "sum",
-    "fork_tokens/tokens_touched": "sum",
-}
+def reduce_metrics(calls: Sequence[Mapping[str, float | Tensor]], rules: Mapping[str, str]) -> dict[str, float]:
+    """Combine the metrics of several loss calls (micro-batches) into one dict of floats.
 
-
-def reduce_metrics(calls: Sequence[Mapping[str, float | Tensor]]) -> dict[str, float]:
-    """Combine the metrics of several ``policy_loss`` calls (micro-batches) into one dict of floats.
-
-    Rules: :data:`METRIC_REDUCTIONS`, else the mean weighted by each call's ``loss/n_tokens``.
+    ``rules``: key -> sum | min | max | mean (the declared :class:`~steer_bench.algos.base.Metric` reductions);
+    a key without a rule, or ``mean``, is the mean weighted by each call's ``loss/n_tokens``.
     """
     weights = [float(c["loss/n_tokens"]) for c in calls]
     keys = dict.fromkeys(k for c in calls for k in c)
     out: dict[str, float] = {}
     for key in keys:
         pairs = [(float(c[key]), w) for c, w in zip(calls, weights, strict=True) if key in c]
-        rule = METRIC_REDUCTIONS.get(key, "mean")
+        rule = rules.get(key, "mean")
         values = [v for v, _ in pairs]
         if rule == "sum":
             out[key] = sum(values)

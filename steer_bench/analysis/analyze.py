@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from steer_bench import io
+from steer_bench import files
 from steer_bench.analysis import figures
 from steer_bench.analysis.stats import (
     AGREEMENT_STATS,
@@ -167,16 +167,16 @@ def analyze(dirs: list[Path], out: Path, *, command: str) -> Runs:
     overall = quadrant_table(tokens)
     per_step = quadrant_table(tokens, by=("method", "step"))
     est_csv = est.assign(label=est["method"].map(labels))
-    io.write_text(out / "estimators.csv", est_csv.to_csv(index=False))
+    files.write_text(out / "estimators.csv", est_csv.to_csv(index=False))
     quad_csv = pd.concat([overall.assign(step=pd.NA), per_step], ignore_index=True)
     quad_csv = quad_csv[["method", "step", "quadrant", "n", *QUADRANT_STATS]]
-    io.write_text(out / "quadrants.csv", quad_csv.to_csv(index=False))
+    files.write_text(out / "quadrants.csv", quad_csv.to_csv(index=False))
     est_md, quad_md = estimators_markdown(est, labels), quadrants_markdown(tokens, overall, methods, labels)
-    io.write_text(out / "estimators.md", est_md)
-    io.write_text(out / "quadrants.md", quad_md)
+    files.write_text(out / "estimators.md", est_md)
+    files.write_text(out / "quadrants.md", quad_md)
     for name, draw in figures.FIGURES.items():
         draw(tokens, methods, labels, out / "figures" / f"{name}.png")
-    io.write_text(out / "analysis.md", document(runs, est_md, quad_md, command))
+    files.write_text(out / "analysis.md", document(runs, est_md, quad_md, command))
     return runs
 
 

@@ -20,7 +20,7 @@ from steer_bench.analysis.stats import (
     prediction,
     quadrant_table,
 )
-from steer_bench.io import atomic_path
+from steer_bench.files import atomic_path
 
 QUADRANT_COLORS = {"pos_high": "tab:blue", "pos_low": "tab:orange", "neg_high": "tab:green", "neg_low": "tab:red"}
 MAX_POINTS = 4000  # per scatter panel (a seeded subsample; the statistics use every token)

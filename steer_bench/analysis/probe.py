@@ -39,12 +39,14 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from steer_bench import io
-from steer_bench.algos import QUADRANTS, covariance, omega, quadrant, steer_weights
+from steer_bench import files
+from steer_bench.algos import QUADRANTS, covariance, omega, quadrant
+from steer_bench.algos.base import hyperparameters
+from steer_bench.algos.interventions.steer import Steer, steer_weights
 from steer_bench.analysis.stats import step_metrics
-from steer_bench.methods import MethodConfig
+from steer_bench.config.method import MethodConfig, load_method
+from steer_bench.config.run import TrainConfig
 from steer_bench.rollout.batch import PaddedRollout
-from steer_bench.runconfig import TrainConfig
 
 Forward = Callable[[Any, PaddedRollout, Tensor, float], tuple[Tensor, Tensor]]
 
@@ -121,7 +123,7 @@ class EntropyProbe:
         t0 = time.perf_counter()
         n = self.cfg.analysis.max_tokens
         sample = tokens.sample(n=n, random_state=self.step).sort_index() if len(tokens) > n else tokens
-        with io.atomic_path(path) as tmp:
+        with files.atomic_path(path) as tmp:
             sample.to_parquet(tmp, index=False)
         self.seconds += time.perf_counter() - t0
         return self.metrics()
@@ -188,10 +190,12 @@ class EntropyProbe:
         self, adv: Tensor, old_logp: Tensor, logp: Tensor, old_ent: Tensor, mask: Tensor
     ) -> tuple[Tensor, str]:
         """STEER's λ (len(rows), T) over the trainer's groups: per micro-batch (scope micro) or the mini-batch."""
-        if self.method.loss.name == "steer":
-            params, source = dict(self.method.loss.params), "method"
-        else:
-            params, source = {"scope": "micro"}, "release defaults"  # steer_weights' defaults are the release's
+        iv = self.method.resolve().intervention
+        source = "method"
+        if not isinstance(iv, Steer):  # the release's λ, for methods that do not weight by it
+            iv, source = load_method("steer").resolve().intervention, "release defaults"
+        assert isinstance(iv, Steer)
+        params = {name: getattr(iv, name) for name in hyperparameters(Steer)}
         scope = params.pop("scope")
         index = torch.arange(len(adv), device=adv.device)
         groups = [index] if scope == "mini" else list(index.split(self.cfg.micro_batch_size))

@@ -28,8 +28,8 @@ from steer_bench.data.schema import check_frame, is_messages
 from steer_bench.data.synthetic import make_synthetic
 from steer_bench.data.templates import FORMATS, TEMPLATES, render, split_instruction
 from steer_bench.errors import SteerBenchError
+from steer_bench.files import atomic_path, write_json
 from steer_bench.inputs import read_parquet
-from steer_bench.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 BAD_ROW_POLICIES = ("error", "skip")

@@ -1,4 +1,4 @@
-"""Benchmark evaluation under an explicit protocol (``steer-bench eval``; the CLI is :mod:`steer_bench.evaluate`).
+"""Benchmark evaluation under an explicit protocol (``steer-bench eval``; the CLI is :mod:`steer_bench.commands.eval`).
 
 - :mod:`.protocol` — sampling and grading settings as config (``configs/protocols/*.yaml``)
 - :mod:`.engines` — the model's context and the vLLM / HF sampler

@@ -2,7 +2,7 @@
 
 Evaluation never needs the weights in this process for ``vllm`` (the engine loads them from the folder or
 Hub id itself: :meth:`~steer_bench.rollout.vllm.VLLMEngine.from_path`); the ``hf`` fallback loads them with
-:func:`steer_bench.policy.load_policy`, exactly as training does, onto the GPU when there is one.
+:func:`steer_bench.rollout.model.load_policy`, exactly as training does, onto the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from steer_bench.errors import SteerBenchError
-from steer_bench.experiment import EvalSection
+from steer_bench.evaluation.schema import EvalSection
 from steer_bench.inputs import check_model_dir
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -92,9 +92,9 @@ def open_engine(
         engine = VLLMEngine.from_path(model, tokenizer, **options)
         return engine, {"kind": "vllm", **options, "dtype": engine.dtype, "device": "cuda" if cuda else "cpu"}
     if kind == "hf":
-        from steer_bench.policy import load_policy
+        from steer_bench.config.run import ModelConfig
         from steer_bench.rollout import HFEngine
-        from steer_bench.runconfig import ModelConfig
+        from steer_bench.rollout.model import load_policy
 
         dtype = settings.dtype if settings.dtype != "auto" else ("bfloat16" if cuda else "float32")
         policy = load_policy(ModelConfig(path=model, dtype=dtype))

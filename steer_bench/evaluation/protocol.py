@@ -17,9 +17,9 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from steer_bench.config import StrictModel, apply_overrides, read_yaml, validate
+from steer_bench.config.run import Grader
 from steer_bench.errors import SteerBenchError
 from steer_bench.rollout import SamplingParams
-from steer_bench.runconfig import Grader
 
 PROTOCOLS_DIR = Path(__file__).resolve().parents[2] / "configs" / "protocols"
 

@@ -37,13 +37,13 @@ from typing import Any
 
 import pandas as pd
 
-from steer_bench import io
+from steer_bench import files
 from steer_bench.errors import SteerBenchError
 from steer_bench.evaluation import engines
+from steer_bench.evaluation.metrics import combined_se
 from steer_bench.evaluation.protocol import Protocol
+from steer_bench.evaluation.schema import EvalSection
 from steer_bench.evaluation.scoring import finite, problem_counts, sample_rows, score
-from steer_bench.experiment import EvalSection
-from steer_bench.metrics import combined_se
 from steer_bench.tracking import PARENT_RUN_TAG
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class EvalJob:
 # ------------------------------------------------------------------------------------------------ prompts
 def render_prompts(tokenizer: Any, problems: pd.DataFrame, protocol: Protocol) -> list[list[int]]:
     """Prompt token ids, rendered as training renders them (chat template) unless the protocol says not to."""
-    from steer_bench.policy import render_prompt
+    from steer_bench.rollout.model import render_prompt
 
     if protocol.chat_template:
         return [render_prompt(tokenizer, m) for m in problems["prompt"]]
@@ -138,7 +138,7 @@ def finished_summary(
     (re-)computed; an error if it answers another request, unless ``replace_stale``."""
     if not path.is_file():
         return None
-    summary = io.read_json(path)
+    summary = files.read_json(path)
     if not summary.get("complete"):
         return None
     for key, want in request.items():
@@ -160,7 +160,7 @@ def _marker_current(path: Path, summaries: dict[str, dict[str, Any]]) -> bool:
     """eval.done exists and reports exactly these summaries' accuracies."""
     if not path.is_file():
         return False
-    return io.read_json(path).get("acc") == {b: s["metrics"]["acc"] for b, s in summaries.items()}
+    return files.read_json(path).get("acc") == {b: s["metrics"]["acc"] for b, s in summaries.items()}
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -200,7 +200,7 @@ def evaluate(
     todo = [b for b in problems if b not in summaries]
     if not todo and _marker_current(job.out_dir / "eval.done", summaries):
         log.info("%s: every benchmark is already evaluated (%s); nothing to do", job.out_dir, ", ".join(problems))
-        return io.read_json(job.out_dir / "eval.done") | {"evaluated": [], "skipped": list(problems)}
+        return files.read_json(job.out_dir / "eval.done") | {"evaluated": [], "skipped": list(problems)}
     log.info("%s: evaluating %s; already done: %s", job.model, todo or "nothing", list(summaries) or "nothing")
 
     tokenizer, prompts = None, {}
@@ -295,10 +295,10 @@ def _run_one(c: _Context, b: str, engine: Any, grader: Any, info: dict[str, Any]
     }  # fmt: skip
     # An earlier summary goes first: a crash between the two writes must leave no summary beside new samples.
     (c.job.out_dir / b / "summary.json").unlink(missing_ok=True)
-    io.remove_temporaries(c.job.out_dir / b)  # left by a killed evaluation
-    io.write_jsonl(c.job.out_dir / b / "samples.jsonl", rows)
+    files.remove_temporaries(c.job.out_dir / b)  # left by a killed evaluation
+    files.write_jsonl(c.job.out_dir / b / "samples.jsonl", rows)
     summary["samples_sha256"] = hashlib.sha256((c.job.out_dir / b / "samples.jsonl").read_bytes()).hexdigest()
-    io.write_json(c.job.out_dir / b / "summary.json", summary)
+    files.write_json(c.job.out_dir / b / "summary.json", summary)
     log.info("%s: acc %.4f (avg@%d over %d problems) in %.1fs", b, metrics["acc"], params.n, len(problems), t2 - t0)
     return summary
 
@@ -343,7 +343,7 @@ def _finish(
     }  # fmt: skip
     if error:  # the files are complete; the condition is recorded and was logged as a warning
         done["tracking_error"] = error
-    io.write_json(job.out_dir / "eval.done", done)
+    files.write_json(job.out_dir / "eval.done", done)
     return done
 
 

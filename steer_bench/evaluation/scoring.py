@@ -7,9 +7,9 @@ from typing import Any
 
 import pandas as pd
 
+from steer_bench.evaluation.metrics import benchmark_metrics, correct_counts
 from steer_bench.evaluation.protocol import pass_ks
 from steer_bench.grading import strict_for, summarize_verdicts
-from steer_bench.metrics import benchmark_metrics, correct_counts
 
 
 def sample_rows(
@@ -34,7 +34,7 @@ def sample_rows(
 
 def score(rows: list[dict[str, Any]], verdicts: list[Any], k: int) -> dict[str, float]:
     """avg@k (= ``acc``), pass@j and maj@j for j in :func:`pass_ks`, each with its standard error over
-    problems (``acc_se``, ``pass_at_<j>_se``, ...: :func:`steer_bench.metrics.benchmark_metrics`), and the
+    problems (``acc_se``, ``pass_at_<j>_se``, ...: :func:`steer_bench.evaluation.metrics.benchmark_metrics`), and the
     grading/length statistics."""
     df = pd.DataFrame(rows)
     m = benchmark_metrics(df[["problem_id", "correct", "pred"]], pass_ks(k))

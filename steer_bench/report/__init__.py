@@ -11,7 +11,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from steer_bench import io, tracking
+from steer_bench import files, tracking
 from steer_bench.errors import SteerBenchError
 from steer_bench.experiment import ExperimentConfig
 from steer_bench.report import collect, document, figures, reference, tables
@@ -31,7 +31,7 @@ def build_report(exp: ExperimentConfig, out_dir: str | Path | None = None, *, ur
     if exp.reference:
         reference.check_table(exp.reference)
     out = Path(out_dir) if out_dir else exp.root / "report"
-    io.remove_temporaries(out)  # from a report killed mid-write
+    files.remove_temporaries(out)  # from a report killed mid-write
     if uri:
         collect.remirror_failed_runs(exp, uri)  # runs whose store failed mid-run: their files are complete
     results = collect.from_mlflow(exp, uri) if uri else collect.from_files(exp)
@@ -41,18 +41,18 @@ def build_report(exp: ExperimentConfig, out_dir: str | Path | None = None, *, ur
             "run the pipeline first (or point MLFLOW_TRACKING_URI / --tracking-uri at the right store)"
         )
     table = tables.main_table(exp, results)
-    io.write_text(out / "main_table.md", tables.to_markdown(table) + "\n" + tables.CONVENTIONS + "\n")
-    io.write_text(out / "main_table.tex", tables.to_latex(table, exp.name))
-    io.write_text(out / "main_table.csv", tables.to_csv(table))
+    files.write_text(out / "main_table.md", tables.to_markdown(table) + "\n" + tables.CONVENTIONS + "\n")
+    files.write_text(out / "main_table.tex", tables.to_latex(table, exp.name))
+    files.write_text(out / "main_table.csv", tables.to_csv(table))
     if exp.reference:
         md = tables.vs_paper_markdown(table, exp.reference) + "\n" + tables.VS_PAPER_CONVENTIONS + "\n"
-        io.write_text(out / "vs_paper.md", md)
-        io.write_text(out / "vs_paper.csv", tables.vs_paper_csv(table, exp.reference))
+        files.write_text(out / "vs_paper.md", md)
+        files.write_text(out / "vs_paper.csv", tables.vs_paper_csv(table, exp.reference))
     else:
         for name in ("vs_paper.md", "vs_paper.csv"):
             (out / name).unlink(missing_ok=True)  # from an earlier report with a reference
     drawn = figures.draw_all(results.curves, list(exp.methods), table.labels, out)
-    io.write_text(out / "report.md", document.render(exp, results, table, drawn, out))
+    files.write_text(out / "report.md", document.render(exp, results, table, drawn, out))
     if uri:  # the tables and figures in the MLflow UI too (a kind=report run)
         tracking.log_report(exp.name, out, uri=uri)
     return Report(out, results, table, drawn)

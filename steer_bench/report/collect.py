@@ -25,7 +25,7 @@ from typing import Any
 from steer_bench import tracking
 from steer_bench.errors import SteerBenchError
 from steer_bench.experiment import ExperimentConfig
-from steer_bench.io import read_json, read_jsonl, write_json
+from steer_bench.files import read_json, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def _seed(text: str) -> int | None:
 def _protocol_from_files(exp: ExperimentConfig, row: str, seed: int | None) -> dict[str, Any]:
     """The full protocol and versions from a summary.json of the same evaluation (MLflow tags hold only names)."""
     for bench in exp.data.benchmarks:
-        summary = _read_summary(eval_dir(exp, row, seed) / bench / "summary.json")
+        summary = _read_summary(exp.eval_dir(row, seed) / bench / "summary.json")
         if summary is not None:
             return {k: summary[k] for k in ("protocol", "engine", "versions") if summary.get(k)}
     return {}
@@ -176,24 +176,19 @@ def _eval_info_from_run(run: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- files
-def eval_dir(exp: ExperimentConfig, row: str, seed: int | None) -> Path:
-    base = exp.root / "eval" / row
-    return base if seed is None else base / f"seed{seed}"
-
-
 def from_files(exp: ExperimentConfig) -> Results:
     """Read the same numbers from ``results/<exp>/eval/**/summary.json`` and ``runs/**/metrics.jsonl``."""
     out = Results(source=f"files under {exp.root}")
     for row, seeds in expected_rows(exp).items():
         for seed in seeds:
             for bench in exp.data.benchmarks:
-                summary = _read_summary(eval_dir(exp, row, seed) / bench / "summary.json")
+                summary = _read_summary(exp.eval_dir(row, seed) / bench / "summary.json")
                 if summary is None:
                     continue
                 out.acc[(row, seed, bench)] = float(summary["metrics"]["acc"])
                 if summary["metrics"].get("acc_se") is not None:
                     out.acc_se[(row, seed, bench)] = float(summary["metrics"]["acc_se"])
-                out.eval_info.setdefault((row, seed), _eval_info_from_summary(summary, eval_dir(exp, row, seed)))
+                out.eval_info.setdefault((row, seed), _eval_info_from_summary(summary, exp.eval_dir(row, seed)))
     for method in exp.methods:
         for seed in exp.seeds:
             path = exp.run_dir(method, seed) / "metrics.jsonl"

@@ -47,7 +47,7 @@ def experiment_section(exp: ExperimentConfig, table: tables.Table) -> list[str]:
 
 def settings_lines(exp: ExperimentConfig, table: tables.Table) -> list[str]:
     """Per trained row, the settings a matched comparison turns on: clipping, STEER's λ_min, control or not."""
-    from steer_bench.methods import load_method  # lazy: imports torch
+    from steer_bench.config.method import load_method  # lazy: imports torch
 
     out = []
     for m in exp.methods:

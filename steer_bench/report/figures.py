@@ -14,7 +14,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend (renders with Agg)
 from matplotlib.ticker import MaxNLocator
 
-from steer_bench.io import atomic_path
+from steer_bench.files import atomic_path
 from steer_bench.report.collect import Curve, RunKey
 
 # A panel: (metric keys read in order of preference, y-axis label).

@@ -35,7 +35,7 @@ def benchmark_label(name: str) -> str:
 @cache
 def method_label(name: str) -> str:
     """The preset's ``label`` (configs/methods/<name>.yaml); our ablations are marked as such."""
-    from steer_bench.methods import list_methods, load_method  # lazy: imports torch
+    from steer_bench.config.method import list_methods, load_method  # lazy: imports torch
 
     if name not in list_methods():
         return name

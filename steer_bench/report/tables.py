@@ -8,7 +8,7 @@ Conventions (also stated under every table):
 - Best per column in bold, compared at the displayed precision (ties are all bold).
 - Seed spread and evaluation error (a second table and the CSV): min–max over seeds, and the standard error
   over problems of one evaluation (``acc_se`` of its summary.json: s/√P of the per-problem avg@k, see
-  ``steer_bench.metrics``), root-mean-square over the seeds; for Avg the per-seed SE of the unweighted mean
+  ``steer_bench.evaluation.metrics``), root-mean-square over the seeds; for Avg the per-seed SE of the unweighted mean
   over benchmarks, √(Σ se_b²)/B.
 - vs paper: Δ = ours − paper, computed from the displayed (rounded) value in Markdown, unrounded in the CSV.
   The paper's Avg is over its six benchmarks, so it is compared only when the experiment has exactly those.
@@ -22,8 +22,8 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from steer_bench.evaluation.metrics import combined_se
 from steer_bench.experiment import ExperimentConfig
-from steer_bench.metrics import combined_se
 from steer_bench.report import labels, reference
 from steer_bench.report.collect import Results, expected_rows
 

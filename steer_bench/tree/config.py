@@ -64,7 +64,7 @@ class MethodSpec(StrictModel):
     label: str
     """Name in tables and figures (letters, digits, _ . -)."""
     preset: str
-    """A method preset of configs/methods/ (loaded with steer_bench.methods.load_method)."""
+    """A method preset of configs/methods/ (loaded with steer_bench.config.method.load_method)."""
     overrides: list[str] = []
     """``key=value`` overrides of the preset (e.g. ``loss.params.weight_min=0.5``)."""
     lr_scale: float = Field(1.0, gt=0)

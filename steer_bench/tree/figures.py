@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from steer_bench.algos import QUADRANTS
-from steer_bench.io import atomic_path
+from steer_bench.files import atomic_path
 
 ESTIMATOR_LABELS = {
     "paper": "Ω (paper)",

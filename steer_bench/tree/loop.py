@@ -2,8 +2,8 @@
 
 The loop follows the objective library's trainer contract (``steer_bench.algos`` module docstring) with
 the tabular policy as the model; every method is a preset of ``configs/methods/`` run through the
-library's ``compute_advantages`` / ``policy_loss`` — nothing method-specific lives here. A mini-batch is
-one call (no micro-batching), so the library's per-call statistics are per mini-batch (STEER ``micro`` and
+library's resolved ``Method`` (advantages, mini-batch statistics, loss): nothing method-specific lives
+here. A mini-batch is one call (no micro-batching), so the library's per-call statistics are per mini-batch (STEER ``micro`` and
 ``mini`` scopes coincide). The optimiser is plain SGD on the logit table without gradient clipping: the
 exact setting of the first-order entropy analysis.
 """
@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from steer_bench.algos import compute_advantages, logprobs_and_entropy, mini_batch_stats, policy_loss, reduce_metrics
+from steer_bench.algos import TokenBatch, Totals, logprobs_and_entropy
+from steer_bench.config.method import MethodConfig
 from steer_bench.errors import SteerBenchError
-from steer_bench.methods import MethodConfig
 from steer_bench.tree.config import SettingConfig
 from steer_bench.tree.policy import TabularPolicy
 from steer_bench.tree.probe import probe_metrics, probe_step, state_entropy
@@ -76,21 +76,14 @@ def update(
 ) -> list[dict[str, Any]]:
     """One optimizer step per mini-batch of ``order`` (a permutation of the rollout's rows); the calls' metrics."""
     mask = torch.ones_like(adv, dtype=torch.bool)
-    params = method.loss_params()
+    m = method.resolve()
     calls = []
     for rows in order.chunk(minibatches):
         logits = policy.table[batch.state_ids[rows]]
         logp, entropy = logprobs_and_entropy(logits, batch.responses[rows], temperature=1.0)
-        tensors = (logp, batch.old_logp[rows], adv[rows], mask[rows])
-        extra = {}
-        if method.needs_mini_stats:  # one call per mini-batch: the same numbers as the call's own
-            extra = mini_batch_stats(
-                method.loss.name, *tensors, entropy, old_entropy=batch.old_entropy[rows], **params
-            )  # fmt: skip
-        loss, metrics = policy_loss(
-            method.loss.name, *tensors, entropy, old_entropy=batch.old_entropy[rows],
-            max_response_len=policy.task.D, generator=gen, **params, **extra,
-        )  # fmt: skip
+        tokens = TokenBatch(logp, batch.old_logp[rows], adv[rows], mask[rows], entropy, batch.old_entropy[rows], gen)
+        stats = m.mini_batch_stats(tokens)  # one call per mini-batch: the same numbers as the call's own
+        loss, metrics = m.loss(tokens, Totals(max_response_len=policy.task.D), stats)
         if not torch.isfinite(loss):
             raise SteerBenchError(f"method {method.name!r}: the loss is {loss.item()}")
         (grad,) = torch.autograd.grad(loss, policy.table)
@@ -147,10 +140,7 @@ def train_run(
         problems = torch.randperm(task.P, generator=gen)[: cfg.problems_per_step].repeat_interleave(n)
         batch = rollout(policy, task, problems, gen)
         mask = torch.ones_like(batch.old_logp)
-        adv = compute_advantages(
-            method.advantage.estimator, batch.scores, problems, mask, entropy=batch.old_entropy,
-            **method.advantage_params(),
-        )  # fmt: skip
+        adv = method.resolve().advantages(batch.scores, problems, mask, old_entropy=batch.old_entropy)
         order = torch.randperm(len(problems), generator=gen) if cfg.shuffle else torch.arange(len(problems))
         if cfg.analysis_every and step % cfg.analysis_every == 0:
             metrics, points = analyse(policy, batch, adv, order.chunk(cfg.minibatches)[0], lr)
@@ -158,7 +148,7 @@ def train_run(
             if keep_points:
                 log.points += [{"step": step} | p for p in points]
         calls = update(policy, lr, batch, adv, method, order, cfg.minibatches, gen)
-        row |= rollout_metrics(batch, adv, n) | reduce_metrics(calls)
+        row |= rollout_metrics(batch, adv, n) | method.resolve().reduce_metrics(calls)
         if not math.isfinite(row["rollout/entropy"]):
             raise SteerBenchError(f"method {method.name!r} seed {seed}: non-finite entropy at step {step}")
         log.rows.append(row)

@@ -20,20 +20,40 @@ change by quadrant (sign of A × sign of ln p + H, ``algos.quadrant``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from steer_bench.algos import QUADRANTS, covariance, entropy_from_logits, logprobs_and_entropy, omega, policy_loss
+from steer_bench.algos import (
+    QUADRANTS,
+    Method,
+    TokenBatch,
+    covariance,
+    entropy_from_logits,
+    logprobs_and_entropy,
+    make_method,
+    omega,
+)
 from steer_bench.algos import quadrant as quadrant_of
 from steer_bench.analysis.stats import (
     agreement,  # one definition of the estimator statistics, shared with the LM analysis
 )
 
 # The vanilla policy-gradient loss L = −A·r with token-mean (no clipping, no bonus): the probe's step.
-VANILLA = {"clip_low": None, "clip_high": None, "clip_c": None, "agg": "token-mean", "entropy_coef": 0.0}
+
+
+@functools.cache
+def vanilla() -> Method:
+    """The unclipped policy gradient −A·r (token mean): the loss the first-order analysis differentiates."""
+    return make_method(
+        "vanilla", estimator="grpo", estimator_params={"norm_by_std": True, "eps": 1e-6}, loss="ppo",
+        loss_params={}, clip_low=None, clip_high=None, clip_c=None, agg="token-mean", entropy_coef=0.0,
+    )  # fmt: skip
+
+
 ESTIMATORS = ("paper", "first_order", "cov", "linear")
 
 
@@ -62,7 +82,7 @@ def probe_step(
     z0 = table.detach()
     logits = z0[state_ids].requires_grad_(True)  # a leaf per token: its grad is that token's own term
     logp, ent = logprobs_and_entropy(logits, responses, temperature=1.0)
-    loss, _ = policy_loss("ppo", logp, logp.detach(), adv, mask, **VANILLA)
+    loss, _ = vanilla().loss(TokenBatch(logp, logp.detach(), adv, mask))
     (token_grad,) = torch.autograd.grad(loss, logits)
     flat = state_ids.flatten()
     unit_step = torch.zeros_like(z0).index_add_(0, flat, -token_grad.flatten(0, 1))  # Δz of the table per unit η

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steer_bench import io
+from steer_bench import files
 from steer_bench.config import dump_yaml
 from steer_bench.tree import figures
 from steer_bench.tree.config import StudyConfig
@@ -178,12 +178,12 @@ def write_outputs(out: Path, cfg: StudyConfig, result: StudyResult, command: str
     order = [m.label for m in cfg.methods]
     table = method_table(runs, order)
     tables: dict[str, Any] = {}
-    with io.atomic_dir(out) as tmp:
+    with files.atomic_dir(out) as tmp:
         result.metrics.to_parquet(tmp / "metrics.parquet", index=False)
         result.points.to_parquet(tmp / "probe_points.parquet", index=False)
         runs.to_csv(tmp / "runs.csv", index=False)
         table.to_csv(tmp / "table.csv")
-        io.write_text(tmp / "config.resolved.yaml", dump_yaml(cfg))
+        files.write_text(tmp / "config.resolved.yaml", dump_yaml(cfg))
         md = []
         for setting in cfg.settings:
             t = table.loc[setting]
@@ -212,8 +212,8 @@ def write_outputs(out: Path, cfg: StudyConfig, result: StudyResult, command: str
                 "figures": [f for f in figs if (tmp / f[0]).exists()],
             }
             md += [f"### {setting}", "", markdown_table(rows), markdown_table(est)]
-        io.write_text(tmp / "table.md", "\n".join(md))
-        io.write_text(tmp / "tree.md", tree_markdown(cfg, result, tables, command))
+        files.write_text(tmp / "table.md", "\n".join(md))
+        files.write_text(tmp / "tree.md", tree_markdown(cfg, result, tables, command))
         summary = {
             "command": command,
             "wall_s": result.wall_s,
@@ -223,7 +223,7 @@ def write_outputs(out: Path, cfg: StudyConfig, result: StudyResult, command: str
             "findings": {k: v["findings"] for k, v in tables.items()},
             "methods": _json_table(table),
         }
-        io.write_json(tmp / "summary.json", summary)
+        files.write_json(tmp / "summary.json", summary)
     return summary
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from steer_bench.config.method import MethodConfig, load_method
 from steer_bench.errors import SteerBenchError
-from steer_bench.methods import MethodConfig, load_method
 from steer_bench.tree.config import MethodSpec, SettingConfig, StudyConfig
 from steer_bench.tree.loop import RunLog, train_run
 

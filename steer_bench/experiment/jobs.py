@@ -13,19 +13,13 @@ import os
 import re
 from pathlib import Path
 
-from steer_bench import io
+from steer_bench import files
 from steer_bench.data.registry import SHARED_DATA_ENV, get_spec
 from steer_bench.errors import SteerBenchError
 from steer_bench.evaluation.runner import EvalJob
 from steer_bench.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
-
-
-def _eval_dir(exp: ExperimentConfig, row: str, seed: int | None) -> Path:
-    from steer_bench.report.collect import eval_dir  # the report reads exactly this layout
-
-    return eval_dir(exp, row, seed)
 
 
 def _benchmark_files(exp: ExperimentConfig) -> dict[str, Path]:
@@ -42,7 +36,7 @@ def trained_run_job(exp: ExperimentConfig, method: str, seed: int, *, experiment
     done_path = run_dir / "train.done"
     if not done_path.is_file():
         raise SteerBenchError(f"{method}/seed{seed} is not trained yet: {done_path} not found")
-    done = io.read_json(done_path)
+    done = files.read_json(done_path)
     want = used = exp.eval.checkpoint
     if want == "best" and not (run_dir / "checkpoints" / "best").is_dir():
         used = "last"
@@ -51,9 +45,11 @@ def trained_run_job(exp: ExperimentConfig, method: str, seed: int, *, experiment
     if not folder.is_dir():
         raise SteerBenchError(f"{method}/seed{seed}: checkpoint folder {folder} not found")
     state = folder / "state.json"
-    step = io.read_json(state).get("step") if state.is_file() else done.get("best_step" if used == "best" else "steps")
+    step = (
+        files.read_json(state).get("step") if state.is_file() else done.get("best_step" if used == "best" else "steps")
+    )
     return EvalJob(
-        model=str(folder), row=method, out_dir=_eval_dir(exp, method, seed), benchmarks=_benchmark_files(exp),
+        model=str(folder), row=method, out_dir=exp.eval_dir(method, seed), benchmarks=_benchmark_files(exp),
         experiment=experiment or exp.name, method=method, seed=seed, checkpoint=want, checkpoint_used=used,
         checkpoint_step=step, train_run_id=done.get("mlflow_run_id"),
     )  # fmt: skip
@@ -70,7 +66,7 @@ def eval_only_job(exp: ExperimentConfig, row: str, *, experiment: str | None = N
             raise SteerBenchError(f"eval-only row {row!r} asks for the warm start, but {exp.name!r} has none")
         model = str(exp.warmstart_dir())
     return EvalJob(
-        model=model, row=row, out_dir=_eval_dir(exp, row, None), benchmarks=_benchmark_files(exp),
+        model=model, row=row, out_dir=exp.eval_dir(row, None), benchmarks=_benchmark_files(exp),
         experiment=experiment or exp.name,
     )  # fmt: skip
 
@@ -121,7 +117,7 @@ def _prepare_if_needed(
         origin = spec.hub.repo if spec.hub else ""
     stats_path = path.with_name(path.stem + ".prepare.json")
     if path.is_file() and stats_path.is_file():
-        stats = io.read_json(stats_path)
+        stats = files.read_json(stats_path)
         if stats.get("limit") == limit and stats.get("origin") == origin:
             return
     prepare_dataset(name, path, data_dir=data_dir, limit=limit, workers=workers)

@@ -40,8 +40,8 @@ from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX  # wh
 from steer_bench.config import StrictModel, dump_yaml, load_model
 from steer_bench.data.synthetic import LEVELS, make_synthetic
 from steer_bench.errors import SteerBenchError
+from steer_bench.files import atomic_dir, write_json, write_jsonl, write_text
 from steer_bench.grading import grade_one
-from steer_bench.io import atomic_dir, write_json, write_jsonl, write_text
 from steer_bench.rollout import HFEngine, SamplingParams, score_responses
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from steer_bench import io
+from steer_bench import files
 from steer_bench.errors import SteerBenchError
 
 TRAINER_STATE = "trainer_state"
@@ -86,7 +86,7 @@ def save_checkpoint(
     state.world_size = accelerator.num_processes
     try:
         with contextlib.ExitStack() as stack:
-            tmp = [str(stack.enter_context(io.atomic_dir(path))) if accelerator.is_main_process else None]
+            tmp = [str(stack.enter_context(files.atomic_dir(path))) if accelerator.is_main_process else None]
             if accelerator.num_processes > 1:
                 broadcast_object_list(tmp, from_process=0)
             tmp_dir = Path(tmp[0])
@@ -99,7 +99,7 @@ def save_checkpoint(
             if accelerator.is_main_process:
                 accelerator.unwrap_model(model).save_pretrained(tmp_dir, state_dict=state_dict)
                 tokenizer.save_pretrained(tmp_dir)
-                io.write_json(tmp_dir / "state.json", asdict(state))
+                files.write_json(tmp_dir / "state.json", asdict(state))
     except (OSError, SafetensorError) as e:  # ENOSPC / EFBIG / EDQUOT; safetensors wraps them in its own type
         raise SteerBenchError(
             f"{path}: cannot write the checkpoint of step {state.step} ({e}): is the disk full, or a file-size "
@@ -151,7 +151,7 @@ def load_trainer_state(path: Path, optimizer: Any, scheduler: Any) -> TrainState
     dist = torch.distributed
     initialized = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if initialized else (0, 1)
-    state = TrainState(**io.read_json(path / "state.json"))
+    state = TrainState(**files.read_json(path / "state.json"))
     if (path / TRAINER_STATE).is_dir():
         if state.world_size != world:
             raise SteerBenchError(
@@ -175,4 +175,4 @@ def load_trainer_state(path: Path, optimizer: Any, scheduler: Any) -> TrainState
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines logged after the checkpoint we resume from (they will be recomputed)."""
     if path.is_file():
-        io.write_jsonl(path, [r for r in io.read_jsonl(path) if r["step"] <= step])
+        files.write_jsonl(path, [r for r in files.read_jsonl(path) if r["step"] <= step])

@@ -76,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _from_config(args: argparse.Namespace):
-    from steer_bench.evaluation.jobs import eval_only_job, trained_run_job
     from steer_bench.evaluation.protocol import load_protocol
     from steer_bench.experiment import load_experiment
+    from steer_bench.experiment.jobs import eval_only_job, trained_run_job
 
     flags = [f for f, _, _ in STANDALONE] + ["--model", "--out", "--benchmarks", "--data-dir", "--limit"]
     given = [f for f in flags if getattr(args, _dest(f)) is not None]
@@ -98,9 +98,9 @@ def _from_config(args: argparse.Namespace):
 def _standalone(args: argparse.Namespace):
     from steer_bench.config import validate
     from steer_bench.data.registry import PAPER_BENCHMARKS
-    from steer_bench.evaluation.jobs import standalone_job
     from steer_bench.evaluation.protocol import load_protocol
-    from steer_bench.experiment import EvalSection
+    from steer_bench.evaluation.schema import EvalSection
+    from steer_bench.experiment.jobs import standalone_job
 
     if not args.model or not args.out:
         raise SteerBenchError("eval needs --config (with --method/--seed or --row), or --model and --out")

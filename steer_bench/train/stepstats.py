@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from steer_bench import io
+from steer_bench import files
 from steer_bench.algos.stats import masked_mean, masked_quantile
 from steer_bench.grading import Verdict, summarize_verdicts
 from steer_bench.rollout.batch import PaddedRollout
@@ -109,4 +109,4 @@ def dump_rollouts(
             )
         )
     ]
-    io.write_jsonl(path, rows)
+    files.write_jsonl(path, rows)

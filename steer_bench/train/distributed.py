@@ -1,5 +1,5 @@
-"""Data-parallel helpers for the trainer: global loss denominators, mini-batch statistics and metrics over
-ranks, a parameter checksum per rank, and FSDP2 driven directly (``train.shard: fsdp2``). No-ops (or cheap) in a
+"""Data-parallel helpers for the trainer: global loss denominators, the all-reduce of mini-batch statistics, metrics
+over ranks, a parameter checksum per rank, and FSDP2 driven directly (``train.shard: fsdp2``). No-ops (or cheap) in a
 single process."""
 
 from __future__ import annotations
@@ -8,6 +8,9 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+
+from steer_bench.algos import Reduce, local_reduce
+from steer_bench.algos.base import ReduceOp
 
 
 def global_totals(response_mask: torch.Tensor, accelerator: Accelerator) -> dict[str, int]:
@@ -21,22 +24,16 @@ def global_totals(response_mask: torch.Tensor, accelerator: Accelerator) -> dict
     return {"batch_tokens": int(total[0]), "batch_seqs": int(total[1])}
 
 
-def sync_mini_stats(extra: dict[str, Any], accelerator: Accelerator) -> dict[str, Any]:
-    """Make mini-batch statistics global over ranks: STEER's |Ω| range (min of mins, max of maxima — exact
-    for ``k_norm: max``; for a quantile, the max over ranks' quantiles) and fork tokens' entropy threshold
-    (mean over ranks' quantiles: an approximation, documented)."""
-    if accelerator.num_processes == 1 or not extra:
-        return extra
-    out = dict(extra)
-    if "omega_range" in extra:
-        lo, hi = extra["omega_range"]
-        lo_t = accelerator.gather(torch.tensor([lo], dtype=torch.float64, device=accelerator.device))
-        hi_t = accelerator.gather(torch.tensor([hi], dtype=torch.float64, device=accelerator.device))
-        out["omega_range"] = (float(lo_t.min()), float(hi_t.max()))
-    if "entropy_threshold" in extra:
-        thr = torch.tensor([extra["entropy_threshold"]], dtype=torch.float64, device=accelerator.device)
-        out["entropy_threshold"] = float(accelerator.gather(thr).mean())
-    return out
+def rank_reduce(accelerator: Accelerator) -> Reduce:
+    """The all-reduce a method's mini-batch statistics go through (``reduce(x, op)``, op sum | min | max)."""
+    if accelerator.num_processes == 1:
+        return local_reduce
+
+    def reduce(x: torch.Tensor, op: ReduceOp) -> torch.Tensor:
+        gathered = accelerator.gather(x.reshape(1, *x.shape))  # (world, ...)
+        return {"sum": gathered.sum, "min": gathered.amin, "max": gathered.amax}[op](0)
+
+    return reduce
 
 
 def reduce_across_ranks(metrics: dict[str, float], accelerator: Accelerator) -> dict[str, float]:

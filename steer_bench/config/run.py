@@ -1,6 +1,6 @@
 """The typed config of one RL training run (DESIGN.md §5's recipe, every knob validated).
 
-A run = this :class:`TrainConfig` + a method preset (:mod:`steer_bench.methods`) + a seed. Defaults here
+A run = this :class:`TrainConfig` + a method preset (:mod:`steer_bench.config.method`) + a seed. Defaults here
 are the CPU-miniature-friendly ones; the paper recipe lives in ``configs/paper/*.yaml`` with its sources.
 Checks that need the method or the model (n ≥ 2 for group baselines, prompt + response within the
 model's context) run in :func:`steer_bench.train.check_run` when both are known.
@@ -61,7 +61,7 @@ class RewardConfig(StrictModel):
     grader: Grader = "math_verify"
     truncated: Literal["auto", "incorrect", "graded"] = "auto"
     """A truncated response: auto = the grader's convention (release graders grade it as it is, ours score it
-    incorrect), or always incorrect / always graded (steer_bench.release_grading)."""
+    incorrect), or always incorrect / always graded (steer_bench.grading.release)."""
     correct: float = 1.0
     incorrect: float = 0.0
     """Score of a wrong, truncated or ungradeable response. (STEER's release uses +1/−1; GRPO is invariant to it.)"""
@@ -141,7 +141,7 @@ class TrainConfig(StrictModel):
     """drop: leave them out of training and validation and count them (the release's filter_overlong_prompts)."""
     batch_order: Literal["grouped", "release"] = "grouped"
     """Rows of the update: grouped = each rank updates on its own prompts' groups in order; release = verl's
-    balance_batch (length-balanced partition over ranks, each share in index order; steer_bench.batching)."""
+    balance_batch (length-balanced partition over ranks, each share in index order; steer_bench.train.batching)."""
     loss_scale: Literal["global_tokens", "release"] = "global_tokens"
     """global_tokens: micro-batch losses over the mini-batch's global totals (the paper's 1/Σ|o_i|); release:
     each micro-batch's own aggregate / accumulation steps, averaged over ranks (verl v0.4.1)."""

@@ -1,6 +1,6 @@
 """The experiment config: what `snakemake` runs (one YAML = one study: data, model, methods × seeds, eval).
 
-It composes the per-run :class:`~steer_bench.runconfig.TrainConfig` (the ``train:`` section, completed
+It composes the per-run :class:`~steer_bench.config.run.TrainConfig` (the ``train:`` section, completed
 with the model path, the training data, the method and the seed) and fixes the on-disk layout that the
 Snakefile and every subcommand share::
 
@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator
 
 from steer_bench.config import StrictModel, apply_overrides, deep_merge, dump_yaml, read_yaml, validate
+from steer_bench.config.run import TrainConfig
 from steer_bench.errors import SteerBenchError
-from steer_bench.runconfig import TrainConfig, VllmConfig
+from steer_bench.evaluation.schema import EvalSection
 
 
 class DataSection(StrictModel):
@@ -50,23 +51,6 @@ class EvalOnlyRow(StrictModel):
     """Row label in the tables (e.g. base, steer_release)."""
     model: str
     """HF folder or Hub id; the word ``warmstart`` means this experiment's tiny model."""
-
-
-class EvalSection(StrictModel):
-    protocol: str | dict[str, Any] = "paper"
-    """A protocol name (configs/protocols: paper, greedy), a YAML path, or a full protocol mapping
-    (see steer_bench.evaluation.protocol)."""
-    engine: Literal["vllm", "hf"] = "vllm"
-    checkpoint: Literal["best", "last"] = "best"
-    """Which checkpoint of a trained run to evaluate: best (by validation.metric) or last."""
-    workers: int = Field(2, ge=1)
-    timeout_s: float = Field(10.0, gt=0)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """auto: float32 on CPU; on GPU bfloat16 (hf) or the checkpoint's dtype (vllm)."""
-    batch_size: int = Field(64, ge=1)
-    """hf engine: prompts per generate call."""
-    vllm: VllmConfig = VllmConfig(gpu_memory_utilization=0.9)
-    """Tensor parallelism and memory of the vLLM engine (eval has the GPU to itself)."""
 
 
 class ResourcesSection(StrictModel):
@@ -146,6 +130,11 @@ class ExperimentConfig(StrictModel):
     def run_dir(self, method: str, seed: int) -> Path:
         return self.root / "runs" / method / f"seed{seed}"
 
+    def eval_dir(self, row: str, seed: int | None) -> Path:
+        """The evaluation of a trained run (row = method, with its seed) or of an eval-only row (seed None)."""
+        base = self.root / "eval" / row
+        return base if seed is None else base / f"seed{seed}"
+
     def datasets(self) -> list[str]:
         names = [self.data.train, *([self.data.validation] if self.data.validation else []), *self.data.benchmarks]
         return list(dict.fromkeys(names))
@@ -179,8 +168,8 @@ def read_with_extends(path: str | os.PathLike[str], _seen: tuple[Path, ...] = ()
 
 def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = None) -> ExperimentConfig:
     """Read and fully validate an experiment config (methods, presets, benchmarks, the train section)."""
+    from steer_bench.config.method import list_methods, load_method
     from steer_bench.data.registry import REGISTRY as DATASETS  # lazy: keeps `import steer_bench.experiment` light
-    from steer_bench.methods import list_methods, load_method
 
     exp = validate(ExperimentConfig, apply_overrides(read_with_extends(path), overrides), source=str(path))
     if not exp.warmstart and not exp.model_path:

@@ -15,10 +15,10 @@ from typing import Any
 import pandas as pd
 import torch
 
+from steer_bench.config.run import ModelConfig
 from steer_bench.errors import SteerBenchError
 from steer_bench.inputs import check_chat_template, check_model_dir
 from steer_bench.rollout.batch import PaddedRollout
-from steer_bench.runconfig import ModelConfig
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

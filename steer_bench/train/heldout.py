@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from steer_bench.config.run import TrainConfig
 from steer_bench.grading import Grader, summarize_verdicts
-from steer_bench.policy import fit_prompts
 from steer_bench.rollout import SamplingParams
-from steer_bench.runconfig import TrainConfig
+from steer_bench.rollout.model import fit_prompts
 
 
 def load_validation(cfg: TrainConfig, tokenizer: Any) -> tuple[list[list[int]], list[str]] | None:
@@ -38,7 +38,7 @@ def validate(
     engine: Any, tokenizer: Any, val: tuple[list[list[int]], list[str]], cfg: TrainConfig, grader: Grader, seed: int
 ) -> dict[str, float]:
     """Sample ``validation.n`` responses per held-out problem; avg@n (= ``val/avg_at_k``) and pass@n."""
-    from steer_bench.metrics import pass_at_k
+    from steer_bench.evaluation.metrics import pass_at_k
 
     v = cfg.validation
     prompts, golds = val

@@ -1,0 +1,1 @@
+"""The token-level interventions, one file each (found by :func:`steer_bench.algos.base.discover`)."""

@@ -1,0 +1,264 @@
+"""A method, resolved once from its preset: an advantage estimator, the shared dual-clip surrogate, one
+token-level intervention and the entropy bonus. The trainer, the reasoning-tree testbed and the load-time
+dry run all call it the same way (see :mod:`steer_bench.algos`)::
+
+    loss = agg(L_method) − β · agg(H)        (the bonus term only when ``entropy_coef`` β ≠ 0)
+
+L is :func:`~steer_bench.algos.surrogate.clipped_surrogate`; the intervention turns it into L_method. Weights
+that remove tokens (clip_cov, fork_tokens) or shrink them (steer) never change the denominator of the
+aggregation: it stays the count of valid tokens (as the release for λ, verl for clip_cov and TRL for the
+forking-token mask). Per-call statistics are over the tokens of the call, i.e. per micro-batch, as verl
+does. Decision: the ratio's log is clamped to [−20, 20] for every loss (verl clamps it in ``vanilla`` and
+STEER but not in clip_cov / kl_cov; it only matters for r > e^20).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from steer_bench.algos.advantages import ADVANTAGES, GROUP_ESTIMATORS, compute_advantages, estimator_needs_entropy
+from steer_bench.algos.base import (
+    INTERVENTIONS,
+    Intervention,
+    Metric,
+    Metrics,
+    Reduce,
+    TokenBatch,
+    Totals,
+    discover,
+    frac,
+    hyperparameters,
+    intervention_class,
+    local_reduce,
+)
+from steer_bench.algos.registry import check_params, lookup
+from steer_bench.algos.stats import masked_mean, reduce_metrics
+from steer_bench.algos.surrogate import AGG_MODES, Surrogate, aggregate, clipped_surrogate
+
+# The metrics every method returns (intervention metrics: each intervention's file).
+SHARED_METRICS: dict[str, Metric] = {
+    "loss/n_tokens": Metric("valid tokens in the call", "sum"),
+    "loss/pg": Metric(
+        "the policy-gradient part of the returned loss (this call's share of the mini-batch loss)", "sum"
+    ),
+    "loss/entropy_bonus": Metric("β·agg(H), subtracted from the loss (only when β ≠ 0)", "sum"),
+    "loss/clipfrac": Metric("fraction where the PPO clip binds (L2 > L1), verl's pg_clipfrac"),
+    "loss/clipfrac_high": Metric("fraction with r > 1 + ε_high and A > 0"),
+    "loss/clipfrac_low": Metric("fraction with r < 1 − ε_low and A < 0"),
+    "loss/clipfrac_dual": Metric("fraction where the dual clip binds (A < 0 and −A·r > −A·c)"),
+    "loss/approx_kl": Metric("mean(log π_old − log π) (verl's ppo_kl)"),
+    "loss/ratio_max": Metric("the largest ratio r", "max"),
+    "loss/entropy": Metric("mean current-policy token entropy (when given)"),
+    "loss/old_entropy": Metric("mean old-policy token entropy (when given)"),
+}
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the trainer must compute for this method."""
+
+    groups: bool  # the advantage baseline is a group statistic: rollout.n ≥ 2
+    entropy: bool  # the current policy's entropy in every loss call
+    entropy_grad: bool  # ... with gradient (the entropy bonus)
+    old_entropy: bool  # π_old's entropy (STEER's Ω, entropy-shaped advantages)
+    mini_batch_stats: bool  # one no-grad pass over each mini-batch for :meth:`Method.mini_batch_stats`
+
+
+@dataclass(frozen=True)
+class Method:
+    """A resolved preset. Build it with :func:`make_method`; every hyperparameter is explicit."""
+
+    name: str
+    estimator: str
+    estimator_params: Mapping[str, Any]
+    intervention: Intervention
+    clip_low: float | None  # ε_low; None: no lower bound on the ratio
+    clip_high: float | None  # ε_high; None: no upper bound
+    clip_c: float | None  # dual-clip constant c > 1; None: no dual clip
+    agg: str  # see steer_bench.algos.surrogate.aggregate
+    entropy_coef: float  # β
+
+    @property
+    def needs(self) -> Needs:
+        iv = self.intervention
+        return Needs(
+            groups=self.estimator in GROUP_ESTIMATORS,
+            entropy=iv.needs_entropy or self.entropy_coef != 0,
+            entropy_grad=self.entropy_coef != 0,
+            old_entropy=iv.needs_old_entropy or estimator_needs_entropy(self.estimator),
+            mini_batch_stats=iv.uses_mini_batch_stats,
+        )
+
+    @property
+    def metrics(self) -> dict[str, Metric]:
+        """Every key :meth:`loss` can return, with its meaning and reduction."""
+        return SHARED_METRICS | dict(self.intervention.metrics)
+
+    # ------------------------------------------------------------------------------------- the three calls
+    def advantages(
+        self, scores: Tensor, group_ids: Tensor, response_mask: Tensor, *, old_entropy: Tensor | None
+    ) -> Tensor:
+        """Token-level advantages (B, T), float32, 0 on padding (:func:`compute_advantages`)."""
+        return compute_advantages(
+            self.estimator, scores, group_ids, response_mask, entropy=old_entropy, **self.estimator_params
+        )
+
+    def mini_batch_stats(self, batch: TokenBatch, reduce: Reduce = local_reduce) -> Any:
+        """The intervention's statistics over the whole mini-batch (all ranks, through ``reduce``), or None
+        when the method has none. Call it on the mini-batch with the current policy's values from a no-grad pass."""
+        if not self.needs.mini_batch_stats:
+            return None
+        self._check(batch)
+        with torch.no_grad():
+            return self.intervention.mini_batch_stats(batch.detached(), reduce)
+
+    def loss(self, batch: TokenBatch, totals: Totals | None = None, stats: Any = None) -> tuple[Tensor, Metrics]:
+        """The scalar loss of one call (a micro-batch) and its metrics (0-d tensors without gradient).
+
+        ``totals``: the mini-batch's counts for exact gradient accumulation (default: this call's own).
+        ``stats``: :meth:`mini_batch_stats` of the mini-batch (None: the intervention's per-call statistics).
+        """
+        self._check(batch)
+        b = TokenBatch(
+            batch.log_probs,
+            batch.old_log_probs.detach(),
+            batch.advantages.detach(),
+            batch.mask.bool(),
+            batch.entropy,
+            None if batch.old_entropy is None else batch.old_entropy.detach(),
+            batch.generator,
+        )
+        surr = clipped_surrogate(
+            b.log_probs,
+            b.old_log_probs,
+            b.advantages,
+            clip_low=self.clip_low,
+            clip_high=self.clip_high,
+            clip_c=self.clip_c,
+        )
+        token_loss, extra = self.intervention.token_loss(surr, b, stats)
+        t = totals or Totals()
+        counts = {"batch_tokens": t.batch_tokens, "batch_seqs": t.batch_seqs, "max_response_len": t.max_response_len}
+        pg = aggregate(token_loss, b.mask, agg=self.agg, **counts)
+        loss = pg
+        with torch.no_grad():
+            metrics = _shared_metrics(surr, b, pg)
+        if self.entropy_coef != 0:
+            assert b.entropy is not None
+            bonus = self.entropy_coef * aggregate(b.entropy, b.mask, agg=self.agg, **counts)
+            loss = loss - bonus
+            metrics["loss/entropy_bonus"] = bonus.detach()
+        metrics.update({k: v.detach() for k, v in extra.items()})
+        return loss, metrics
+
+    def reduce_metrics(self, calls: Sequence[Mapping[str, float | Tensor]]) -> dict[str, float]:
+        """Combine the metrics of several :meth:`loss` calls (micro-batches) by each key's declared rule."""
+        return reduce_metrics(calls, {k: m.reduce for k, m in self.metrics.items()})
+
+    def _check(self, batch: TokenBatch) -> None:
+        if self.needs.entropy and batch.entropy is None:
+            why = "the entropy bonus" if self.entropy_coef != 0 else f"policy loss {self.intervention.name!r}"
+            raise ValueError(f"{why} needs the current policy's entropy (TokenBatch.entropy)")
+        if self.intervention.needs_old_entropy and batch.old_entropy is None:
+            raise ValueError(f"policy loss {self.intervention.name!r} needs π_old's entropy (TokenBatch.old_entropy)")
+
+
+def _shared_metrics(s: Surrogate, b: TokenBatch, pg: Tensor) -> Metrics:
+    mask = b.mask
+    out = {
+        "loss/n_tokens": mask.sum().float(),
+        "loss/pg": pg.detach(),
+        "loss/clipfrac": frac(s.clipped, mask),
+        "loss/clipfrac_high": frac(s.clipped_high, mask),
+        "loss/clipfrac_low": frac(s.clipped_low, mask),
+        "loss/clipfrac_dual": frac(s.clipped_dual, mask),
+        "loss/approx_kl": masked_mean(b.old_log_probs - b.log_probs.detach(), mask),
+        "loss/ratio_max": s.ratio[mask].max() if mask.any() else torch.tensor(1.0),
+    }
+    if b.entropy is not None:
+        out["loss/entropy"] = masked_mean(b.entropy.detach(), mask)
+    if b.old_entropy is not None:
+        out["loss/old_entropy"] = masked_mean(b.old_entropy, mask)
+    return out
+
+
+def make_method(
+    name: str,
+    *,
+    estimator: str,
+    estimator_params: Mapping[str, Any],
+    loss: str,
+    loss_params: Mapping[str, Any],
+    clip_low: float | None,
+    clip_high: float | None,
+    clip_c: float | None,
+    agg: str,
+    entropy_coef: float,
+) -> Method:
+    """Resolve a preset's names and hyperparameters (ValueError naming any unknown or missing one) and run the
+    method once on a tiny batch, so that a preset that resolves can train."""
+    check_params(
+        "advantage estimator", estimator, lookup("advantage estimator", ADVANTAGES, estimator), estimator_params
+    )
+    cls = intervention_class(loss)
+    valid = hyperparameters(cls)
+    unknown, missing = sorted(set(loss_params) - set(valid)), [p for p in valid if p not in loss_params]
+    if unknown or missing:
+        parts = [f"unknown {unknown}" if unknown else "", f"missing {missing}" if missing else ""]
+        raise ValueError(
+            f"policy loss {loss!r}: {' and '.join(p for p in parts if p)} parameter(s); "
+            f"its parameters are: {', '.join(valid) if valid else '(none)'}"
+        )
+    if agg not in AGG_MODES:
+        raise ValueError(f"unknown loss aggregation {agg!r}; valid: {', '.join(AGG_MODES)}")
+    if clip_c is not None and clip_c <= 1:
+        raise ValueError(f"dual-clip constant clip_c must be > 1 (or None to disable), got {clip_c}")
+    method = Method(
+        name,
+        estimator,
+        dict(estimator_params),
+        cls(**loss_params),
+        clip_low,
+        clip_high,
+        clip_c,
+        agg,
+        entropy_coef,
+    )
+    dry_run(method)
+    return method
+
+
+def dry_run(method: Method) -> None:
+    """Run the method on a 2×3 batch: bad values fail at load time, and every metric it returns is declared."""
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    logp = torch.tensor([[-0.1, -2.0, -0.5], [-1.0, -0.3, 0.0]], requires_grad=True)
+    entropy = torch.full((2, 3), 0.7, requires_grad=True)
+    adv = method.advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), mask, old_entropy=entropy.detach())
+    batch = TokenBatch(logp, logp.detach() - 0.1, adv, mask, entropy, entropy.detach())
+    loss, metrics = method.loss(batch, stats=method.mini_batch_stats(batch))
+    loss.backward()
+    undeclared = sorted(set(metrics) - set(method.metrics))
+    if undeclared:
+        raise ValueError(f"method {method.name!r} returns undeclared metrics {undeclared}: add them to `metrics`")
+
+
+def metric_table() -> str:
+    """The Markdown table of every metric a loss can return (shared, then each intervention's)."""
+    discover()
+    rows = ["| key | reduction | meaning |", "|---|---|---|"]
+    groups = [("every method", SHARED_METRICS)] + [(n, dict(c.metrics)) for n, c in sorted(INTERVENTIONS.items())]
+    for _, metrics in groups:
+        rows += [f"| `{k}` | {m.reduce} | {m.meaning} |" for k, m in metrics.items()]
+    return "\n".join(rows) + "\n"
+
+
+def describe(cls: type[Intervention]) -> str:
+    """The first line of an intervention's module docstring (its formula's title)."""
+    doc = inspect.getmodule(cls).__doc__ or ""  # type: ignore[union-attr]
+    return doc.strip().splitlines()[0] if doc.strip() else cls.__name__

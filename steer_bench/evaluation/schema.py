@@ -1,0 +1,27 @@
+"""The experiment's ``eval:`` section: how the benchmarks are evaluated (engine, checkpoint, grading, memory)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from steer_bench.config import StrictModel
+from steer_bench.config.run import VllmConfig
+
+
+class EvalSection(StrictModel):
+    protocol: str | dict[str, Any] = "paper"
+    """A protocol name (configs/protocols: paper, greedy), a YAML path, or a full protocol mapping
+    (see steer_bench.evaluation.protocol)."""
+    engine: Literal["vllm", "hf"] = "vllm"
+    checkpoint: Literal["best", "last"] = "best"
+    """Which checkpoint of a trained run to evaluate: best (by validation.metric) or last."""
+    workers: int = Field(2, ge=1)
+    timeout_s: float = Field(10.0, gt=0)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: float32 on CPU; on GPU bfloat16 (hf) or the checkpoint's dtype (vllm)."""
+    batch_size: int = Field(64, ge=1)
+    """hf engine: prompts per generate call."""
+    vllm: VllmConfig = VllmConfig(gpu_memory_utilization=0.9)
+    """Tensor parallelism and memory of the vLLM engine (eval has the GPU to itself)."""

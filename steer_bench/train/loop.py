@@ -1,0 +1,233 @@
+"""The RL loop as named phases, read top to bottom: set up → per step: collect (rollout → grading →
+advantages → π_old's log-probs) → update (mini-batch optimizer steps) → log (metrics, validation, files,
+MLflow) → checkpoint → finish.
+
+One code path for the CPU miniature and the paper recipe; methods differ only in the resolved
+:class:`~steer_bench.algos.Method` (advantages, optional mini-batch statistics, per-micro-batch loss).
+Reproducibility: every random draw of step s comes from generators seeded by (seed, s), so a run resumed
+from its step-k checkpoint replays steps k+1.. exactly as an uninterrupted run would (on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from steer_bench import files
+from steer_bench.config.method import MethodConfig
+from steer_bench.config.run import TrainConfig
+from steer_bench.errors import NonFiniteError
+from steer_bench.grading import Grader, Verdict
+from steer_bench.grading.release import reward_correct
+from steer_bench.rollout import SamplingParams
+from steer_bench.rollout.batch import PaddedRollout, RolloutBatch
+from steer_bench.train.batching import order_for_update
+from steer_bench.train.checkpoint import TrainState, is_resumable, save_checkpoint
+from steer_bench.train.distributed import param_checksums, reduce_across_ranks
+from steer_bench.train.heldout import selectable, validate
+from steer_bench.train.setup import Run, prompt_order, seed_everything, set_up, step_seed
+from steer_bench.train.stepstats import dump_rollouts, rollout_metrics
+from steer_bench.train.update import UpdateRows, forward, policy_update, rollout_logprobs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Step:
+    """One step's data on this rank, filled phase by phase."""
+
+    number: int
+    prompts: list[int]  # indices of this rank's prompts
+    rollout: RolloutBatch
+    texts: list[str]
+    verdicts: list[Verdict]
+    scores: torch.Tensor  # (B,)
+    batch: PaddedRollout
+    old_logp: torch.Tensor  # (B, T) π_old
+    old_entropy: torch.Tensor  # (B, T)
+    group_ids: torch.Tensor  # (B,)
+    adv: torch.Tensor  # (B, T)
+    times: dict[str, float]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def train(cfg: TrainConfig, preset: MethodConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Run (or resume) one training run into ``out_dir``; returns the summary also written to ``train.done``."""
+    run = set_up(cfg, preset, Path(out_dir))
+    if run.state.step:
+        log.info("resuming %s after step %d", run.out, run.state.step)
+    status, number, final = "FAILED", run.state.step, {}
+    try:
+        with Grader(workers=cfg.reward.workers, timeout=cfg.reward.timeout_s, primary=cfg.reward.grader) as grader:
+            bar = tqdm(
+                range(run.state.step + 1, cfg.steps + 1),
+                initial=run.state.step,
+                total=cfg.steps,
+                disable=not run.main,
+                desc=run.name,
+            )
+            for number in bar:
+                step = collect(run, grader, number)
+                update(run, step)
+                log_step(run, step, grader)
+                bar.set_postfix(
+                    reward=f"{step.metrics['rollout/reward_mean']:.3f}",
+                    entropy=f"{step.metrics['rollout/entropy_mean']:.3f}",
+                )
+                checkpoint(run, step)
+                final = step.metrics
+        status = "FINISHED"
+    except NonFiniteError as e:
+        kept = files.read_json(run.last_dir / "state.json")["step"] if is_resumable(run.last_dir) else None
+        raise NonFiniteError(
+            f"{run.out}: step {number}: {e}. Stopped; last good checkpoint: "
+            f"{f'{run.last_dir} (step {kept})' if kept is not None else 'none yet'}"
+        ) from None
+    finally:
+        run.engine.close()
+        run.tracker.finish(status)
+    return finish(run, final)
+
+
+# ---------------------------------------------------------------------------------------------- collect
+def collect(run: Run, grader: Grader, number: int) -> Step:
+    """Rollout → grading → π_old's log-probs and entropy → advantages, for this rank's share of the prompts."""
+    cfg, acc, tokenizer = run.cfg, run.accelerator, run.tokenizer
+    rank, share = acc.process_index, cfg.prompts_per_step // acc.num_processes
+    seed_everything(step_seed(cfg.seed, number) + rank)
+    t0 = time.perf_counter()
+    idx = prompt_order(len(run.prompts), cfg.seed, number, cfg.prompts_per_step)[rank * share :][:share]
+    run.engine.sync_weights(acc.unwrap_model(run.model))
+    sampling = SamplingParams(
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p,
+        n=cfg.rollout.n,
+        seed=step_seed(cfg.seed, number) + rank,
+    )
+    rollout = run.engine.generate([run.prompts[i] for i in idx], sampling)
+    t1 = time.perf_counter()
+
+    golds = run.problems["answer"].tolist()
+    texts = tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
+    verdicts = grader.grade(texts, [golds[idx[p]] for p in rollout.prompt_index])
+    r = cfg.reward  # the grader's verdict, unless truncation forces the incorrect score
+    correct = torch.tensor(reward_correct(verdicts, rollout.truncated, grader=r.grader, rule=r.truncated))
+    scores = torch.where(correct, r.correct, r.incorrect).float().to(acc.device)
+    t2 = time.perf_counter()
+
+    batch = rollout.padded(tokenizer.pad_token_id).to(acc.device)
+    old_logp, old_entropy = rollout_logprobs(run.model, batch, cfg)
+    group_ids = torch.as_tensor(rollout.prompt_index, device=acc.device)
+    adv = run.method.advantages(scores, group_ids, batch.response_mask, old_entropy=old_entropy)
+    t3 = time.perf_counter()
+    times = {"rollout": t1 - t0, "grading": t2 - t1, "old_logprobs": t3 - t2, "start": t0}
+    return Step(number, idx, rollout, texts, verdicts, scores, batch, old_logp, old_entropy, group_ids, adv, times)
+
+
+# ---------------------------------------------------------------------------------------------- update
+def update(run: Run, step: Step) -> None:
+    """The mini-batch updates on this rank's rows (``batch_order``: release exchanges them across ranks),
+    with the entropy-dynamics probe on the steps the analysis samples."""
+    cfg, acc = run.cfg, run.accelerator
+    t3 = time.perf_counter()
+    old = (step.old_logp, step.old_entropy)
+    ubatch, uold, uadv = order_for_update(cfg.batch_order, step.batch, old, step.adv, acc, run.tokenizer.pad_token_id)
+    probe = None
+    if cfg.analysis.every_n_steps and step.number % cfg.analysis.every_n_steps == 0:
+        from steer_bench.analysis import EntropyProbe
+
+        probe = EntropyProbe(step.number, run.preset, cfg, ubatch, uold, uadv, forward=forward)
+    rows = UpdateRows(ubatch, uold, uadv)
+    metrics = policy_update(run.model, run.optimizer, run.scheduler, acc, rows, run.method, cfg, probe)
+    if probe is not None:  # metrics on every rank (reduced later); the main process writes its rows
+        path = run.out / "analysis" / f"step_{step.number:06d}.parquet"
+        metrics |= probe.save(path) if run.main else probe.metrics()
+    step.times["update"] = time.perf_counter() - t3
+    step.metrics = metrics
+    step.metrics["batch/update_tokens"] = float(ubatch.attention_mask.sum())
+
+
+# ---------------------------------------------------------------------------------------------- log
+def log_step(run: Run, step: Step, grader: Grader) -> None:
+    """Step metrics over ranks, validation, the best checkpoint, metrics.jsonl, MLflow and sample rollouts."""
+    cfg, state, acc = run.cfg, run.state, run.accelerator
+    t4 = time.perf_counter()
+    t0, update_tokens = step.times.pop("start"), step.metrics.pop("batch/update_tokens")
+    metrics = step.metrics
+    metrics |= rollout_metrics(
+        step.batch, step.rollout.truncated, step.verdicts, step.scores, step.adv, step.old_logp, step.old_entropy,
+        step.group_ids,
+    )  # fmt: skip
+    metrics |= run.engine.sync_metrics()
+    metrics |= {f"time/{k}": v for k, v in step.times.items()} | {"time/step": t4 - t0}
+    metrics |= {
+        "perf/tokens_per_s": float(step.batch.response_mask.sum()) / max(t4 - t0, 1e-9),
+        "data/prompts_dropped": float(len(run.dropped)),  # over max_prompt_len (on_long_prompt: drop)
+        "batch/update_tokens_max": update_tokens,  # over ranks: max and min
+        "batch/update_tokens_min": update_tokens,
+    }
+    metrics = reduce_across_ranks(metrics, acc)
+    if cfg.validation.every_n_steps and step.number % cfg.validation.every_n_steps == 0:
+        run.engine.sync_weights(acc.unwrap_model(run.model))  # validate the updated policy, not π_old
+        seed = step_seed(cfg.seed, step.number) + 999_983
+        metrics |= validate(run.engine, run.tokenizer, run.validation, cfg, grader, seed)
+    metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}  # absent = undefined this step
+    step.metrics = metrics
+    state.step = step.number
+    best = metrics.get(cfg.validation.metric)
+    if run.validation is not None and selectable(cfg, step.number) and _is_best(best, state):
+        state.best_metric, state.best_step = metrics[cfg.validation.metric], step.number
+        save_checkpoint(run.best_dir, acc, run.model, run.tokenizer, state)
+    if run.main:
+        files.append_jsonl(run.out / "metrics.jsonl", {"step": step.number, **metrics})
+        run.tracker.log_metrics(metrics, step=step.number)
+        if cfg.log_rollouts_every and step.number % cfg.log_rollouts_every == 0:
+            dump_rollouts(
+                run.out / "rollouts" / f"step_{step.number:06d}.jsonl", run.problems, step.prompts, step.rollout,
+                step.texts, step.verdicts, step.scores, step.batch, step.old_entropy,
+            )  # fmt: skip
+
+
+def _is_best(value: float | None, state: TrainState) -> bool:
+    return value is not None and np.isfinite(value) and (state.best_metric is None or value > state.best_metric)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint, finish
+def checkpoint(run: Run, step: Step) -> None:
+    if step.number % run.cfg.save_every == 0 or step.number == run.cfg.steps:
+        save_checkpoint(
+            run.last_dir, run.accelerator, run.model, run.tokenizer, run.state,
+            optimizer=run.optimizer, scheduler=run.scheduler,
+        )  # fmt: skip
+
+
+def finish(run: Run, final: dict[str, float]) -> dict[str, Any]:
+    """The summary (``train.done``, written last: Snakemake's target) and the runs table's headline metrics;
+    ``final``: the last step's metrics (empty when a finished run is resumed)."""
+    from steer_bench.tracking import headline_metrics
+
+    summary = {
+        "param_checksums": param_checksums(run.model, run.accelerator),
+        "method": run.preset.name,
+        "seed": run.cfg.seed,
+        "steps": run.cfg.steps,
+        "mlflow_run_id": run.tracker.run_id,
+        "best_step": run.state.best_step,
+        "best_metric": run.state.best_metric,
+        "final": final,
+    }
+    run.tracker.log_metrics(headline_metrics(summary), step=run.state.step)  # the runs table's columns
+    if run.tracker.error:  # the files are complete; `steer-bench report` re-mirrors them into MLflow
+        summary["tracking_error"] = run.tracker.error
+        log.warning("%s: finished, but MLflow mirroring failed: %s", run.out, run.tracker.error)
+    if run.main:
+        files.write_json(run.out / "train.done", summary)
+    return summary

@@ -1,0 +1,123 @@
+"""The update phase: forward passes over rollout rows, π_old's log-probs, and the mini-batch optimizer steps
+with micro-batch gradient accumulation — the only place the trainer calls the method's loss."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from steer_bench.algos import Method, TokenBatch, Totals
+from steer_bench.config.run import TrainConfig
+from steer_bench.errors import NonFiniteError
+from steer_bench.rollout.batch import PaddedRollout, score_responses
+from steer_bench.rollout.model import pad_to, select_rows
+from steer_bench.train.batching import loss_factor, loss_totals
+from steer_bench.train.distributed import global_totals, rank_reduce
+from steer_bench.train.guards import check_token_values, check_weights
+
+
+def forward(model: Any, batch: PaddedRollout, rows: torch.Tensor, temperature: float) -> tuple[torch.Tensor, ...]:
+    """(logp, entropy), each (len(rows), T) of the full batch's T, for the sub-batch ``rows``."""
+    sub = select_rows(batch, rows)
+    logp, entropy = score_responses(model, sub, temperature=temperature)
+    t = batch.response_mask.shape[1]
+    return pad_to(logp, t), pad_to(entropy, t)
+
+
+def micro_batches(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def forward_rows(model: Any, batch: PaddedRollout, rows: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, ...]:
+    """:func:`forward` over ``rows`` in the trainer's micro-batches, concatenated."""
+    parts = [forward(model, batch, r, cfg.rollout.temperature) for r in micro_batches(rows, cfg.micro_batch_size)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+@torch.no_grad()
+def rollout_logprobs(model: Any, batch: PaddedRollout, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and entropy of the rollout policy in one no-grad pass, reused by every mini-batch update
+    (as π_old), by STEER's Ω and entropy-aware advantages (as H), and by the entropy metrics."""
+    model.eval()
+    logp, entropy = forward_rows(model, batch, torch.arange(len(batch.input_ids)), cfg)
+    check_token_values(
+        {"the old log-prob": logp, "the old entropy": entropy}, batch.response_mask, where="(π_old pass)"
+    )
+    return logp, entropy
+
+
+def policy_update(
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    accelerator: Accelerator,
+    rows: UpdateRows,
+    method: Method,
+    cfg: TrainConfig,
+    probe: Any = None,
+) -> dict[str, float]:
+    """``updates_per_rollout`` optimizer steps on one rollout batch; returns the reduced loss metrics.
+
+    ``probe`` (entropy-dynamics analysis) is told the rows of the first mini-batch right before and right
+    after its optimizer step, to measure every token's entropy change across exactly one update.
+    """
+    batch, mask = rows.batch, rows.batch.response_mask
+    mini = cfg.mini_batch_prompts * cfg.rollout.n // accelerator.num_processes
+    calls: list[dict[str, Any]] = []
+    grad_norms: list[float] = []
+    model.train()
+    for epoch in range(cfg.ppo_epochs):
+        for start in range(0, len(mask), mini):
+            index = torch.arange(start, min(start + mini, len(mask)))
+            stats = None
+            if method.needs.mini_batch_stats:  # STEER scope=mini / fork tokens: one no-grad pass, all ranks
+                with torch.no_grad():
+                    logp, entropy = forward_rows(model, batch, index, cfg)
+                stats = method.mini_batch_stats(rows.tokens(index, logp, entropy), rank_reduce(accelerator))
+            totals = global_totals(mask[index], accelerator) | {"max_response_len": cfg.rollout.max_new_tokens}
+            totals = Totals(**loss_totals(cfg.loss_scale, totals))  # release: each micro-batch's own counts
+            optimizer.zero_grad(set_to_none=True)
+            micro = micro_batches(index, cfg.micro_batch_size)
+            for j, mrows in enumerate(micro):
+                sync = contextlib.nullcontext() if j == len(micro) - 1 else accelerator.no_sync(model)
+                with sync:
+                    logp, entropy = forward(model, batch, mrows, cfg.rollout.temperature)
+                    loss, metrics = method.loss(rows.tokens(mrows, logp, entropy), totals, stats)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteError(f"the loss is {loss.item()} (rows {mrows[0].item()}..{mrows[-1].item()})")
+                    # global_tokens: global denominators, ×W undoes DDP's mean; release: ÷ accumulation steps.
+                    accelerator.backward(loss * loss_factor(cfg.loss_scale, len(micro), accelerator.num_processes))
+                calls.append(metrics)
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
+            if not np.isfinite(grad_norm):
+                raise NonFiniteError(f"the gradient norm is {grad_norm}")
+            grad_norms.append(grad_norm)
+            first = probe is not None and epoch == 0 and start == 0
+            if first:
+                probe.before(model, index)
+            optimizer.step()
+            check_weights(model, accelerator, where=f"after the optimizer step on rows {start}..{index[-1].item()}")
+            scheduler.step()
+            if first:
+                probe.after(model, index)
+    return method.reduce_metrics(calls) | {
+        "train/grad_norm": float(np.mean(grad_norms)),
+        "train/grad_norm_max": float(np.max(grad_norms)),
+        "train/lr": float(scheduler.get_last_lr()[0]),
+    }
+
+
+class UpdateRows:
+    """The rows this rank updates on, with π_old's values and the advantages (all (B, T))."""
+
+    def __init__(self, batch: PaddedRollout, old: tuple[torch.Tensor, torch.Tensor], adv: torch.Tensor) -> None:
+        self.batch, (self.old_logp, self.old_entropy), self.adv = batch, old, adv
+
+    def tokens(self, index: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor) -> TokenBatch:
+        """The loss inputs of the rows ``index``, with the current policy's ``logp`` / ``entropy`` for them."""
+        mask = self.batch.response_mask[index]
+        return TokenBatch(logp, self.old_logp[index], self.adv[index], mask, entropy, self.old_entropy[index])
