@@ -49,11 +49,11 @@ from steer_bench.config import load_model
 from steer_bench.data.prepare import prepare_dataset
 from steer_bench.data.schema import load_prepared
 from steer_bench.experiment import load_experiment
-from steer_bench.methods import load_method
-from steer_bench.policy import load_policy, prompt_token_ids
+from steer_bench.config.method import load_method
+from steer_bench.rollout.model import load_policy, prompt_token_ids
 from steer_bench.rollout import SamplingParams, make_engine
 from steer_bench.train import forward, make_optimizer, policy_update, rollout_logprobs, train
-from steer_bench.warmstart import WarmstartConfig, warmstart
+from steer_bench.train.warmstart import WarmstartConfig, warmstart
 
 REPO = Path(__file__).resolve().parents[1]
 

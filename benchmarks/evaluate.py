@@ -22,9 +22,9 @@ from steer_bench.data.prepare import prepare_dataset
 from steer_bench.evaluation.engines import open_engine
 from steer_bench.evaluation.protocol import Protocol
 from steer_bench.evaluation.runner import EvalJob, evaluate
-from steer_bench.experiment import EvalSection
-from steer_bench.io import read_json
-from steer_bench.warmstart import WarmstartConfig, warmstart
+from steer_bench.evaluation.schema import EvalSection
+from steer_bench.files import read_json
+from steer_bench.train.warmstart import WarmstartConfig, warmstart
 
 REPO = Path(__file__).resolve().parents[1]
 

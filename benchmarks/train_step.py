@@ -29,11 +29,11 @@ import torch
 import steer_bench.train
 from steer_bench.config import load_model, validate
 from steer_bench.data.prepare import prepare_dataset
-from steer_bench.io import read_jsonl
-from steer_bench.methods import load_method
-from steer_bench.runconfig import TrainConfig
+from steer_bench.files import read_jsonl
+from steer_bench.config.method import load_method
+from steer_bench.config.run import TrainConfig
 from steer_bench.train import train
-from steer_bench.warmstart import WarmstartConfig, warmstart
+from steer_bench.train.warmstart import WarmstartConfig, warmstart
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("time/rollout", "time/grading", "time/old_logprobs", "time/update", "time/step")

@@ -31,7 +31,7 @@ def sharded_resume(model: torch.nn.Module, tok: object, opt: torch.optim.Optimiz
     from accelerate import Accelerator
     from torch.distributed.fsdp import fully_shard
 
-    from steer_bench.checkpoint import TrainState, load_trainer_state, save_checkpoint
+    from steer_bench.train.checkpoint import TrainState, load_trainer_state, save_checkpoint
 
     acc = Accelerator(cpu=True)  # MULTI_CPU: the checkpoint gathers the fully_shard shards itself
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)

@@ -23,10 +23,10 @@ from steer_bench.analysis.analyze import COLUMNS, analyze
 from steer_bench.analysis.stats import agreement, estimator_table, prediction, quadrant_stats, step_metrics
 from steer_bench.config import deep_merge, read_yaml, validate
 from steer_bench.errors import SteerBenchError
-from steer_bench.methods import load_method
+from steer_bench.config.method import load_method
 from steer_bench.report import document
 from steer_bench.rollout import RolloutBatch, score_responses
-from steer_bench.runconfig import TrainConfig
+from steer_bench.config.run import TrainConfig
 from steer_bench.train import forward
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from steer_bench.algos import policy_loss
-from steer_bench.batching import (
+from steer_bench.train.batching import (
     balanced_partitions,
     loss_factor,
     loss_totals,

@@ -27,7 +27,7 @@ import yaml
 from tiny import tiny_model_dir
 
 from steer_bench.errors import SteerBenchError
-from steer_bench.io import read_json, read_jsonl
+from steer_bench.files import read_json, read_jsonl
 
 pytest.importorskip("vllm")
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_fsdp2_sharding_needs_the_vllm_engine_and_float32(model_dir: Path, tmp_p
 
 def test_a_launch_the_engine_cannot_serve_fails_before_the_model_is_prepared(model_dir: Path, tmp_path: Path) -> None:
     from steer_bench.experiment import load_experiment
-    from steer_bench.methods import load_method
+    from steer_bench.config.method import load_method
     from steer_bench.train import check_run
 
     cfg = load_experiment(_experiment(tmp_path, model_dir)).train_config(0, ["rollout.vllm.tensor_parallel_size=2"])

@@ -21,12 +21,13 @@ from steer_bench.data import load_prepared
 from steer_bench.data.prepare import prepare_dataset
 from steer_bench.errors import SteerBenchError
 from steer_bench.evaluation.engines import open_engine
-from steer_bench.evaluation.jobs import standalone_job, trained_run_job
+from steer_bench.experiment.jobs import standalone_job, trained_run_job
 from steer_bench.evaluation.protocol import Protocol, benchmark_seed, load_protocol, pass_ks
 from steer_bench.evaluation.runner import EvalJob, evaluate, render_prompts
-from steer_bench.experiment import EvalSection, load_experiment
-from steer_bench.io import read_json, read_jsonl, write_json
-from steer_bench.policy import render_prompt
+from steer_bench.evaluation.schema import EvalSection
+from steer_bench.experiment import load_experiment
+from steer_bench.files import read_json, read_jsonl, write_json
+from steer_bench.rollout.model import render_prompt
 from steer_bench.report import collect
 from steer_bench.rollout import RolloutBatch, SamplingParams
 from steer_bench.tracking import Tracker, metric_history, search_runs

@@ -47,7 +47,7 @@ def _exp(name: str):
 
 
 def _method(exp, name: str):
-    from steer_bench.methods import load_method
+    from steer_bench.config.method import load_method
 
     return load_method(name, exp.method_overrides.get(name, []))
 

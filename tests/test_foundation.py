@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from steer_bench import io
+from steer_bench import files
 from steer_bench.cli import main
 from steer_bench.config import StrictModel, apply_overrides, load_model
 from steer_bench.errors import SteerBenchError
@@ -53,10 +53,10 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out.json"
-    io.write_json(target, {"a": 1})
+    files.write_json(target, {"a": 1})
 
     def crash() -> None:
-        with io.atomic_path(target) as tmp:
+        with files.atomic_path(target) as tmp:
             tmp.write_text("partial")
             raise RuntimeError("crash mid-write")
 
@@ -68,9 +68,9 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path) -> None:
 
 def test_atomic_dir_replaces_whole_directory(tmp_path: Path) -> None:
     d = tmp_path / "ckpt"
-    with io.atomic_dir(d) as tmp:
+    with files.atomic_dir(d) as tmp:
         (tmp / "a.txt").write_text("1")
-    with io.atomic_dir(d) as tmp:
+    with files.atomic_dir(d) as tmp:
         (tmp / "b.txt").write_text("2")
     assert sorted(p.name for p in d.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from steer_bench import grading
+from steer_bench.grading import pool as grading_pool
+from steer_bench.grading import verdict as grading_verdict
 from steer_bench.errors import SteerBenchError
 from steer_bench.grading import (
     Grader,
@@ -229,7 +230,7 @@ def _hang_in_c(response: str, gold: str, cache: dict) -> tuple:
 
 def test_stuck_and_dead_workers_are_replaced(monkeypatch):
     # fork start method: the workers inherit the patched function (forkserver would import a fresh module)
-    monkeypatch.setattr(grading, "_mv_body", _hang_in_c)
+    monkeypatch.setattr(grading_verdict, "_mv_body", _hang_in_c)
     with Grader(workers=2, timeout=0.5, start_method="fork") as g:
         start = time.monotonic()
         verdicts = g.grade(["a", "HANG", "b", "DIE", "c"], ["a", "x", "b", "y", "z"])
@@ -239,7 +240,7 @@ def test_stuck_and_dead_workers_are_replaced(monkeypatch):
         assert "died" in verdicts[3].error
         assert [v.math_verify for v in verdicts] == [True, None, True, None, False]
         assert g.restarts == 2
-        assert elapsed < 0.5 + grading.KILL_GRACE_S + 10
+        assert elapsed < 0.5 + grading_pool.KILL_GRACE_S + 10
         assert g.grade(["d"], ["d"])[0].correct
 
 

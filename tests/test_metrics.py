@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from steer_bench.errors import SteerBenchError
-from steer_bench.metrics import (
+from steer_bench.evaluation.metrics import (
     average_over_benchmarks,
     avg_at_k,
     benchmark_metrics,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from steer_bench.io import read_json
+from steer_bench.files import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from steer_bench.experiment import load_experiment
-from steer_bench.io import read_json, read_jsonl
+from steer_bench.files import read_json, read_jsonl
 
 pytest.importorskip("vllm")
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from steer_bench.grading import Grader, grade_one, strict_match, summarize_verdicts
-from steer_bench.release_grading import (
+from steer_bench.grading.release import (
     RELEASE_BOX_WINDOW,
     RELEASE_WINDOW,
     release_strict_match,

@@ -17,8 +17,8 @@ from trainrun import deterministic, experiment_yaml, make_cfg
 from transformers import AutoModelForCausalLM
 
 from steer_bench.errors import SteerBenchError
-from steer_bench.io import read_json, read_jsonl
-from steer_bench.methods import list_methods, load_method
+from steer_bench.files import read_json, read_jsonl
+from steer_bench.config.method import list_methods, load_method
 from steer_bench.tracking import metric_history, search_runs
 from steer_bench.train import prompt_order, train
 
@@ -162,7 +162,7 @@ def test_release_options_drop_long_prompts_grade_and_select_as_the_release(
     import pandas as pd
     from transformers import AutoTokenizer
 
-    from steer_bench.policy import render_prompt
+    from steer_bench.rollout.model import render_prompt
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     lengths = sorted(len(render_prompt(tok, m)) for m in pd.read_parquet(data["synth_train"])["prompt"])

@@ -17,7 +17,7 @@ from steer_bench.cli import main
 from steer_bench.config import load_model, validate
 from steer_bench.data.synthetic import make_synthetic
 from steer_bench.errors import SteerBenchError
-from steer_bench.warmstart import (
+from steer_bench.train.warmstart import (
     EOS,
     PAD,
     SFTConfig,

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from steer_bench.config import validate
-from steer_bench.runconfig import TrainConfig
+from steer_bench.config.run import TrainConfig
 
 
 def make_cfg(model_dir: Path, data: dict[str, Path], **over: Any) -> TrainConfig:

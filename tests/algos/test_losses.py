@@ -19,7 +19,7 @@ from steer_bench.algos import (
     reduce_metrics,
 )
 from steer_bench.algos import losses as losses_module
-from steer_bench.methods import list_methods, load_method
+from steer_bench.config.method import list_methods, load_method
 
 MakeBatch = Callable[..., dict[str, torch.Tensor]]  # the make_batch fixture (conftest.py)
 

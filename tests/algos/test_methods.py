@@ -9,7 +9,7 @@ import pytest
 
 from steer_bench.algos import ADVANTAGES, POLICY_LOSSES
 from steer_bench.errors import SteerBenchError
-from steer_bench.methods import CONFIGS_DIR, MethodConfig, list_methods, load_method
+from steer_bench.config.method import CONFIGS_DIR, MethodConfig, list_methods, load_method
 
 PRESETS = {
     "grpo",

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from trainrun import make_cfg
 
-from steer_bench import grading
+from steer_bench.grading import pool as grading_pool
+from steer_bench.grading import verdict as grading_verdict
 from steer_bench.grading import Grader
-from steer_bench.io import read_jsonl
-from steer_bench.methods import load_method
+from steer_bench.files import read_jsonl
+from steer_bench.config.method import load_method
 from steer_bench.train import train
 
 
@@ -27,7 +28,7 @@ def _slow_on_marker(response: str, gold: str, cache: dict) -> tuple:
 
 
 def test_a_busy_worker_killed_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(grading, "_mv_body", _slow_on_marker)  # fork: the workers inherit the patch
+    monkeypatch.setattr(grading_verdict, "_mv_body", _slow_on_marker)  # fork: the workers inherit the patch
     with Grader(workers=2, timeout=60, start_method="fork") as g:
         g.grade(["1"], ["1"])  # workers up
         pids = set(g.pids)
@@ -39,7 +40,7 @@ def test_a_busy_worker_killed_from_outside(monkeypatch: pytest.MonkeyPatch) -> N
         assert "died" in verdicts[1].error
         assert verdicts[1].math_verify is None  # not a False
         assert [v.correct for v in verdicts] == [True, False, True]
-        assert grading.summarize_verdicts(verdicts)["n_error"] == 1
+        assert grading_verdict.summarize_verdicts(verdicts)["n_error"] == 1
         # The other (idle) worker died too: it is found dead and replaced when next used.
         assert all(v.correct for v in g.grade(list("cdefgh"), list("cdefgh")))
         assert not pids & set(g.pids)
@@ -87,9 +88,9 @@ def test_a_worker_killed_during_start_up_is_replaced() -> None:
 
 
 def test_a_start_up_that_fails_on_its_own_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(grading, "_worker_main", lambda conn, timeout: os._exit(1))  # e.g. an import error
+    monkeypatch.setattr(grading_pool, "_worker_main", lambda conn, timeout: os._exit(1))  # e.g. an import error
     with (
         Grader(workers=1, timeout=10, start_method="fork") as g,
-        pytest.raises(grading.SteerBenchError, match="start-up"),
+        pytest.raises(grading_pool.SteerBenchError, match="start-up"),
     ):
         g.grade(["\\boxed{1}"], ["1"])

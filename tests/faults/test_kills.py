@@ -13,7 +13,7 @@ import torch
 from trainrun import deterministic, experiment_yaml
 from transformers import AutoModelForCausalLM
 
-from steer_bench.io import read_json, read_jsonl
+from steer_bench.files import read_json, read_jsonl
 
 INJECT = Path(__file__).with_name("inject.py")
 STEPS = 4  # checkpoints at steps 2 and 4

@@ -13,8 +13,8 @@ import pytest
 from trainrun import experiment_yaml
 
 from steer_bench.experiment import load_experiment
-from steer_bench.io import read_json, read_jsonl
-from steer_bench.methods import load_method
+from steer_bench.files import read_json, read_jsonl
+from steer_bench.config.method import load_method
 from steer_bench.train import train
 
 INJECT = Path(__file__).with_name("inject.py")

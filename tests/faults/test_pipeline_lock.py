@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from steer_bench.io import read_json, read_jsonl
+from steer_bench.files import read_json, read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 TARGET = "results/smoke/runs/grpo/seed0/train.done"

@@ -19,7 +19,7 @@ import yaml
 from steer_bench import cli
 from steer_bench.config import validate
 from steer_bench.experiment import ExperimentConfig
-from steer_bench.io import write_json, write_jsonl
+from steer_bench.files import write_json, write_jsonl
 from steer_bench.report import build_report, collect, document, figures, reference, tables
 from steer_bench.tracking import Tracker
 

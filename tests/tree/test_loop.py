@@ -9,7 +9,7 @@ import torch
 
 from steer_bench.algos import ADVANTAGES, POLICY_LOSSES, compute_advantages, logprobs_and_entropy, policy_loss
 from steer_bench.config import validate
-from steer_bench.methods import list_methods, load_method
+from steer_bench.config.method import list_methods, load_method
 from steer_bench.tree.config import SettingConfig
 from steer_bench.tree.loop import RunLog, rollout, train_run, update
 from steer_bench.tree.policy import TabularPolicy
