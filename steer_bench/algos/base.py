@@ -58,6 +58,7 @@ class TokenBatch:
     entropy: Tensor | None = None  # current policy's full-distribution entropy (grad only for the bonus)
     old_entropy: Tensor | None = None  # π_old's entropy
     generator: torch.Generator | None = None  # random choices (clip_cov); None: torch's global RNG
+    rollout_log_probs: Tensor | None = None  # the rollout engine's log-probs (rollout importance correction)
 
     def detached(self) -> TokenBatch:
         """The same batch without gradient anywhere (mini-batch statistics)."""

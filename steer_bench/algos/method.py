@@ -14,6 +14,7 @@ STEER but not in clip_cov / kl_cov; it only matters for r > e^20).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from steer_bench.algos import surrogates
 from steer_bench.algos.advantages import ADVANTAGES, GROUP_ESTIMATORS, compute_advantages, estimator_needs_entropy
 from steer_bench.algos.base import (
     INTERVENTIONS,
@@ -37,7 +39,10 @@ from steer_bench.algos.base import (
     intervention_class,
     local_reduce,
 )
+from steer_bench.algos.entropy_control import AdaptiveEntropy
 from steer_bench.algos.registry import check_params, lookup
+from steer_bench.algos.rollout_correction import METRICS as ROLLOUT_CORRECTION_METRICS
+from steer_bench.algos.rollout_correction import RolloutCorrection
 from steer_bench.algos.stats import masked_mean, reduce_metrics
 from steer_bench.algos.surrogate import AGG_MODES, Surrogate, aggregate, clipped_surrogate
 
@@ -56,6 +61,7 @@ SHARED_METRICS: dict[str, Metric] = {
     "loss/ratio_max": Metric("the largest ratio r", "max"),
     "loss/entropy": Metric("mean current-policy token entropy (when given)"),
     "loss/old_entropy": Metric("mean old-policy token entropy (when given)"),
+    "loss/entropy_coef": Metric("the entropy-bonus coefficient applied in the call (adaptive entropy only)"),
 }
 
 
@@ -82,23 +88,39 @@ class Method:
     clip_high: float | None  # ε_high; None: no upper bound
     clip_c: float | None  # dual-clip constant c > 1; None: no dual clip
     agg: str  # see steer_bench.algos.surrogate.aggregate
-    entropy_coef: float  # β
+    entropy_coef: float  # β (with ``entropy_control``: unused, the controller's coefficient instead)
+    surrogate: str = "dual_clip"  # steer_bench.algos.surrogates.SURROGATES
+    surrogate_params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    rollout_correction: RolloutCorrection | None = None  # weight from π_old / π_rollout
+    entropy_control: AdaptiveEntropy | None = None  # the adaptive entropy coefficient
 
     @property
     def needs(self) -> Needs:
         iv = self.intervention
         return Needs(
             groups=self.estimator in GROUP_ESTIMATORS,
-            entropy=iv.needs_entropy or self.entropy_coef != 0,
-            entropy_grad=self.entropy_coef != 0,
+            entropy=iv.needs_entropy or self._has_bonus,
+            entropy_grad=self._has_bonus,
             old_entropy=iv.needs_old_entropy or estimator_needs_entropy(self.estimator),
             mini_batch_stats=iv.uses_mini_batch_stats,
         )
 
     @property
+    def _has_bonus(self) -> bool:
+        return self.entropy_coef != 0 or self.entropy_control is not None
+
+    @property
     def metrics(self) -> dict[str, Metric]:
         """Every key :meth:`loss` can return, with its meaning and reduction."""
-        return SHARED_METRICS | dict(self.intervention.metrics)
+        extra = ROLLOUT_CORRECTION_METRICS if self.rollout_correction is not None else {}
+        return SHARED_METRICS | dict(self.intervention.metrics) | extra
+
+    def entropy_coef_step(self, state: float | None, entropy: float) -> tuple[float, float | None]:
+        """(the bonus coefficient of this step, the controller state to keep) from the kept state (None at the
+        start) and this step's mean π_old entropy over all ranks; without a controller: (β, state)."""
+        if self.entropy_control is None:
+            return self.entropy_coef, state
+        return self.entropy_control.step(state, entropy)
 
     # ------------------------------------------------------------------------------------- the three calls
     def advantages(
@@ -118,11 +140,14 @@ class Method:
         with torch.no_grad():
             return self.intervention.mini_batch_stats(batch.detached(), reduce)
 
-    def loss(self, batch: TokenBatch, totals: Totals | None = None, stats: Any = None) -> tuple[Tensor, Metrics]:
+    def loss(
+        self, batch: TokenBatch, totals: Totals | None = None, stats: Any = None, entropy_coef: float | None = None
+    ) -> tuple[Tensor, Metrics]:
         """The scalar loss of one call (a micro-batch) and its metrics (0-d tensors without gradient).
 
         ``totals``: the mini-batch's counts for exact gradient accumulation (default: this call's own).
         ``stats``: :meth:`mini_batch_stats` of the mini-batch (None: the intervention's per-call statistics).
+        ``entropy_coef``: this step's coefficient from :meth:`entropy_coef_step` (None: β, or c_0 with a controller).
         """
         self._check(batch)
         b = TokenBatch(
@@ -133,25 +158,50 @@ class Method:
             batch.entropy,
             None if batch.old_entropy is None else batch.old_entropy.detach(),
             batch.generator,
+            None if batch.rollout_log_probs is None else batch.rollout_log_probs.detach(),
         )
-        surr = clipped_surrogate(
-            b.log_probs,
-            b.old_log_probs,
-            b.advantages,
-            clip_low=self.clip_low,
-            clip_high=self.clip_high,
-            clip_c=self.clip_c,
-        )
+        if self.surrogate == "dual_clip":
+            surr = clipped_surrogate(
+                b.log_probs,
+                b.old_log_probs,
+                b.advantages,
+                clip_low=self.clip_low,
+                clip_high=self.clip_high,
+                clip_c=self.clip_c,
+            )
+        else:
+            surr = surrogates.SURROGATES[self.surrogate](
+                b.log_probs,
+                b.old_log_probs,
+                b.advantages,
+                b.mask,
+                clip_low=self.clip_low,
+                clip_high=self.clip_high,
+                clip_c=self.clip_c,
+                **self.surrogate_params,
+            )
         token_loss, extra = self.intervention.token_loss(surr, b, stats)
+        if self.rollout_correction is not None:
+            if b.rollout_log_probs is None:
+                raise ValueError("rollout_correction needs the engine's log-probs (TokenBatch.rollout_log_probs)")
+            weight, corr = self.rollout_correction.weights(b.old_log_probs, b.rollout_log_probs, b.mask)
+            token_loss = token_loss * weight
+            extra = {**extra, **corr}
         t = totals or Totals()
         counts = {"batch_tokens": t.batch_tokens, "batch_seqs": t.batch_seqs, "max_response_len": t.max_response_len}
         pg = aggregate(token_loss, b.mask, agg=self.agg, **counts)
         loss = pg
         with torch.no_grad():
             metrics = _shared_metrics(surr, b, pg)
-        if self.entropy_coef != 0:
+        coef = self.entropy_coef
+        if self.entropy_control is not None:
+            coef = self.entropy_control.coef_init if entropy_coef is None else entropy_coef
+            metrics["loss/entropy_coef"] = torch.tensor(float(coef))
+        elif entropy_coef is not None:
+            coef = entropy_coef
+        if coef != 0:
             assert b.entropy is not None
-            bonus = self.entropy_coef * aggregate(b.entropy, b.mask, agg=self.agg, **counts)
+            bonus = coef * aggregate(b.entropy, b.mask, agg=self.agg, **counts)
             loss = loss - bonus
             metrics["loss/entropy_bonus"] = bonus.detach()
         metrics.update({k: v.detach() for k, v in extra.items()})
@@ -163,7 +213,7 @@ class Method:
 
     def _check(self, batch: TokenBatch) -> None:
         if self.needs.entropy and batch.entropy is None:
-            why = "the entropy bonus" if self.entropy_coef != 0 else f"policy loss {self.intervention.name!r}"
+            why = "the entropy bonus" if self._has_bonus else f"policy loss {self.intervention.name!r}"
             raise ValueError(f"{why} needs the current policy's entropy (TokenBatch.entropy)")
         if self.intervention.needs_old_entropy and batch.old_entropy is None:
             raise ValueError(f"policy loss {self.intervention.name!r} needs π_old's entropy (TokenBatch.old_entropy)")
@@ -200,9 +250,16 @@ def make_method(
     clip_c: float | None,
     agg: str,
     entropy_coef: float,
+    surrogate: str = "dual_clip",
+    surrogate_params: Mapping[str, Any] | None = None,
+    rollout_correction: Mapping[str, Any] | None = None,
+    adaptive_entropy: Mapping[str, Any] | None = None,
 ) -> Method:
     """Resolve a preset's names and hyperparameters (ValueError naming any unknown or missing one) and run the
-    method once on a tiny batch, so that a preset that resolves can train."""
+    method once on a tiny batch, so that a preset that resolves can train. ``surrogate``: a name of
+    :data:`~steer_bench.algos.surrogates.SURROGATES` with its parameters; ``rollout_correction`` /
+    ``adaptive_entropy``: the fields of :class:`RolloutCorrection` / :class:`AdaptiveEntropy`, or None."""
+    surrogates.check_surrogate(surrogate, surrogate_params or {})
     check_params(
         "advantage estimator", estimator, lookup("advantage estimator", ADVANTAGES, estimator), estimator_params
     )
@@ -229,9 +286,24 @@ def make_method(
         clip_c,
         agg,
         entropy_coef,
+        surrogate,
+        dict(surrogate_params or {}),
+        _build("rollout_correction", RolloutCorrection, rollout_correction),
+        _build("adaptive_entropy", AdaptiveEntropy, adaptive_entropy),
     )
     dry_run(method)
     return method
+
+
+def _build(key: str, cls: type, params: Mapping[str, Any] | None) -> Any:
+    """``cls(**params)`` (None for None), a TypeError of a wrong field set as the ValueError it is."""
+    if params is None:
+        return None
+    try:
+        return cls(**params)
+    except TypeError as e:
+        fields = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise ValueError(f"{key}: {e}; its fields are: {fields}") from e
 
 
 def dry_run(method: Method) -> None:
@@ -240,7 +312,8 @@ def dry_run(method: Method) -> None:
     logp = torch.tensor([[-0.1, -2.0, -0.5], [-1.0, -0.3, 0.0]], requires_grad=True)
     entropy = torch.full((2, 3), 0.7, requires_grad=True)
     adv = method.advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), mask, old_entropy=entropy.detach())
-    batch = TokenBatch(logp, logp.detach() - 0.1, adv, mask, entropy, entropy.detach())
+    rollout = logp.detach() - torch.tensor([[0.05, -0.3, 0.0], [0.2, 0.0, 0.0]])  # some ratios off 1
+    batch = TokenBatch(logp, logp.detach() - 0.1, adv, mask, entropy, entropy.detach(), None, rollout)
     loss, metrics = method.loss(batch, stats=method.mini_batch_stats(batch))
     loss.backward()
     undeclared = sorted(set(metrics) - set(method.metrics))

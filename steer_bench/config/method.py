@@ -28,6 +28,11 @@ class AdvantageConfig(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class SurrogateConfig(StrictModel):
+    name: str = "dual_clip"  # steer_bench.algos.surrogates: dual_clip (every paper preset) | gspo | cispo | ce_gppo
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class LossConfig(StrictModel):
     name: str  # an intervention's name, or "package.module:ClassName"
     clip_low: float | None  # ε_low; None: no lower bound on the ratio
@@ -36,6 +41,9 @@ class LossConfig(StrictModel):
     agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
     entropy_coef: float  # β of the entropy bonus (loss −= β·agg(H))
     params: dict[str, Any] = Field(default_factory=dict)
+    surrogate: SurrogateConfig = Field(default_factory=SurrogateConfig)  # the surrogate L the intervention reshapes
+    rollout_correction: dict[str, Any] | None = None  # steer_bench.algos.rollout_correction fields; None: off
+    adaptive_entropy: dict[str, Any] | None = None  # steer_bench.algos.entropy_control fields; None: fixed β
 
 
 class MethodConfig(StrictModel):
@@ -74,6 +82,10 @@ def _resolve(dumped: str) -> Method:
         clip_c=loss["clip_c"],
         agg=loss["agg"],
         entropy_coef=loss["entropy_coef"],
+        surrogate=loss["surrogate"]["name"],
+        surrogate_params=loss["surrogate"]["params"],
+        rollout_correction=loss["rollout_correction"],
+        adaptive_entropy=loss["adaptive_entropy"],
     )
 
 

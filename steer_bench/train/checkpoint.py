@@ -40,6 +40,8 @@ class TrainState:
     best_step: int | None = None
     world_size: int = 1
     """Processes that wrote the checkpoint (one trainer-state file each)."""
+    entropy_coef: float | None = None
+    """The adaptive entropy coefficient for the next step (``loss.adaptive_entropy``); None: not started."""
 
 
 def rank_file(path: Path, rank: int) -> Path:

@@ -30,7 +30,7 @@ from steer_bench.rollout import SamplingParams
 from steer_bench.rollout.batch import PaddedRollout, RolloutBatch
 from steer_bench.train.batching import order_for_update
 from steer_bench.train.checkpoint import TrainState, is_resumable, save_checkpoint
-from steer_bench.train.distributed import param_checksums, reduce_across_ranks
+from steer_bench.train.distributed import param_checksums, rank_reduce, reduce_across_ranks
 from steer_bench.train.heldout import selectable, validate
 from steer_bench.train.setup import Run, prompt_order, seed_everything, set_up, step_seed
 from steer_bench.train.stepstats import dump_rollouts, rollout_metrics
@@ -146,13 +146,26 @@ def update(run: Run, step: Step) -> None:
 
         probe = EntropyProbe(step.number, run.preset, cfg, ubatch, uold, uadv, forward=forward)
     rows = UpdateRows(ubatch, uold, uadv)
-    metrics = policy_update(run.model, run.optimizer, run.scheduler, acc, rows, run.method, cfg, probe)
+    coef = entropy_coef(run, step)  # the adaptive entropy coefficient's state crosses steps (run.state)
+    metrics = policy_update(run.model, run.optimizer, run.scheduler, acc, rows, run.method, cfg, probe, coef)
     if probe is not None:  # metrics on every rank (reduced later); the main process writes its rows
         path = run.out / "analysis" / f"step_{step.number:06d}.parquet"
         metrics |= probe.save(path) if run.main else probe.metrics()
     step.times["update"] = time.perf_counter() - t3
     step.metrics = metrics
     step.metrics["batch/update_tokens"] = float(ubatch.attention_mask.sum())
+
+
+def entropy_coef(run: Run, step: Step) -> float | None:
+    """This step's entropy-bonus coefficient and the controller's next state (kept in ``run.state``, so in the
+    checkpoint) from the step's mean π_old entropy over every rank's valid tokens; None without a controller."""
+    if run.method.entropy_control is None:
+        return None
+    mask = step.batch.response_mask
+    totals = torch.stack([(step.old_entropy * mask).sum(), mask.sum()]).double()
+    totals = rank_reduce(run.accelerator)(totals, "sum")
+    coef, run.state.entropy_coef = run.method.entropy_coef_step(run.state.entropy_coef, float(totals[0] / totals[1]))
+    return coef
 
 
 # ---------------------------------------------------------------------------------------------- log

@@ -59,11 +59,13 @@ def policy_update(
     method: Method,
     cfg: TrainConfig,
     probe: Any = None,
+    entropy_coef: float | None = None,
 ) -> dict[str, float]:
     """``updates_per_rollout`` optimizer steps on one rollout batch; returns the reduced loss metrics.
 
     ``probe`` (entropy-dynamics analysis) is told the rows of the first mini-batch right before and right
     after its optimizer step, to measure every token's entropy change across exactly one update.
+    ``entropy_coef``: this step's bonus coefficient (:meth:`Method.entropy_coef_step`; None: the preset's β).
     """
     batch, mask = rows.batch, rows.batch.response_mask
     mini = cfg.mini_batch_prompts * cfg.rollout.n // accelerator.num_processes
@@ -86,7 +88,7 @@ def policy_update(
                 sync = contextlib.nullcontext() if j == len(micro) - 1 else accelerator.no_sync(model)
                 with sync:
                     logp, entropy = forward(model, batch, mrows, cfg.rollout.temperature)
-                    loss, metrics = method.loss(rows.tokens(mrows, logp, entropy), totals, stats)
+                    loss, metrics = method.loss(rows.tokens(mrows, logp, entropy), totals, stats, entropy_coef)
                     if not torch.isfinite(loss):
                         raise NonFiniteError(f"the loss is {loss.item()} (rows {mrows[0].item()}..{mrows[-1].item()})")
                     # global_tokens: global denominators, ×W undoes DDP's mean; release: ÷ accumulation steps.
@@ -119,5 +121,7 @@ class UpdateRows:
 
     def tokens(self, index: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor) -> TokenBatch:
         """The loss inputs of the rows ``index``, with the current policy's ``logp`` / ``entropy`` for them."""
-        mask = self.batch.response_mask[index]
-        return TokenBatch(logp, self.old_logp[index], self.adv[index], mask, entropy, self.old_entropy[index])
+        mask, lp = self.batch.response_mask[index], self.batch.response_logprobs
+        rollout = None if lp is None else lp[index]  # the engine's log-probs (rollout importance correction)
+        old = self.old_logp[index]
+        return TokenBatch(logp, old, self.adv[index], mask, entropy, self.old_entropy[index], None, rollout)

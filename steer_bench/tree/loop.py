@@ -73,6 +73,7 @@ def update(
     order: torch.Tensor,
     minibatches: int,
     gen: torch.Generator,
+    entropy_coef: float | None = None,
 ) -> list[dict[str, Any]]:
     """One optimizer step per mini-batch of ``order`` (a permutation of the rollout's rows); the calls' metrics."""
     mask = torch.ones_like(adv, dtype=torch.bool)
@@ -83,7 +84,7 @@ def update(
         logp, entropy = logprobs_and_entropy(logits, batch.responses[rows], temperature=1.0)
         tokens = TokenBatch(logp, batch.old_logp[rows], adv[rows], mask[rows], entropy, batch.old_entropy[rows], gen)
         stats = m.mini_batch_stats(tokens)  # one call per mini-batch: the same numbers as the call's own
-        loss, metrics = m.loss(tokens, Totals(max_response_len=policy.task.D), stats)
+        loss, metrics = m.loss(tokens, Totals(max_response_len=policy.task.D), stats, entropy_coef)
         if not torch.isfinite(loss):
             raise SteerBenchError(f"method {method.name!r}: the loss is {loss.item()}")
         (grad,) = torch.autograd.grad(loss, policy.table)
@@ -130,6 +131,7 @@ def train_run(
     policy = TabularPolicy(task, init_std=cfg.init_std, seed=seed)
     gen = torch.Generator().manual_seed(seed)  # the data stream: problems, samples, mini-batch order
     n = cfg.samples_per_problem
+    coef_state: float | None = None  # the adaptive entropy coefficient (loss.adaptive_entropy), across steps
     for step in range(cfg.steps + 1):
         row: dict[str, float] = {"step": step}
         if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -147,7 +149,8 @@ def train_run(
             row |= metrics
             if keep_points:
                 log.points += [{"step": step} | p for p in points]
-        calls = update(policy, lr, batch, adv, method, order, cfg.minibatches, gen)
+        coef, coef_state = method.resolve().entropy_coef_step(coef_state, float(batch.old_entropy.mean()))
+        calls = update(policy, lr, batch, adv, method, order, cfg.minibatches, gen, coef)
         row |= rollout_metrics(batch, adv, n) | method.resolve().reduce_metrics(calls)
         if not math.isfinite(row["rollout/entropy"]):
             raise SteerBenchError(f"method {method.name!r} seed {seed}: non-finite entropy at step {step}")
