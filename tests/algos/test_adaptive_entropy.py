@@ -20,7 +20,8 @@ def test_controller_steps_by_hand() -> None:
     assert CTRL.step(None, 0.4) == (0.01, 0.012)  # below target: applied c_0, next c_0 + δ capped at 0.012
     assert CTRL.step(0.012, 0.5) == (0.012, 0.012)  # at the target counts as below
     applied, nxt = CTRL.step(0.012, 0.9)  # above: no bonus this step, c falls by δ
-    assert applied == 0.0 and nxt == pytest.approx(0.007, abs=1e-15)
+    assert applied == 0.0
+    assert nxt == pytest.approx(0.007, abs=1e-15)
     assert CTRL.step(0.003, 0.9) == (0.0, 0.0)  # clamped at coef_min
 
 
@@ -44,7 +45,8 @@ def test_the_bonus_uses_the_step_coefficient() -> None:
     (g,) = torch.autograd.grad(loss, ent)
     torch.testing.assert_close(g, torch.tensor([[-0.05, -0.05, 0.0]]))
     loss0, metrics0 = m.loss(b)  # no coefficient given: c_0 (TRL's 0.0): no bonus
-    assert loss0.item() == 0.0 and "loss/entropy_bonus" not in metrics0
+    assert loss0.item() == 0.0
+    assert "loss/entropy_bonus" not in metrics0
     assert m.entropy_coef_step(None, 0.1) == (0.0, 0.005)  # H ≤ 0.2: c_0 = 0 applied, next 0.005
 
 

@@ -46,7 +46,7 @@ def _run(name: str, batch: TokenBatch, **loss_kw):
 
 @pytest.mark.parametrize("name", FIELD)
 def test_finite_and_gradient_only_on_valid_tokens(name: str, make_batch) -> None:
-    batch, logp, entropy = _batch(make_batch)
+    batch, logp, _entropy = _batch(make_batch)
     m, loss, metrics = _run(name, batch)
     assert torch.isfinite(loss)
     assert all(torch.isfinite(v).all() for v in metrics.values())
@@ -69,7 +69,7 @@ def test_padding_values_do_not_matter(name: str, make_batch) -> None:
 @pytest.mark.parametrize("name", FIELD)
 def test_zero_advantage_gives_zero_policy_loss_and_gradient(name: str, make_batch) -> None:
     batch, logp, _ = _batch(make_batch, adv_scale=0.0)
-    m, loss, metrics = _run(name, batch)
+    _m, loss, metrics = _run(name, batch)
     assert float(metrics["loss/pg"]) == 0.0
     (g,) = torch.autograd.grad(loss, logp, allow_unused=True)
     assert g is None or (g == 0).all()
@@ -78,14 +78,17 @@ def test_zero_advantage_gives_zero_policy_loss_and_gradient(name: str, make_batc
 @pytest.mark.parametrize("name", ["grpo", "steer", "entropy_loss", "clip_cov"])
 def test_existing_presets_ignore_rollout_log_probs_and_keep_the_dual_clip(name: str, make_batch) -> None:
     """The new TokenBatch field and surrogate choice change nothing for the paper presets."""
-    batch, logp, _ = _batch(make_batch)
+    batch, _logp, _ = _batch(make_batch)
     m = load_method(name).resolve()
-    assert m.surrogate == "dual_clip" and m.rollout_correction is None and m.entropy_control is None
+    assert m.surrogate == "dual_clip"
+    assert m.rollout_correction is None
+    assert m.entropy_control is None
     without = dataclasses.replace(batch, rollout_log_probs=None, generator=torch.Generator().manual_seed(0))
     with_rollout = dataclasses.replace(batch, generator=torch.Generator().manual_seed(0))
     la, ma = m.loss(without, stats=m.mini_batch_stats(without))
     lb, mb = m.loss(with_rollout, stats=m.mini_batch_stats(with_rollout))
-    assert la.item() == lb.item() and ma.keys() == mb.keys()
+    assert la.item() == lb.item()
+    assert ma.keys() == mb.keys()
 
 
 def test_rollout_correction_needs_the_engine_log_probs(make_batch) -> None:

@@ -27,13 +27,15 @@ def test_value_and_gradient_inside_the_clip() -> None:
     torch.testing.assert_close(s.loss[0, :3], torch.full((3,), -want), **TOL)
     (g,) = torch.autograd.grad(s.loss[mask].sum(), logp)
     torch.testing.assert_close(g[0, :3], torch.full((3,), -want), **TOL)  # s_i · ∇log π_t per token
-    assert g[0, 3] == 0 and not s.clipped.any()
+    assert g[0, 3] == 0
+    assert not s.clipped.any()
 
 
 def test_the_paper_clip_binds_for_the_whole_sequence() -> None:
     logp, old, adv, mask = _row()
     s = gspo(logp, old, adv, mask, clip_low=3e-4, clip_high=4e-4, clip_c=None)
-    assert s.clipped[mask].all() and s.clipped_high[mask].all()
+    assert s.clipped[mask].all()
+    assert s.clipped_high[mask].all()
     torch.testing.assert_close(s.loss[mask], torch.full((3,), -(1 + 4e-4)), **TOL)
     (g,) = torch.autograd.grad(s.loss[mask].sum(), logp)
     assert (g == 0).all()  # the clipped branch is a constant

@@ -56,4 +56,5 @@ def test_the_loss_uses_minus_omega() -> None:
     assert om[0, 0] < 0 < om[0, 1]
     lam = loss.detach() / surr.loss.detach()
     assert lam[0, 0] < 1 < lam[0, 1]
-    assert metrics["steer_signed/frac_damped"] > 0 and metrics["steer_signed/frac_boosted"] > 0
+    assert metrics["steer_signed/frac_damped"] > 0
+    assert metrics["steer_signed/frac_boosted"] > 0
