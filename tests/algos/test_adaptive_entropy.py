@@ -27,7 +27,7 @@ def test_controller_steps_by_hand() -> None:
 
 @pytest.mark.parametrize("kw", [{"delta": 0.0}, {"coef_init": 0.02}, {"coef_min": -1.0}])
 def test_bad_settings(kw: dict) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="adaptive_entropy"):
         AdaptiveEntropy(**({"coef_init": 0.01, "delta": 0.005, "target": 0.5, "coef_min": 0.0, "coef_max": 0.012}
                            | kw))  # fmt: skip
 
