@@ -82,7 +82,8 @@ def update(
     for rows in order.chunk(minibatches):
         logits = policy.table[batch.state_ids[rows]]
         logp, entropy = logprobs_and_entropy(logits, batch.responses[rows], temperature=1.0)
-        tokens = TokenBatch(logp, batch.old_logp[rows], adv[rows], mask[rows], entropy, batch.old_entropy[rows], gen)
+        old = batch.old_logp[rows]  # the sampler is π_old itself: rollout log-probs = π_old's (ρ = 1 exactly)
+        tokens = TokenBatch(logp, old, adv[rows], mask[rows], entropy, batch.old_entropy[rows], gen, old)
         stats = m.mini_batch_stats(tokens)  # one call per mini-batch: the same numbers as the call's own
         loss, metrics = m.loss(tokens, Totals(max_response_len=policy.task.D), stats, entropy_coef)
         if not torch.isfinite(loss):
