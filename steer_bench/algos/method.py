@@ -4,12 +4,13 @@ dry run all call it the same way (see :mod:`steer_bench.algos`)::
 
     loss = agg(L_method) − β · agg(H)        (the bonus term only when ``entropy_coef`` β ≠ 0)
 
-L is :func:`~steer_bench.algos.surrogate.clipped_surrogate`; the intervention turns it into L_method. Weights
-that remove tokens (clip_cov, fork_tokens) or shrink them (steer) never change the denominator of the
-aggregation: it stays the count of valid tokens (as the release for λ, verl for clip_cov and TRL for the
-forking-token mask). Per-call statistics are over the tokens of the call, i.e. per micro-batch, as verl
-does. Decision: the ratio's log is clamped to [−20, 20] for every loss (verl clamps it in ``vanilla`` and
-STEER but not in clip_cov / kl_cov; it only matters for r > e^20).
+L is the preset's surrogate (:mod:`~steer_bench.algos.surrogates`; default the dual-clip
+:func:`~steer_bench.algos.surrogate.clipped_surrogate`); the intervention turns it into L_method, and a rollout
+correction, if any, weights it. Weights that remove tokens (clip_cov, fork_tokens) or shrink them (steer) never
+change the denominator of the aggregation: it stays the count of valid tokens (as the release for λ, verl for
+clip_cov and TRL for the forking-token mask). Per-call statistics are over the tokens of the call, i.e. per
+micro-batch, as verl does. Decision: the ratio's log is clamped to [−20, 20] for every loss (verl clamps it in
+``vanilla`` and STEER but not in clip_cov / kl_cov; it only matters for r > e^20).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from steer_bench.algos.registry import check_params, lookup
 from steer_bench.algos.rollout_correction import METRICS as ROLLOUT_CORRECTION_METRICS
 from steer_bench.algos.rollout_correction import RolloutCorrection
 from steer_bench.algos.stats import masked_mean, reduce_metrics
-from steer_bench.algos.surrogate import AGG_MODES, Surrogate, aggregate, clipped_surrogate
+from steer_bench.algos.surrogate import AGG_MODES, Surrogate, aggregate
 
 # The metrics every method returns (intervention metrics: each intervention's file).
 SHARED_METRICS: dict[str, Metric] = {
@@ -160,26 +161,16 @@ class Method:
             batch.generator,
             None if batch.rollout_log_probs is None else batch.rollout_log_probs.detach(),
         )
-        if self.surrogate == "dual_clip":
-            surr = clipped_surrogate(
-                b.log_probs,
-                b.old_log_probs,
-                b.advantages,
-                clip_low=self.clip_low,
-                clip_high=self.clip_high,
-                clip_c=self.clip_c,
-            )
-        else:
-            surr = surrogates.SURROGATES[self.surrogate](
-                b.log_probs,
-                b.old_log_probs,
-                b.advantages,
-                b.mask,
-                clip_low=self.clip_low,
-                clip_high=self.clip_high,
-                clip_c=self.clip_c,
-                **self.surrogate_params,
-            )
+        surr = surrogates.SURROGATES[self.surrogate](  # dual_clip: clipped_surrogate itself
+            b.log_probs,
+            b.old_log_probs,
+            b.advantages,
+            b.mask,
+            clip_low=self.clip_low,
+            clip_high=self.clip_high,
+            clip_c=self.clip_c,
+            **self.surrogate_params,
+        )
         token_loss, extra = self.intervention.token_loss(surr, b, stats)
         if self.rollout_correction is not None:
             if b.rollout_log_probs is None:
@@ -326,6 +317,7 @@ def metric_table() -> str:
     discover()
     rows = ["| key | reduction | meaning |", "|---|---|---|"]
     groups = [("every method", SHARED_METRICS)] + [(n, dict(c.metrics)) for n, c in sorted(INTERVENTIONS.items())]
+    groups.append(("rollout_correction", ROLLOUT_CORRECTION_METRICS))
     for _, metrics in groups:
         rows += [f"| `{k}` | {m.reduce} | {m.meaning} |" for k, m in metrics.items()]
     return "\n".join(rows) + "\n"
