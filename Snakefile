@@ -37,7 +37,6 @@ def train_launcher(w):
 
 ROOT = str(EXP.root)
 TREE = bool(EXP.tree)
-DATA_DIR = f"--data-dir {EXP.data.dir}" if EXP.data.dir else ""
 ONLY = [r.name for r in EXP.eval_only]
 RES = EXP.resources
 ANALYSIS = EXP.train_config(EXP.seeds[0]).analysis.every_n_steps > 0
@@ -73,15 +72,10 @@ rule prepare:
         f"{ROOT}/data/{{dataset}}.parquet",
     log:
         f"{ROOT}/logs/prepare/{{dataset}}.log",
-    params:
-        limit=lambda w: f"--limit {EXP.data.limits[w.dataset]}" if w.dataset in EXP.data.limits else "",
-        template=lambda w: f"--template {EXP.data.templates.get(w.dataset, EXP.data.template)}",
-        levels=",".join(map(str, EXP.data.synthetic_levels)),
     resources:
         mem_mb=4000, runtime=30
     shell:
-        "{SB} prepare --dataset {wildcards.dataset} --out {output} {params.limit} {params.template} "
-        "--levels {params.levels} {DATA_DIR} > {log} 2>&1"
+        "{SB} prepare --config {CONFIG} --dataset {wildcards.dataset} > {log} 2>&1"
 
 
 rule warmstart:
@@ -95,7 +89,7 @@ rule warmstart:
     resources:
         mem_mb=4000, runtime=60
     shell:
-        "{SB} warmstart --config {input} --out {ROOT}/warmstart > {log} 2>&1"
+        "{SB} warmstart --config {CONFIG} > {log} 2>&1"
 
 
 rule train:
@@ -159,7 +153,7 @@ rule tree:
     resources:
         mem_mb=4000, runtime=30
     shell:
-        "{SB} tree --config {input} --out {ROOT}/tree > {log} 2>&1"
+        "{SB} tree --config {CONFIG} > {log} 2>&1"
 
 
 rule analyze:

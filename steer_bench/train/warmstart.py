@@ -22,7 +22,6 @@ holds ``warmstart.json`` (metrics), ``warmstart.yaml`` (resolved config) and ``e
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
@@ -37,7 +36,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX  # what Qwen2Tokenizer rebuilds
 
-from steer_bench.config import StrictModel, dump_yaml, load_model
+from steer_bench.config import StrictModel, dump_yaml
 from steer_bench.data.synthetic import LEVELS, make_synthetic
 from steer_bench.errors import SteerBenchError
 from steer_bench.files import atomic_dir, write_json, write_jsonl, write_text
@@ -360,23 +359,3 @@ def warmstart(cfg: WarmstartConfig, out_dir: str | Path) -> dict[str, Any]:
         write_jsonl(tmp / "eval_samples.jsonl", rows)
     log.info("warmstart: %s", {k: metrics[k] for k in ("params", "sft_steps", "sft_loss", "test")})
     return metrics
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="warm-start YAML (configs/warmstart/*.yaml)")
-    parser.add_argument("--out", required=True, help="output model folder (replaced atomically)")
-    parser.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
-
-
-def run(args: argparse.Namespace) -> int:
-    overrides = list(args.set) + ([f"seed={args.seed}"] if args.seed is not None else [])
-    cfg = load_model(WarmstartConfig, args.config, overrides)
-    metrics = warmstart(cfg, args.out)
-    test = metrics["test"]
-    print(
-        f"warmstart: {metrics['params']:,} params, {metrics['sft_steps']} SFT steps, test accuracy (T=1) "
-        f"{test['accuracy']:.3f}, response entropy {test['response_entropy']:.3f} nats/token, "
-        f"{metrics['wall_time_s']['total']:.0f} s -> {args.out}"
-    )
-    return 0
