@@ -10,8 +10,6 @@ import time
 
 import pytest
 
-from steer_bench.grading import pool as grading_pool
-from steer_bench.grading import verdict as grading_verdict
 from steer_bench.errors import SteerBenchError
 from steer_bench.grading import (
     Grader,
@@ -25,6 +23,8 @@ from steer_bench.grading import (
     summarize_verdicts,
     wrap_gold,
 )
+from steer_bench.grading import pool as grading_pool
+from steer_bench.grading import verdict as grading_verdict
 
 # A power tower and deep nesting: sympy grinds on these for far longer than the timeout.
 PATHOLOGICAL = ["\\boxed{9^{9^{9^{9}}}}", "\\boxed{" + "(" * 300 + "1" + ")" * 300 + "}"]

@@ -14,9 +14,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from steer_bench.algos import Method, make_method
+from steer_bench.algos import ADVANTAGES, Method, intervention_class, make_method
+from steer_bench.algos.registry import lookup
 from steer_bench.config.base import StrictModel, load_model
 from steer_bench.errors import SteerBenchError
 
@@ -27,6 +28,12 @@ class AdvantageConfig(StrictModel):
     estimator: str  # steer_bench.algos.advantages (grpo, rloo, opo, w_reinforce, entropy_adv)
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("estimator")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        lookup("advantage estimator", ADVANTAGES, v)
+        return v
+
 
 class LossConfig(StrictModel):
     name: str  # an intervention's name, or "package.module:ClassName"
@@ -36,6 +43,12 @@ class LossConfig(StrictModel):
     agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
     entropy_coef: float  # β of the entropy bonus (loss −= β·agg(H))
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        intervention_class(v)
+        return v
 
 
 class MethodConfig(StrictModel):
