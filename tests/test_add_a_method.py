@@ -60,8 +60,8 @@ def test_a_one_file_method_trains_on_two_ranks_with_identical_mini_batch_statist
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), "-m", "steer_bench", "train", "--config", str(config), "--method", str(_preset(tmp_path)), "--seed", "0",
-        "--out", str(out),
+        "--main_process_port", str(_free_port()), "-m", "steer_bench", "train", "--config", str(config),
+        "--method", str(_preset(tmp_path)), "--seed", "0", "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-4000:]
