@@ -74,8 +74,11 @@ rule prepare:
         f"{ROOT}/logs/prepare/{{dataset}}.log",
     resources:
         mem_mb=4000, runtime=30
+    params:
+        sb=SB,
+        exp=CONFIG,
     shell:
-        "{SB} prepare --config {CONFIG} --dataset {wildcards.dataset} > {log} 2>&1"
+        "{params.sb} prepare --config {params.exp} --dataset {wildcards.dataset} > {log} 2>&1"
 
 
 rule warmstart:
@@ -88,8 +91,11 @@ rule warmstart:
     threads: 2
     resources:
         mem_mb=4000, runtime=60
+    params:
+        sb=SB,
+        exp=CONFIG,
     shell:
-        "{SB} warmstart --config {CONFIG} > {log} 2>&1"
+        "{params.sb} warmstart --config {params.exp} > {log} 2>&1"
 
 
 rule train:
@@ -103,11 +109,12 @@ rule train:
         f"{ROOT}/logs/train/{{method}}-seed{{seed}}.log",
     threads: 1
     params:
+        exp=CONFIG,
         launcher=train_launcher,
     resources:
         gpu=RES.train_gpus, mem_mb=RES.train_mem_mb, runtime=RES.train_minutes
     shell:
-        "{params.launcher} train --config {CONFIG} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
+        "{params.launcher} train --config {params.exp} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
 
 
 rule eval_run:
@@ -121,8 +128,11 @@ rule eval_run:
     threads: 1
     resources:
         gpu=RES.eval_gpus, mem_mb=RES.eval_mem_mb, runtime=RES.eval_minutes
+    params:
+        sb=SB,
+        exp=CONFIG,
     shell:
-        "{SB} eval --config {CONFIG} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
+        "{params.sb} eval --config {params.exp} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
 
 
 rule eval_only:
@@ -138,8 +148,11 @@ rule eval_only:
     threads: 1
     resources:
         gpu=RES.eval_gpus, mem_mb=RES.eval_mem_mb, runtime=RES.eval_minutes
+    params:
+        sb=SB,
+        exp=CONFIG,
     shell:
-        "{SB} eval --config {CONFIG} --row {wildcards.row} > {log} 2>&1"
+        "{params.sb} eval --config {params.exp} --row {wildcards.row} > {log} 2>&1"
 
 
 rule tree:
@@ -152,8 +165,11 @@ rule tree:
     threads: 2
     resources:
         mem_mb=4000, runtime=30
+    params:
+        sb=SB,
+        exp=CONFIG,
     shell:
-        "{SB} tree --config {CONFIG} > {log} 2>&1"
+        "{params.sb} tree --config {params.exp} > {log} 2>&1"
 
 
 rule analyze:
@@ -163,8 +179,11 @@ rule analyze:
         f"{ROOT}/analysis/analysis.md",
     log:
         f"{ROOT}/logs/analyze.log",
+    params:
+        sb=SB,
+        exp=CONFIG,
     shell:
-        "{SB} analyze --config {CONFIG} > {log} 2>&1"
+        "{params.sb} analyze --config {params.exp} > {log} 2>&1"
 
 
 rule report:
@@ -177,5 +196,8 @@ rule report:
         f"{ROOT}/report/report.md",
     log:
         f"{ROOT}/logs/report.log",
+    params:
+        sb=SB,
+        exp=CONFIG,
     shell:
-        "{SB} report --config {CONFIG} > {log} 2>&1"
+        "{params.sb} report --config {params.exp} > {log} 2>&1"
