@@ -40,7 +40,7 @@ TREE = bool(EXP.tree)
 ONLY = [r.name for r in EXP.eval_only]
 RES = EXP.resources
 ANALYSIS = EXP.train_config(EXP.seeds[0]).analysis.every_n_steps > 0
-# One MLflow store per experiment unless the user points at a server (recommended on a cluster, DESIGN.md §8).
+# One MLflow store per experiment unless the user points at a server (recommended on a cluster, docs/recipe.md §R16).
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(ROOT).resolve()}/mlflow.db")
 
 wildcard_constraints:

@@ -5,7 +5,7 @@ Steps, each a function below:
 1. :func:`train_tokenizer` — byte-level BPE on the training problems, solutions and role names, with exactly
    the normalizer and pre-tokenizer that transformers 5 rebuilds for any ``qwen2`` checkpoint (NFC, the Qwen2
    split regex with single digits, ByteLevel without its own regex): any other pipeline changes the ids after a
-   reload (DESIGN.md §7); :func:`check_reload` asserts they survive. The full byte alphabet is kept, so every
+   reload (docs/recipe.md §R15); :func:`check_reload` asserts they survive. The full byte alphabet is kept, so every
    string encodes (nothing is silently dropped). Special tokens: ``<|endoftext|>`` (pad, bos), ``<|im_start|>``,
    ``<|im_end|>`` (eos); ChatML template.
 2. :func:`build_model` — a Qwen2ForCausalLM with tied embeddings (≈1M parameters by default).
@@ -139,7 +139,7 @@ def train_tokenizer(texts: list[str], *, vocab_size: int) -> PreTrainedTokenizer
         eos_token=EOS,
         pad_token=PAD,
         chat_template=CHAT_TEMPLATE,
-        padding_side="left",  # a constructor argument is saved; an attribute set later is not (DESIGN.md §7)
+        padding_side="left",  # a constructor argument is saved; an attribute set later is not (docs/recipe.md §R15)
     )
 
 

@@ -66,7 +66,7 @@ LENGTHS = [7, 2, 5, 7, 1, 6, 3, 7]
 
 
 def naive_steer_loss(x: dict[str, torch.Tensor], lam_min: float, clip: dict[str, float]) -> tuple[float, list]:
-    """Token by token, from DESIGN.md §3 with python floats: Ω, k, λ, the dual-clip surrogate, token-mean."""
+    """Token by token, from docs/methods.md §M14 with python floats: Ω, k, λ, the dual-clip surrogate, token-mean."""
     b, t = x["mask"].shape
     valid = [(i, j) for i in range(b) for j in range(t) if x["mask"][i, j] > 0]
     omegas = {}
