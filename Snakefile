@@ -37,11 +37,10 @@ def train_launcher(w):
 
 ROOT = str(EXP.root)
 TREE = bool(EXP.tree)
-DATA_DIR = f"--data-dir {EXP.data.dir}" if EXP.data.dir else ""
 ONLY = [r.name for r in EXP.eval_only]
 RES = EXP.resources
 ANALYSIS = EXP.train_config(EXP.seeds[0]).analysis.every_n_steps > 0
-# One MLflow store per experiment unless the user points at a server (recommended on a cluster, DESIGN.md §8).
+# One MLflow store per experiment unless the user points at a server (recommended on a cluster, docs/recipe.md §R16).
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(ROOT).resolve()}/mlflow.db")
 
 wildcard_constraints:
@@ -73,15 +72,13 @@ rule prepare:
         f"{ROOT}/data/{{dataset}}.parquet",
     log:
         f"{ROOT}/logs/prepare/{{dataset}}.log",
-    params:
-        limit=lambda w: f"--limit {EXP.data.limits[w.dataset]}" if w.dataset in EXP.data.limits else "",
-        template=lambda w: f"--template {EXP.data.templates.get(w.dataset, EXP.data.template)}",
-        levels=",".join(map(str, EXP.data.synthetic_levels)),
     resources:
         mem_mb=4000, runtime=30
+    params:
+        sb=SB,
+        exp=CONFIG,
     shell:
-        "{SB} prepare --dataset {wildcards.dataset} --out {output} {params.limit} {params.template} "
-        "--levels {params.levels} {DATA_DIR} > {log} 2>&1"
+        "{params.sb} prepare --config {params.exp} --dataset {wildcards.dataset} > {log} 2>&1"
 
 
 rule warmstart:
@@ -94,8 +91,11 @@ rule warmstart:
     threads: 2
     resources:
         mem_mb=4000, runtime=60
+    params:
+        sb=SB,
+        exp=CONFIG,
     shell:
-        "{SB} warmstart --config {input} --out {ROOT}/warmstart > {log} 2>&1"
+        "{params.sb} warmstart --config {params.exp} > {log} 2>&1"
 
 
 rule train:
@@ -109,11 +109,12 @@ rule train:
         f"{ROOT}/logs/train/{{method}}-seed{{seed}}.log",
     threads: 1
     params:
+        exp=CONFIG,
         launcher=train_launcher,
     resources:
         gpu=RES.train_gpus, mem_mb=RES.train_mem_mb, runtime=RES.train_minutes
     shell:
-        "{params.launcher} train --config {CONFIG} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
+        "{params.launcher} train --config {params.exp} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
 
 
 rule eval_run:
@@ -127,8 +128,11 @@ rule eval_run:
     threads: 1
     resources:
         gpu=RES.eval_gpus, mem_mb=RES.eval_mem_mb, runtime=RES.eval_minutes
+    params:
+        sb=SB,
+        exp=CONFIG,
     shell:
-        "{SB} eval --config {CONFIG} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
+        "{params.sb} eval --config {params.exp} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
 
 
 rule eval_only:
@@ -144,8 +148,11 @@ rule eval_only:
     threads: 1
     resources:
         gpu=RES.eval_gpus, mem_mb=RES.eval_mem_mb, runtime=RES.eval_minutes
+    params:
+        sb=SB,
+        exp=CONFIG,
     shell:
-        "{SB} eval --config {CONFIG} --row {wildcards.row} > {log} 2>&1"
+        "{params.sb} eval --config {params.exp} --row {wildcards.row} > {log} 2>&1"
 
 
 rule tree:
@@ -158,8 +165,11 @@ rule tree:
     threads: 2
     resources:
         mem_mb=4000, runtime=30
+    params:
+        sb=SB,
+        exp=CONFIG,
     shell:
-        "{SB} tree --config {input} --out {ROOT}/tree > {log} 2>&1"
+        "{params.sb} tree --config {params.exp} > {log} 2>&1"
 
 
 rule analyze:
@@ -169,8 +179,11 @@ rule analyze:
         f"{ROOT}/analysis/analysis.md",
     log:
         f"{ROOT}/logs/analyze.log",
+    params:
+        sb=SB,
+        exp=CONFIG,
     shell:
-        "{SB} analyze --config {CONFIG} > {log} 2>&1"
+        "{params.sb} analyze --config {params.exp} > {log} 2>&1"
 
 
 rule report:
@@ -183,5 +196,8 @@ rule report:
         f"{ROOT}/report/report.md",
     log:
         f"{ROOT}/logs/report.log",
+    params:
+        sb=SB,
+        exp=CONFIG,
     shell:
-        "{SB} report --config {CONFIG} > {log} 2>&1"
+        "{params.sb} report --config {params.exp} > {log} 2>&1"

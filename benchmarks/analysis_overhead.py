@@ -46,12 +46,12 @@ from accelerate import Accelerator
 from steer_bench import cli
 from steer_bench.analysis import EntropyProbe
 from steer_bench.config import load_model
+from steer_bench.config.method import load_method
 from steer_bench.data.prepare import prepare_dataset
 from steer_bench.data.schema import load_prepared
 from steer_bench.experiment import load_experiment
-from steer_bench.config.method import load_method
-from steer_bench.rollout.model import load_policy, prompt_token_ids
 from steer_bench.rollout import SamplingParams, make_engine
+from steer_bench.rollout.model import load_policy, prompt_token_ids
 from steer_bench.train import forward, make_optimizer, policy_update, rollout_logprobs, train
 from steer_bench.train.warmstart import WarmstartConfig, warmstart
 

@@ -28,10 +28,10 @@ import torch
 
 import steer_bench.train
 from steer_bench.config import load_model, validate
-from steer_bench.data.prepare import prepare_dataset
-from steer_bench.files import read_jsonl
 from steer_bench.config.method import load_method
 from steer_bench.config.run import TrainConfig
+from steer_bench.data.prepare import prepare_dataset
+from steer_bench.files import read_jsonl
 from steer_bench.train import train
 from steer_bench.train.warmstart import WarmstartConfig, warmstart
 

@@ -1,7 +1,8 @@
 """`steer-bench <subcommand>`: one thin entry point per pipeline stage.
 
-Each subcommand lives in its own module, which defines ``configure(parser)`` and ``run(args) -> int``;
-modules are imported lazily so that ``steer-bench prepare`` never pays for importing vLLM or MLflow.
+Each subcommand is one module of :mod:`steer_bench.commands` (the grammar shared by all is in its docstring),
+defining ``configure(parser)`` and a thin ``run(args) -> int``; only the chosen one is imported, so that
+``steer-bench prepare`` never pays for importing vLLM or MLflow.
 """
 
 from __future__ import annotations
@@ -13,17 +14,22 @@ import sys
 
 from steer_bench.errors import SteerBenchError
 
-# subcommand -> (module, one-line help). The module provides configure(parser) and run(args).
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("steer_bench.data.prepare", "normalise datasets into one parquet per dataset"),
-    "warmstart": ("steer_bench.train.warmstart", "build tokenizer + tiny Qwen2 model and SFT it (CPU miniature)"),
-    "train": ("steer_bench.train", "RL training of one method and seed"),
-    "eval": ("steer_bench.commands.eval", "evaluate a trained run or any HF model on benchmarks"),
-    "report": ("steer_bench.report", "tables and figures from MLflow"),
-    "analyze": ("steer_bench.analysis", "entropy-dynamics analysis of runs"),
-    "tree": ("steer_bench.commands.tree", "the reasoning-tree testbed"),
-    "validate-config": ("steer_bench.experiment", "validate an experiment config and print the resolved jobs"),
+# subcommand -> one-line help; the module steer_bench.commands.<name> provides configure(parser) and run(args).
+SUBCOMMANDS: dict[str, str] = {
+    "prepare": "normalise datasets into one parquet per dataset",
+    "warmstart": "build tokenizer + tiny Qwen2 model and SFT it (CPU miniature)",
+    "train": "RL training of one method and seed",
+    "eval": "evaluate a trained run or any HF model on benchmarks",
+    "report": "tables and figures from MLflow",
+    "analyze": "entropy-dynamics analysis of runs",
+    "tree": "the reasoning-tree testbed",
+    "validate-config": "validate an experiment config and print the resolved jobs",
+    "methods": "list the methods, or print the metric table (--metrics)",
 }
+
+
+def _module(name: str) -> str:
+    return f"steer_bench.commands.{name.replace('-', '_')}"
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -32,10 +38,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Only import the module of the chosen subcommand (others get a placeholder parser for --help).
     chosen = next((a for a in argv if a in SUBCOMMANDS), None)
-    for name, (module, help_text) in SUBCOMMANDS.items():
+    for name, help_text in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
-            importlib.import_module(module).configure(p)
+            importlib.import_module(_module(name)).configure(p)
     return parser
 
 
@@ -46,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    module = importlib.import_module(_module(args.command))
     try:
         return int(module.run(args) or 0)
     except SteerBenchError as e:

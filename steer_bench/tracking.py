@@ -4,7 +4,7 @@ Files are the artefacts, MLflow is the window: every job writes its numbers to p
 mirrors them here. A :class:`Tracker` wraps one MLflow run through ``MlflowClient`` (no global
 "active run" state, so a training run and an evaluation can log side by side) and can re-attach to a
 run by id after a restart. The tracking URI always comes from ``MLFLOW_TRACKING_URI`` or an explicit
-sqlite file: MLflow 3's implicit default depends on the working directory (DESIGN.md §7).
+sqlite file: MLflow 3's implicit default depends on the working directory (docs/recipe.md §R15).
 """
 
 from __future__ import annotations

@@ -17,17 +17,18 @@ import yaml
 from tiny import chat_prompt_ids, load_tiny, tiny_model_dir
 
 from steer_bench import cli
-from steer_bench.algos import policy_loss, steer_weights
+from steer_bench.algos.interventions.steer import steer_weights
 from steer_bench.analysis import EntropyProbe
 from steer_bench.analysis.analyze import COLUMNS, analyze
 from steer_bench.analysis.stats import agreement, estimator_table, prediction, quadrant_stats, step_metrics
 from steer_bench.config import deep_merge, read_yaml, validate
-from steer_bench.errors import SteerBenchError
 from steer_bench.config.method import load_method
+from steer_bench.config.run import TrainConfig
+from steer_bench.errors import SteerBenchError
 from steer_bench.report import document
 from steer_bench.rollout import RolloutBatch, score_responses
-from steer_bench.config.run import TrainConfig
 from steer_bench.train import forward
+from tests.algos.calls import policy_loss
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -189,7 +190,15 @@ def test_probe_across_a_real_step(probe_inputs, tiny_dir: Path, tmp_path: Path) 
     expected = np.where(t["adv"] > 0, np.where(high, "pos_high", "pos_low"), np.where(high, "neg_high", "neg_low"))
     assert (t["quadrant"] == expected).all()
     # STEER's λ as the loss applies it: per micro-batch of 2 rows, the method's λ_min.
-    lam = torch.cat([steer_weights(adv[m], old_logp[m], old_logp[m], old_ent[m], batch.response_mask[m])
+    release = {
+        "weight_min": 0.8,
+        "weight_max": 1.0,
+        "mapping": "exp",
+        "omega_floor": 0.02,
+        "k_norm": "max",
+        "form": "paper",
+    }  # configs/methods/steer.yaml
+    lam = torch.cat([steer_weights(adv[m], old_logp[m], old_logp[m], old_ent[m], batch.response_mask[m], **release)
                      for m in rows.split(2)])  # fmt: skip
     assert t["lam"].to_numpy() == pytest.approx(lam[r, p].numpy(), abs=1e-6)
     assert (t["lam"] >= 0.8 - 1e-6).all()

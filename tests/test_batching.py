@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from steer_bench.algos import policy_loss
+from steer_bench.rollout.batch import PaddedRollout
 from steer_bench.train.batching import (
     balanced_partitions,
     loss_factor,
@@ -22,7 +22,7 @@ from steer_bench.train.batching import (
     order_for_update,
     release_order,
 )
-from steer_bench.rollout.batch import PaddedRollout
+from tests.algos.calls import policy_loss
 
 CLIP = {"clip_low": 0.2, "clip_high": 0.28, "clip_c": 10.0, "agg": "token-mean", "entropy_coef": 0.0}
 

@@ -91,8 +91,8 @@ def test_fsdp2_sharding_needs_the_vllm_engine_and_float32(model_dir: Path, tmp_p
 
 
 def test_a_launch_the_engine_cannot_serve_fails_before_the_model_is_prepared(model_dir: Path, tmp_path: Path) -> None:
-    from steer_bench.experiment import load_experiment
     from steer_bench.config.method import load_method
+    from steer_bench.experiment import load_experiment
     from steer_bench.train import check_run
 
     cfg = load_experiment(_experiment(tmp_path, model_dir)).train_config(0, ["rollout.vllm.tensor_parallel_size=2"])
@@ -222,7 +222,7 @@ def test_two_ranks_train_with_vllm_then_a_killed_run_resumes_exactly(model_dir: 
     # The killed run shards with FSDP2 (fully_shard over the 2 ranks; the reference is data parallel), so its
     # checkpoints hold each rank's own optimizer shard. Kill the whole launch (launcher and both ranks) once step 3
     # is logged: the step-2 checkpoint exists.
-    fsdp2 = ("--set", "shard=fsdp2")
+    fsdp2 = ("--set", "train.shard=fsdp2")
     log = (tmp_path / "killed.log").open("w")
     run = subprocess.Popen(launch(config, killed, *fsdp2), env=_env(), stdout=log, stderr=log, start_new_session=True)
     deadline = time.time() + 300

@@ -21,15 +21,15 @@ from steer_bench.data import load_prepared
 from steer_bench.data.prepare import prepare_dataset
 from steer_bench.errors import SteerBenchError
 from steer_bench.evaluation.engines import open_engine
-from steer_bench.experiment.jobs import standalone_job, trained_run_job
 from steer_bench.evaluation.protocol import Protocol, benchmark_seed, load_protocol, pass_ks
 from steer_bench.evaluation.runner import EvalJob, evaluate, render_prompts
 from steer_bench.evaluation.schema import EvalSection
 from steer_bench.experiment import load_experiment
+from steer_bench.experiment.jobs import standalone_job, trained_run_job
 from steer_bench.files import read_json, read_jsonl, write_json
-from steer_bench.rollout.model import render_prompt
 from steer_bench.report import collect
 from steer_bench.rollout import RolloutBatch, SamplingParams
+from steer_bench.rollout.model import render_prompt
 from steer_bench.tracking import Tracker, metric_history, search_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -416,7 +416,7 @@ def test_checkpoint_selection(tmp_path: Path, tiny: Path) -> None:
 
 def test_standalone_cli_prepares_from_the_registry(tmp_path: Path, tiny: Path) -> None:
     args = ["eval", "--model", str(tiny), "--benchmarks", "synth_test", "--limit", "4", "--engine", "hf",
-            "--protocol", "greedy", "--protocol-set", "max_new_tokens=24", "--out", str(tmp_path),
+            "--protocol", "greedy", "--set", "protocol.max_new_tokens=24", "--out", str(tmp_path),
             "--no-track"]  # fmt: skip
     assert main(args) == 0
     assert len(load_prepared(tmp_path / "data" / "synth_test.parquet")) == 4

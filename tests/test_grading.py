@@ -10,21 +10,12 @@ import time
 
 import pytest
 
+from steer_bench.errors import SteerBenchError
+from steer_bench.grading import Grader, Verdict, grade_one, strict_match, summarize_verdicts
 from steer_bench.grading import pool as grading_pool
 from steer_bench.grading import verdict as grading_verdict
-from steer_bench.errors import SteerBenchError
-from steer_bench.grading import (
-    Grader,
-    Verdict,
-    combine,
-    extract_strict,
-    grade_one,
-    last_boxed,
-    normalize_answer,
-    strict_match,
-    summarize_verdicts,
-    wrap_gold,
-)
+from steer_bench.grading.release import last_boxed
+from steer_bench.grading.verdict import combine, extract_strict, normalize_answer, wrap_gold
 
 # A power tower and deep nesting: sympy grinds on these for far longer than the timeout.
 PATHOLOGICAL = ["\\boxed{9^{9^{9^{9}}}}", "\\boxed{" + "(" * 300 + "1" + ")" * 300 + "}"]

@@ -11,9 +11,9 @@ import yaml
 from trainrun import experiment_yaml
 
 from steer_bench.cli import main
+from steer_bench.config.method import load_method
 from steer_bench.experiment import load_experiment
 from steer_bench.files import read_json, read_jsonl
-from steer_bench.config.method import load_method
 from steer_bench.report import build_report
 from steer_bench.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, PARENT_RUN_TAG, _client, search_runs
 from steer_bench.train import train

@@ -114,7 +114,7 @@ def test_sync_changes_what_the_engine_generates(engine, model_tok, perturbed, pr
 
 
 def test_disk_sync_path(engine, model_tok, perturbed, prompts) -> None:
-    # save_pretrained + reload_weights(weights_path) (DESIGN.md §7): the path for multi-process engines.
+    # save_pretrained + reload_weights(weights_path) (docs/recipe.md §R15): the path for multi-process engines.
     model, tok = model_tok
     mode = engine.sync_mode
     engine.sync_mode = "disk"

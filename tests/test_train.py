@@ -16,9 +16,9 @@ import pytest
 from trainrun import deterministic, experiment_yaml, make_cfg
 from transformers import AutoModelForCausalLM
 
+from steer_bench.config.method import list_methods, load_method
 from steer_bench.errors import SteerBenchError
 from steer_bench.files import read_json, read_jsonl
-from steer_bench.config.method import list_methods, load_method
 from steer_bench.tracking import metric_history, search_runs
 from steer_bench.train import prompt_order, train
 
@@ -130,7 +130,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(model_dir: Path, data: dic
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sets", [[], ["--set", "batch_order=release", "--set", "loss_scale=release"]],
+@pytest.mark.parametrize("sets", [[], ["--set", "train.batch_order=release", "--set", "train.loss_scale=release"]],
                          ids=["grouped", "release"])  # fmt: skip
 def test_two_cpu_ranks_keep_parameters_identical(
     sets: list[str], model_dir: Path, data: dict[str, Path], tmp_path: Path

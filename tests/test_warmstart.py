@@ -193,7 +193,7 @@ def test_config_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixtur
         warmstart(no_eval, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     # The CLI prints the error without a traceback and exits 2.
-    rc = main(["warmstart", "--config", str(SMOKE_CONFIG), "--out", str(tmp_path / "o"), "--set", "model.hidden=3"])
+    rc = main(["warmstart", "--recipe", str(SMOKE_CONFIG), "--out", str(tmp_path / "o"), "--set", "model.hidden=3"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "unknown key 'model.hidden'" in err

@@ -11,7 +11,7 @@ override it) and results go to ``results/<exp>/eval/<row>[/seed<k>]/``; summarie
 there are re-evaluated (standalone, that is an error unless ``--force``). Standalone, the benchmarks are
 prepared from the registry into ``DIR/data/`` (``--data-dir``: the release's parquet files; ``--limit N``: a
 seeded subset) unless given as ``name=prepared.parquet``. The protocol (``--protocol`` name or YAML,
-``--protocol-set key=value``) is described in :mod:`steer_bench.evaluation.protocol`; the files written and
+``--set protocol.<key>=value``) is described in :mod:`steer_bench.evaluation.protocol`; the files written and
 the MLflow run in :mod:`steer_bench.evaluation.runner`.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from steer_bench.commands import add_experiment
 from steer_bench.errors import SteerBenchError
 
 # Standalone options (flag, default, help): defaulted in _standalone, so that --config can reject them.
@@ -39,11 +40,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from steer_bench.data.registry import PAPER_BENCHMARKS
 
     exp = parser.add_argument_group("from an experiment config")
-    exp.add_argument("--config", help="experiment YAML")
+    add_experiment(exp, required=False)
     exp.add_argument("--method", help="method of the trained run to evaluate (with --seed)")
     exp.add_argument("--seed", type=int, help="seed of the trained run to evaluate")
     exp.add_argument("--row", help="eval-only row of the experiment (standalone: the row label, default from --model)")
-    exp.add_argument("--set", dest="overrides", action="append", default=[], help="experiment override key=value")
     alone = parser.add_argument_group("standalone")
     alone.add_argument("--model", help="HF model folder or Hub id")
     paper = " ".join(PAPER_BENCHMARKS)
@@ -54,7 +54,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for flag, default, text in STANDALONE:
         alone.add_argument(flag, type=type(default), help=f"{text} (default: {default})")
     both = parser.add_argument_group("either way")
-    both.add_argument("--protocol-set", action="append", default=[], help="protocol override key=value")
     both.add_argument("--force", action="store_true", help="re-evaluate benchmarks that are already done")
     both.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     both.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite in results)")
@@ -77,15 +76,16 @@ def run(args: argparse.Namespace) -> int:
 
 def _from_config(args: argparse.Namespace):
     from steer_bench.evaluation.protocol import load_protocol
-    from steer_bench.experiment import load_experiment
+    from steer_bench.experiment import load_experiment, split_overrides
     from steer_bench.experiment.jobs import eval_only_job, trained_run_job
 
     flags = [f for f, _, _ in STANDALONE] + ["--model", "--out", "--benchmarks", "--data-dir", "--limit"]
     given = [f for f in flags if getattr(args, _dest(f)) is not None]
     if given:
         raise SteerBenchError(f"eval: {given} are standalone options; with --config use --set eval.<key>=value")
-    exp = load_experiment(args.config, args.overrides)
-    protocol = load_protocol(exp.eval.protocol, args.protocol_set)
+    own, nested = split_overrides(args.overrides)
+    exp = load_experiment(args.config, own)
+    protocol = load_protocol(exp.eval.protocol, nested["protocol"])
     if args.row and args.method is None and args.seed is None:
         job = eval_only_job(exp, args.row)
     elif args.method and args.seed is not None and not args.row:
@@ -104,8 +104,13 @@ def _standalone(args: argparse.Namespace):
 
     if not args.model or not args.out:
         raise SteerBenchError("eval needs --config (with --method/--seed or --row), or --model and --out")
-    if args.method or args.seed is not None or args.overrides:
-        raise SteerBenchError("eval: --method/--seed/--set need --config")
+    if args.method or args.seed is not None:
+        raise SteerBenchError("eval: --method/--seed need --config")
+    from steer_bench.experiment import split_overrides
+
+    own, nested = split_overrides(args.overrides)
+    if own:
+        raise SteerBenchError(f"eval without --config: --set takes only protocol.<key>=value, got {own}")
     for flag, default, _ in STANDALONE:
         if getattr(args, _dest(flag)) is None:
             setattr(args, _dest(flag), default)
@@ -114,7 +119,7 @@ def _standalone(args: argparse.Namespace):
         "dtype": args.dtype, "batch_size": args.batch_size,
         "vllm": {"tensor_parallel_size": args.tensor_parallel_size, "gpu_memory_utilization": 0.9},
     }, source="eval arguments")  # fmt: skip
-    protocol = load_protocol(args.protocol, args.protocol_set)  # before any data is prepared
+    protocol = load_protocol(args.protocol, nested["protocol"])  # before any data is prepared
     job = standalone_job(
         args.model, args.benchmarks or list(PAPER_BENCHMARKS), args.out, experiment=args.experiment, row=args.row,
         data_dir=args.data_dir, limit=args.limit, workers=args.workers,

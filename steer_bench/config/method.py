@@ -14,9 +14,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from steer_bench.algos import Method, make_method
+from steer_bench.algos import ADVANTAGES, Method, intervention_class, make_method
+from steer_bench.algos.registry import lookup
 from steer_bench.config.base import StrictModel, load_model
 from steer_bench.errors import SteerBenchError
 
@@ -26,6 +27,12 @@ CONFIGS_DIR = Path(__file__).parents[2] / "configs"
 class AdvantageConfig(StrictModel):
     estimator: str  # steer_bench.algos.advantages (grpo, rloo, opo, w_reinforce, entropy_adv)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("estimator")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        lookup("advantage estimator", ADVANTAGES, v)
+        return v
 
 
 class SurrogateConfig(StrictModel):
@@ -44,6 +51,12 @@ class LossConfig(StrictModel):
     surrogate: SurrogateConfig = Field(default_factory=SurrogateConfig)  # the surrogate L the intervention reshapes
     rollout_correction: dict[str, Any] | None = None  # steer_bench.algos.rollout_correction fields; None: off
     adaptive_entropy: dict[str, Any] | None = None  # steer_bench.algos.entropy_control fields; None: fixed β
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        intervention_class(v)
+        return v
 
 
 class MethodConfig(StrictModel):

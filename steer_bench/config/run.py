@@ -1,4 +1,4 @@
-"""The typed config of one RL training run (DESIGN.md §5's recipe, every knob validated).
+"""The typed config of one RL training run (the recipe: docs/recipe.md; every knob validated).
 
 A run = this :class:`TrainConfig` + a method preset (:mod:`steer_bench.config.method`) + a seed. Defaults here
 are the CPU-miniature-friendly ones; the paper recipe lives in ``configs/paper/*.yaml`` with its sources.

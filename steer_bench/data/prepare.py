@@ -12,7 +12,6 @@ which drops them and counts them in the stats.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import os
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steer_bench.data.registry import REGISTRY, SHARED_DATA_ENV, DatasetSpec, HubSource, get_spec
+from steer_bench.data.registry import SHARED_DATA_ENV, DatasetSpec, HubSource, get_spec
 from steer_bench.data.schema import check_frame, is_messages
 from steer_bench.data.synthetic import make_synthetic
 from steer_bench.data.templates import FORMATS, TEMPLATES, render, split_instruction
@@ -314,29 +313,3 @@ def prepare_dataset(
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help=f"registry name: {', '.join(REGISTRY)}")
-    parser.add_argument("--out", required=True, type=Path, help="output parquet path")
-    parser.add_argument("--data-dir", type=Path, help=f"local release parquet folder (default: ${SHARED_DATA_ENV})")
-    parser.add_argument("--template", choices=TEMPLATES, help="prompt template (default: the registry's)")
-    parser.add_argument("--limit", type=int, help="keep a seeded random subset of N problems (synthetic: generate N)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--on-bad-row", choices=BAD_ROW_POLICIES, default="error", help="error (default) or skip")
-    parser.add_argument("--no-gold-check", action="store_true", help="skip grading every gold against itself")
-    parser.add_argument("--workers", type=int, default=2, help="grading processes for the gold check")
-    parser.add_argument("--levels", default=",".join(map(str, DEFAULT_SYNTH_LEVELS)), help="synthetic levels")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        levels = [int(x) for x in args.levels.split(",") if x.strip()]
-    except ValueError:
-        raise SteerBenchError(f"--levels must be comma-separated integers, got {args.levels!r}") from None
-    stats = prepare_dataset(
-        args.dataset, args.out, data_dir=args.data_dir, template=args.template, limit=args.limit, seed=args.seed,
-        on_bad_row=args.on_bad_row, check_golds=not args.no_gold_check, workers=args.workers, levels=levels,
-    )  # fmt: skip
-    print(f"{args.dataset}: wrote {stats['written']} problems to {args.out}; skipped {stats['skipped'] or 'none'}")
-    return 0

@@ -1,6 +1,6 @@
 """The dataset registry: name -> where the data comes from, how to read it, which prompt it uses.
 
-Each dataset is readable from a local directory of verl-format parquet files (the STEER release, DESIGN.md §4)
+Each dataset is readable from a local directory of verl-format parquet files (the STEER release, docs/recipe.md §R2)
 or from the Hugging Face Hub. The local directory wins when one is given (``--data-dir`` or the env var
 ``STEER_BENCH_SHARED_DATA``).
 

@@ -1,7 +1,7 @@
 """A seeded synthetic arithmetic task for the CPU miniature, in the normalised schema.
 
 Problems are integer expressions over ``+ - *`` (``14*2-9``); the response is a worked solution that performs
-one binary operation per step and ends in ``\\boxed{}`` (``14*2=28,28-9=19;\\boxed{19}``, DESIGN.md §10).
+one binary operation per step and ends in ``\\boxed{}`` (``14*2=28,28-9=19;\\boxed{19}``, docs/recipe.md §R14).
 
 Design:
 

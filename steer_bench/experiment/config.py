@@ -16,16 +16,18 @@ broken config fails before any job starts, with a message naming the key.
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
-from steer_bench.config import StrictModel, apply_overrides, deep_merge, dump_yaml, read_yaml, validate
+from steer_bench.config import StrictModel, apply_overrides, deep_merge, read_yaml, validate
 from steer_bench.config.run import TrainConfig
 from steer_bench.errors import SteerBenchError
+
+if TYPE_CHECKING:
+    from steer_bench.config.method import MethodConfig
 from steer_bench.evaluation.schema import EvalSection
 
 
@@ -140,6 +142,12 @@ class ExperimentConfig(StrictModel):
         return list(dict.fromkeys(names))
 
     # ---- per-run configs ------------------------------------------------------------------------------
+    def method(self, name: str, overrides: list[str] | None = None) -> MethodConfig:
+        """The preset ``name`` with this experiment's ``method_overrides`` for it, then ``overrides``."""
+        from steer_bench.config.method import load_method
+
+        return load_method(name, [*self.method_overrides.get(name, []), *(overrides or [])])
+
     def train_config(self, seed: int, overrides: list[str] | None = None) -> TrainConfig:
         base: dict[str, Any] = {
             "experiment": self.name,
@@ -152,6 +160,24 @@ class ExperimentConfig(StrictModel):
             base["validation"] = {"data": str(self.data_path(self.data.validation))}
         merged = apply_overrides(deep_merge(base, self.train), overrides)
         return validate(TrainConfig, merged, source=f"experiment {self.name!r}, section 'train'")
+
+
+# Configs the experiment names by file: ``--set <name>.<key>=value`` reaches into them (the method preset of the
+# run, the warm-start recipe, the tree study, the evaluation protocol); every other path is into the experiment.
+NESTED = ("method", "warmstart", "tree", "protocol")
+
+
+def split_overrides(overrides: list[str] | None) -> tuple[list[str], dict[str, list[str]]]:
+    """(experiment overrides, {nested config: its overrides}) from ``--set`` values (see :data:`NESTED`)."""
+    own: list[str] = []
+    nested: dict[str, list[str]] = {name: [] for name in NESTED}
+    for text in overrides or []:
+        head, dot, rest = text.partition(".")
+        if dot and head in nested and "=" in rest and "=" not in head:
+            nested[head].append(rest)
+        else:
+            own.append(text)
+    return own, nested
 
 
 def read_with_extends(path: str | os.PathLike[str], _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -196,17 +222,3 @@ def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = 
         if ref and not Path(ref).is_file():
             raise SteerBenchError(f"{path}: config file {ref!r} not found")
     return exp
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML (e.g. configs/default.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key.sub=value override")
-
-
-def run(args: argparse.Namespace) -> int:
-    exp = load_experiment(args.config, args.overrides)
-    print(dump_yaml(exp))
-    for m in exp.methods:
-        for s in exp.seeds:
-            print(f"run: {exp.run_dir(m, s)}")
-    return 0

@@ -7,7 +7,6 @@ same report from the run files instead (runs made with tracking off); a test che
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,30 +55,3 @@ def build_report(exp: ExperimentConfig, out_dir: str | Path | None = None, *, ur
     if uri:  # the tables and figures in the MLflow UI too (a kind=report run)
         tracking.log_report(exp.name, out, uri=uri)
     return Report(out, results, table, drawn)
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML (e.g. configs/default.yaml)")
-    parser.add_argument("--out", help="output folder (default: results/<experiment>/report)")
-    parser.add_argument(
-        "--source", choices=["mlflow", "files"], default="mlflow",
-        help="read the numbers from MLflow (default) or from the run files (summary.json, metrics.jsonl)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--tracking-uri",
-        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite results/<experiment>/mlflow.db)",
-    )
-    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the experiment config")
-
-
-def run(args: argparse.Namespace) -> int:
-    from steer_bench.experiment import load_experiment
-    from steer_bench.tracking import resolve_uri
-
-    exp = load_experiment(args.config, args.overrides)
-    uri = None
-    if args.source == "mlflow":
-        uri = args.tracking_uri or resolve_uri(exp.tracking_db())
-    report = build_report(exp, args.out, uri=uri)
-    print(f"wrote {report.out_dir / 'report.md'}")
-    return 0

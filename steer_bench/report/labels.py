@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 
-# The paper's column order (DESIGN.md §6); benchmarks it does not have follow in the config's order.
+# The paper's column order (docs/recipe.md §R13); benchmarks it does not have follow in the config's order.
 BENCHMARKS: dict[str, str] = {
     "aime24": "AIME24",
     "aime25": "AIME25",

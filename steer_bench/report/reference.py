@@ -1,4 +1,4 @@
-"""The STEER paper's published accuracies (%), transcribed from DESIGN.md §6, keyed by table id and row name.
+"""The STEER paper's published accuracies (%), transcribed in docs/recipe.md §R13, keyed by table id and row name.
 
 Rows use our display names (``labels.method_label``): the paper's "Entro.Adv" is "Entropy-Aware Adv.", its
 "Entro.Loss" is "Entropy Loss". Each row lists AIME24/AIME25/AMC23/MATH500/Minerva/OlympiadBench/Avg as the
@@ -11,7 +11,7 @@ from steer_bench.errors import SteerBenchError
 
 COLUMNS = ("aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench", "avg")
 
-# Rows of Table 3 that the paper lists without numbers we could retrieve (DESIGN.md §6).
+# Rows of Table 3 that the paper lists without numbers we could retrieve (docs/recipe.md §R13).
 _UNKNOWN_7B = ("SimpleRL-Zoo", "Eurus-PRIME", "Clip-Higher", "Entropy Loss", "Fork Tokens", "W-REINFORCE")
 
 _TABLES: dict[str, dict[str, str | None]] = {

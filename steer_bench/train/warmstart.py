@@ -5,7 +5,7 @@ Steps, each a function below:
 1. :func:`train_tokenizer` — byte-level BPE on the training problems, solutions and role names, with exactly
    the normalizer and pre-tokenizer that transformers 5 rebuilds for any ``qwen2`` checkpoint (NFC, the Qwen2
    split regex with single digits, ByteLevel without its own regex): any other pipeline changes the ids after a
-   reload (DESIGN.md §7); :func:`check_reload` asserts they survive. The full byte alphabet is kept, so every
+   reload (docs/recipe.md §R15); :func:`check_reload` asserts they survive. The full byte alphabet is kept, so every
    string encodes (nothing is silently dropped). Special tokens: ``<|endoftext|>`` (pad, bos), ``<|im_start|>``,
    ``<|im_end|>`` (eos); ChatML template.
 2. :func:`build_model` — a Qwen2ForCausalLM with tied embeddings (≈1M parameters by default).
@@ -22,7 +22,6 @@ holds ``warmstart.json`` (metrics), ``warmstart.yaml`` (resolved config) and ``e
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
@@ -37,7 +36,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX  # what Qwen2Tokenizer rebuilds
 
-from steer_bench.config import StrictModel, dump_yaml, load_model
+from steer_bench.config import StrictModel, dump_yaml
 from steer_bench.data.synthetic import LEVELS, make_synthetic
 from steer_bench.errors import SteerBenchError
 from steer_bench.files import atomic_dir, write_json, write_jsonl, write_text
@@ -140,7 +139,7 @@ def train_tokenizer(texts: list[str], *, vocab_size: int) -> PreTrainedTokenizer
         eos_token=EOS,
         pad_token=PAD,
         chat_template=CHAT_TEMPLATE,
-        padding_side="left",  # a constructor argument is saved; an attribute set later is not (DESIGN.md §7)
+        padding_side="left",  # a constructor argument is saved; an attribute set later is not (docs/recipe.md §R15)
     )
 
 
@@ -360,23 +359,3 @@ def warmstart(cfg: WarmstartConfig, out_dir: str | Path) -> dict[str, Any]:
         write_jsonl(tmp / "eval_samples.jsonl", rows)
     log.info("warmstart: %s", {k: metrics[k] for k in ("params", "sft_steps", "sft_loss", "test")})
     return metrics
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="warm-start YAML (configs/warmstart/*.yaml)")
-    parser.add_argument("--out", required=True, help="output model folder (replaced atomically)")
-    parser.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
-
-
-def run(args: argparse.Namespace) -> int:
-    overrides = list(args.set) + ([f"seed={args.seed}"] if args.seed is not None else [])
-    cfg = load_model(WarmstartConfig, args.config, overrides)
-    metrics = warmstart(cfg, args.out)
-    test = metrics["test"]
-    print(
-        f"warmstart: {metrics['params']:,} params, {metrics['sft_steps']} SFT steps, test accuracy (T=1) "
-        f"{test['accuracy']:.3f}, response entropy {test['response_entropy']:.3f} nats/token, "
-        f"{metrics['wall_time_s']['total']:.0f} s -> {args.out}"
-    )
-    return 0

@@ -3,9 +3,9 @@
 The loop follows the objective library's trainer contract (``steer_bench.algos`` module docstring) with
 the tabular policy as the model; every method is a preset of ``configs/methods/`` run through the
 library's resolved ``Method`` (advantages, mini-batch statistics, loss): nothing method-specific lives
-here. A mini-batch is one call (no micro-batching), so the library's per-call statistics are per mini-batch (STEER ``micro`` and
-``mini`` scopes coincide). The optimiser is plain SGD on the logit table without gradient clipping: the
-exact setting of the first-order entropy analysis.
+here. A mini-batch is one call (no micro-batching), so the library's per-call statistics are per
+mini-batch (STEER ``micro`` and ``mini`` scopes coincide). The optimiser is plain SGD on the logit table
+without gradient clipping: the exact setting of the first-order entropy analysis.
 """
 
 from __future__ import annotations

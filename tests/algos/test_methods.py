@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from steer_bench.algos import ADVANTAGES, POLICY_LOSSES
-from steer_bench.errors import SteerBenchError
+from steer_bench.algos import ADVANTAGES, INTERVENTIONS, discover
 from steer_bench.config.method import CONFIGS_DIR, MethodConfig, list_methods, load_method
+from steer_bench.errors import SteerBenchError
 
 PRESETS = {
     "grpo",
@@ -45,7 +45,9 @@ def test_every_preset_exists_and_loads() -> None:
         assert m.name in PRESETS
     assert {m.name for m in methods} == PRESETS  # each file's name matches its stem
     assert {m.advantage.estimator for m in methods} == set(ADVANTAGES)
-    assert {m.loss.name for m in methods} == set(POLICY_LOSSES)
+    discover()
+    builtin = {n for n, c in INTERVENTIONS.items() if c.__module__.startswith("steer_bench.algos.interventions.")}
+    assert {m.loss.name for m in methods} >= builtin
 
 
 def test_our_ablations_are_labelled_as_such() -> None:
@@ -92,30 +94,25 @@ def test_what_the_trainer_must_provide() -> None:
     grpo, steer, fork, ent_loss, ent_adv, wr = (
         load_method(n) for n in ("grpo", "steer", "fork_tokens", "entropy_loss", "entropy_adv", "w_reinforce")
     )
-    assert grpo.needs_groups
-    assert not wr.needs_groups
-    assert not grpo.needs_entropy
-    assert not grpo.needs_old_entropy
-    assert not grpo.needs_mini_stats
-    assert steer.needs_old_entropy
-    assert not steer.needs_entropy_grad
-    assert not steer.needs_mini_stats
-    assert load_method("steer", ["loss.params.scope=mini"]).needs_mini_stats
-    assert fork.needs_entropy
-    assert not fork.needs_entropy_grad
-    assert fork.needs_mini_stats
-    assert ent_loss.needs_entropy
-    assert ent_loss.needs_entropy_grad
-    assert ent_adv.needs_old_entropy
-    assert not ent_adv.needs_entropy
-    assert grpo.loss_params() == {
-        "clip_low": 0.2,
-        "clip_high": 0.2,
-        "clip_c": 10.0,
-        "agg": "token-mean",
-        "entropy_coef": 0.0,
-    }
-    assert grpo.advantage_params() == {"norm_by_std": True, "eps": 1e-6}
+    assert grpo.resolve().needs.groups
+    assert not wr.resolve().needs.groups
+    assert not grpo.resolve().needs.entropy
+    assert not grpo.resolve().needs.old_entropy
+    assert not grpo.resolve().needs.mini_batch_stats
+    assert steer.resolve().needs.old_entropy
+    assert not steer.resolve().needs.entropy_grad
+    assert not steer.resolve().needs.mini_batch_stats
+    assert load_method("steer", ["loss.params.scope=mini"]).resolve().needs.mini_batch_stats
+    assert fork.resolve().needs.entropy
+    assert not fork.resolve().needs.entropy_grad
+    assert fork.resolve().needs.mini_batch_stats
+    assert ent_loss.resolve().needs.entropy
+    assert ent_loss.resolve().needs.entropy_grad
+    assert ent_adv.resolve().needs.old_entropy
+    assert not ent_adv.resolve().needs.entropy
+    m = grpo.resolve()
+    assert (m.clip_low, m.clip_high, m.clip_c, m.agg, m.entropy_coef) == (0.2, 0.2, 10.0, "token-mean", 0.0)
+    assert (m.estimator, dict(m.estimator_params)) == ("grpo", {"norm_by_std": True, "eps": 1e-6})
 
 
 def test_overrides_and_paths(tmp_path: Path) -> None:

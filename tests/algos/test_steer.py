@@ -9,7 +9,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from steer_bench.algos import mini_batch_stats, omega, policy_loss, quadrant, steer_weights
+from steer_bench.algos import omega, quadrant
+from steer_bench.algos.interventions.steer import steer_weights
+from tests.algos.calls import mini_batch_stats, policy_loss
 
 MakeBatch = Callable[..., dict[str, torch.Tensor]]  # the make_batch fixture (conftest.py)
 
@@ -22,6 +24,7 @@ STEER = {
     "k_norm": "max",
     "form": "paper",
 }
+RELEASE = {k: v for k, v in STEER.items() if k != "scope"}  # steer_weights: the release's λ settings
 CLIP = {"clip_low": 0.2, "clip_high": 0.28, "clip_c": 10.0, "agg": "token-mean", "entropy_coef": 0.0}
 
 
@@ -63,7 +66,7 @@ LENGTHS = [7, 2, 5, 7, 1, 6, 3, 7]
 
 
 def naive_steer_loss(x: dict[str, torch.Tensor], lam_min: float, clip: dict[str, float]) -> tuple[float, list]:
-    """Token by token, from DESIGN.md §3 with python floats: Ω, k, λ, the dual-clip surrogate, token-mean."""
+    """Token by token, from docs/methods.md §M14 with python floats: Ω, k, λ, the dual-clip surrogate, token-mean."""
     b, t = x["mask"].shape
     valid = [(i, j) for i in range(b) for j in range(t) if x["mask"][i, j] > 0]
     omegas = {}
@@ -91,7 +94,7 @@ def test_vectorised_steer_matches_a_per_token_loop(make_batch: MakeBatch) -> Non
     )
     expected, lams = naive_steer_loss(x, 0.8, CLIP)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
-    lam = steer_weights(x["adv"], x["old"], x["logp"], x["old_entropy"], x["mask"])
+    lam = steer_weights(x["adv"], x["old"], x["logp"], x["old_entropy"], x["mask"], **RELEASE)
     assert lam[x["mask"].bool()].tolist() == pytest.approx(lams, rel=1e-5)
     assert float(metrics["steer/lambda_min"]) == pytest.approx(min(lams), rel=1e-6)
     assert float(metrics["steer/lambda_mean"]) == pytest.approx(sum(lams) / len(lams), rel=1e-6)
@@ -102,7 +105,9 @@ def test_exp_lambda_range_and_the_largest_omega_at_lambda_min(make_batch: MakeBa
     abs_om = omega(x["adv"], x["old"], x["logp"], x["old_entropy"], form="paper").abs()
     assert abs_om[x["mask"].bool()].max() >= 0.02  # the floor is not active here
     for lam_min in (0.5, 0.8):
-        lam = steer_weights(x["adv"], x["old"], x["logp"], x["old_entropy"], x["mask"], weight_min=lam_min)
+        lam = steer_weights(
+            x["adv"], x["old"], x["logp"], x["old_entropy"], x["mask"], **RELEASE | {"weight_min": lam_min}
+        )
         valid = lam[x["mask"].bool()]
         assert valid.min() >= lam_min - 1e-6
         assert valid.max() <= 1.0
@@ -115,7 +120,7 @@ def test_floor_keeps_small_omegas_near_one(make_batch: MakeBatch) -> None:
     x = make_batch(2, LENGTHS, 7, noise=0.2)
     x["adv"] = x["adv"] * 1e-6  # max|Ω| far below the 0.02 floor
     abs_om = omega(x["adv"], x["old"], x["logp"], x["old_entropy"], form="paper").abs()
-    lam = steer_weights(x["adv"], x["old"], x["logp"], x["old_entropy"], x["mask"])
+    lam = steer_weights(x["adv"], x["old"], x["logp"], x["old_entropy"], x["mask"], **RELEASE)
     k = -math.log(0.8) / 0.02
     assert torch.allclose(lam, torch.exp(-k * abs_om) * x["mask"])
     assert lam[x["mask"].bool()].min() > 0.99
@@ -132,7 +137,12 @@ def test_linear_map_by_hand() -> None:
     target = torch.tensor([[0.0, 0.1, 0.2, 0.4]], dtype=torch.float64)
     ent = target / (1 - p) - p.log()
     lam = steer_weights(
-        torch.ones_like(p), p.log(), p.log(), ent, torch.ones_like(p), weight_min=0.8, weight_max=1.2, mapping="linear"
+        torch.ones_like(p),
+        p.log(),
+        p.log(),
+        ent,
+        torch.ones_like(p),
+        **RELEASE | {"weight_max": 1.2, "mapping": "linear"},
     )
     assert lam.tolist()[0] == pytest.approx([1.2, 1.1, 1.0, 0.8])
     same = steer_weights(
@@ -141,9 +151,7 @@ def test_linear_map_by_hand() -> None:
         p.log(),
         ent,
         torch.ones_like(p),
-        weight_min=0.8,
-        weight_max=1.2,
-        mapping="linear",
+        **RELEASE | {"weight_max": 1.2, "mapping": "linear"},
     )
     assert same.tolist()[0] == pytest.approx([1.0] * 4)  # max = min: the midpoint
 
@@ -153,13 +161,17 @@ def test_quantile_k_norm_is_our_ablation_of_the_normaliser(make_batch: MakeBatch
     abs_om = omega(x["adv"], x["old"], x["logp"], x["old_entropy"], form="paper").abs()
     mask = x["mask"].bool()
     q90 = torch.quantile(abs_om[mask], 0.9).item()
-    lam = steer_weights(x["adv"], x["old"], x["logp"], x["old_entropy"], x["mask"], k_norm="quantile:0.9")
+    lam = steer_weights(
+        x["adv"], x["old"], x["logp"], x["old_entropy"], x["mask"], **RELEASE | {"k_norm": "quantile:0.9"}
+    )
     k = -math.log(0.8) / max(q90, 0.02)
     assert torch.allclose(lam, (torch.exp(-k * abs_om).clamp(0.8, 1.0)) * x["mask"])
     at_min = (lam[mask] <= 0.8 + 1e-9).float().mean().item()
     assert at_min >= 0.1 - 1e-9  # every token above the 0.9-quantile sits at λ_min
     with pytest.raises(ValueError, match="k_norm must be 'max' or 'quantile:<q>'"):
-        steer_weights(x["adv"], x["old"], x["logp"], x["old_entropy"], x["mask"], k_norm="quantile:1.5")
+        steer_weights(
+            x["adv"], x["old"], x["logp"], x["old_entropy"], x["mask"], **RELEASE | {"k_norm": "quantile:1.5"}
+        )
 
 
 def test_lambda_carries_no_gradient(make_batch: MakeBatch) -> None:
@@ -167,7 +179,7 @@ def test_lambda_carries_no_gradient(make_batch: MakeBatch) -> None:
     logp = x["logp"].clone().requires_grad_(True)
     loss, _ = policy_loss("steer", logp, x["old"], x["adv"], x["mask"], old_entropy=x["old_entropy"], **CLIP, **STEER)
     loss.backward()
-    lam = steer_weights(x["adv"], x["old"], x["logp"], x["old_entropy"], x["mask"])
+    lam = steer_weights(x["adv"], x["old"], x["logp"], x["old_entropy"], x["mask"], **RELEASE)
     logp2 = x["logp"].clone().requires_grad_(True)
     ppo, _ = policy_loss("ppo", logp2, x["old"], x["adv"] * lam, x["mask"], **CLIP)  # λ·L with λ a constant
     ppo.backward()
@@ -223,7 +235,7 @@ def test_scope_mini_is_invariant_to_micro_batching(make_batch: MakeBatch) -> Non
     extra = mini_batch_stats(
         "steer", x["logp"], x["old"], x["adv"], x["mask"], old_entropy=x["old_entropy"], **CLIP, **mini
     )
-    assert set(extra) == {"omega_range"}
+    assert set(extra) == {"stats"}
 
     def run(splits: list[slice], kw: dict) -> tuple[float, torch.Tensor]:
         logp = x["logp"].clone().requires_grad_(True)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from steer_bench.algos.base import TokenBatch, frac
 from steer_bench.algos.entropy import QUADRANTS, omega, quadrant
-from steer_bench.algos.interventions import TokenBatch, _steer_metrics, frac
+from steer_bench.algos.interventions.steer import Steer, lambda_map, omega_range
 from steer_bench.algos.stats import masked_quantile
-from steer_bench.algos.steer import lambda_map, omega_range
 
 
 def per_key_metrics(b: TokenBatch, om: torch.Tensor, lam: torch.Tensor, scale: float, weight_min: float) -> dict:
@@ -59,7 +59,10 @@ def test_stacked_metrics_equal_per_key_metrics(dtype: torch.dtype, case: str) ->
     lam = lambda_map(
         om.abs(), mask, lo=lo, scale=scale, weight_min=0.8, weight_max=1.0, mapping="exp", omega_floor=0.02
     )
-    fast = _steer_metrics(b, om, lam, scale, 0.8, "exp", 0.02)
+    steer = Steer(
+        weight_min=0.8, weight_max=1.0, mapping="exp", scope="micro", omega_floor=0.02, k_norm="max", form="paper"
+    )
+    fast = steer._metrics(b, om, lam, scale)
     ref = per_key_metrics(b, om, lam, scale, 0.8)
     assert list(fast) == list(ref)
     for key, value in ref.items():

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from steer_bench.algos import aggregate, clipped_surrogate, policy_loss
+from steer_bench.algos import aggregate, clipped_surrogate
+from tests.algos.calls import policy_loss
 
 MakeBatch = Callable[..., dict[str, torch.Tensor]]  # the make_batch fixture (conftest.py)
 

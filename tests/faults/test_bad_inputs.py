@@ -13,13 +13,13 @@ import pytest
 from trainrun import make_cfg
 from transformers import AutoTokenizer
 
+from steer_bench.config.method import load_method
+from steer_bench.config.run import ModelConfig
 from steer_bench.data.prepare import prepare_dataset
 from steer_bench.data.schema import load_prepared
 from steer_bench.errors import SteerBenchError
 from steer_bench.evaluation.engines import check_model
-from steer_bench.config.method import load_method
 from steer_bench.rollout.model import load_policy, prompt_token_ids
-from steer_bench.config.run import ModelConfig
 from steer_bench.train import train
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from trainrun import make_cfg
 
+from steer_bench.config.method import load_method
+from steer_bench.files import read_jsonl
+from steer_bench.grading import Grader
 from steer_bench.grading import pool as grading_pool
 from steer_bench.grading import verdict as grading_verdict
-from steer_bench.grading import Grader
-from steer_bench.files import read_jsonl
-from steer_bench.config.method import load_method
 from steer_bench.train import train
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from trainrun import experiment_yaml
 
+from steer_bench.config.method import load_method
 from steer_bench.experiment import load_experiment
 from steer_bench.files import read_json, read_jsonl
-from steer_bench.config.method import load_method
 from steer_bench.train import train
 
 INJECT = Path(__file__).with_name("inject.py")
@@ -29,7 +29,7 @@ def _run(args: list[str], fault: str | None = None) -> subprocess.CompletedProce
 def _eval_args(model_dir: Path, data: dict[str, Path], out: Path) -> list[str]:
     test = data["synth_test"]
     return ["eval", "--model", str(model_dir), "--benchmarks", f"first={test}", f"second={test}", "--engine", "hf",
-            "--protocol", "greedy", "--protocol-set", "max_new_tokens=24", "--workers", "1", "--out", str(out),
+            "--protocol", "greedy", "--set", "protocol.max_new_tokens=24", "--workers", "1", "--out", str(out),
             "--no-track"]  # fmt: skip
 
 

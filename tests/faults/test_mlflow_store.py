@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from trainrun import experiment_yaml
 
+from steer_bench.config.method import load_method
 from steer_bench.experiment import load_experiment
 from steer_bench.files import read_json, read_jsonl
-from steer_bench.config.method import load_method
 from steer_bench.report import build_report, collect
 from steer_bench.tracking import Tracker, metric_history, search_runs
 from steer_bench.train import train

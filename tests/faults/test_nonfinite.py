@@ -11,13 +11,13 @@ import torch
 from trainrun import make_cfg
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from steer_bench.errors import NonFiniteError
-from steer_bench.train.guards import check_token_values
-from steer_bench.files import read_json, read_jsonl
 from steer_bench.config.method import load_method
+from steer_bench.errors import NonFiniteError
+from steer_bench.files import read_json, read_jsonl
 from steer_bench.rollout import SamplingParams
 from steer_bench.rollout.hf import HFEngine
 from steer_bench.train import train
+from steer_bench.train.guards import check_token_values
 
 
 def _assert_last_checkpoint_good(run: Path, before_step: int) -> None:

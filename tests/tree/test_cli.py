@@ -20,7 +20,7 @@ SMOKE = REPO / "configs" / "tree" / "smoke.yaml"
 @pytest.mark.slow
 def test_smoke_study_writes_every_artefact(tmp_path: Path) -> None:
     out = tmp_path / "tree"
-    assert main(["tree", "--config", str(SMOKE), "--out", str(out), "--set", "seeds=2"]) == 0
+    assert main(["tree", "--study", str(SMOKE), "--out", str(out), "--set", "seeds=2"]) == 0
     cfg = load_model(StudyConfig, SMOKE)
     metrics = pd.read_parquet(out / "metrics.parquet")
     expected_runs = sum(len(s.methods or cfg.methods) * cfg.seeds for s in cfg.settings.values())
@@ -51,15 +51,15 @@ def test_smoke_study_writes_every_artefact(tmp_path: Path) -> None:
 
 def test_bad_config_names_the_culprit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "tree"
-    assert main(["tree", "--config", str(SMOKE), "--out", str(out), "--set", "reference=nope"]) == 2
+    assert main(["tree", "--study", str(SMOKE), "--out", str(out), "--set", "reference=nope"]) == 2
     assert "reference 'nope' is not a method label" in capsys.readouterr().err
-    assert main(["tree", "--config", str(SMOKE), "--out", str(out), "--set", "settings.dense.train.lrr=1"]) == 2
+    assert main(["tree", "--study", str(SMOKE), "--out", str(out), "--set", "settings.dense.train.lrr=1"]) == 2
     assert "unknown key 'settings.dense.train.lrr'" in capsys.readouterr().err
     data = yaml.safe_load(SMOKE.read_text())
     data["methods"][1]["preset"] = "no_such_method"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
-    assert main(["tree", "--config", str(bad), "--out", str(out)]) == 2
+    assert main(["tree", "--study", str(bad), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "method 'grpo_lr0.8'" in err
     assert "unknown method 'no_such_method'" in err

@@ -7,7 +7,7 @@ import functools
 import pytest
 import torch
 
-from steer_bench.algos import ADVANTAGES, POLICY_LOSSES, compute_advantages, logprobs_and_entropy, policy_loss
+from steer_bench.algos import Method, TokenBatch, Totals, logprobs_and_entropy
 from steer_bench.config import validate
 from steer_bench.config.method import list_methods, load_method
 from steer_bench.tree.config import SettingConfig
@@ -47,11 +47,9 @@ def _counting(fn, calls: list[str], name: str):
 def test_every_preset_runs_through_the_library_registries(preset: str, monkeypatch: pytest.MonkeyPatch) -> None:
     method = load_method(preset)
     calls: list[str] = []
-    est, loss = method.advantage.estimator, method.loss.name
-    monkeypatch.setitem(ADVANTAGES, est, _counting(ADVANTAGES[est], calls, "adv"))
-    entry = POLICY_LOSSES[loss]
-    monkeypatch.setitem(POLICY_LOSSES, loss, type(entry)(**{**vars(entry), "fn": _counting(entry.fn, calls, "loss")}))
-    # no probes here: their vanilla step calls the "ppo" entry too
+    monkeypatch.setattr(Method, "advantages", _counting(Method.advantages, calls, "adv"))
+    monkeypatch.setattr(Method, "loss", _counting(Method.loss, calls, "loss"))
+    # no probes here: their vanilla step calls Method.loss too
     log = train_run(tiny_setting(analysis_every=0), method, lr=5.0, seed=0, keep_points=False, log=RunLog())
     steps = TINY["train"]["steps"]
     assert calls.count("adv") == steps
@@ -62,23 +60,21 @@ def test_every_preset_runs_through_the_library_registries(preset: str, monkeypat
 
 @pytest.mark.parametrize("preset", ["grpo", "steer", "clip_cov", "fork_tokens", "entropy_loss"])
 def test_one_update_is_exactly_an_sgd_step_on_the_library_loss(preset: str) -> None:
-    """Plumbing only: the loop's step equals a hand-made SGD step on ``policy_loss`` of the same mini-batch."""
+    """Plumbing only: the loop's step equals a hand-made SGD step on ``Method.loss`` of the same mini-batch."""
     method = load_method(preset)
     task = make_task(tiny_setting().task, 0)
     policy = TabularPolicy(task, init_std=1.0, seed=0)
     problems = torch.arange(3).repeat_interleave(4)
     batch = rollout(policy, task, problems, torch.Generator().manual_seed(0))
     mask = torch.ones_like(batch.old_logp)
-    adv = compute_advantages(
-        method.advantage.estimator, batch.scores, problems, mask, entropy=batch.old_entropy,
-        **method.advantage_params(),
-    )  # fmt: skip
+    m = method.resolve()
+    adv = m.advantages(batch.scores, problems, mask, old_entropy=batch.old_entropy)
     table = policy.table.detach().clone().requires_grad_(True)
     logp, ent = logprobs_and_entropy(table[batch.state_ids], batch.responses, temperature=1.0)
-    loss, _ = policy_loss(
-        method.loss.name, logp, batch.old_logp, adv, mask.bool(), ent, old_entropy=batch.old_entropy,
-        max_response_len=task.D, generator=torch.Generator().manual_seed(5), **method.loss_params(),
-    )  # fmt: skip
+    tokens = TokenBatch(
+        logp, batch.old_logp, adv, mask.bool(), ent, batch.old_entropy, torch.Generator().manual_seed(5)
+    )
+    loss, _ = m.loss(tokens, Totals(max_response_len=task.D), m.mini_batch_stats(tokens))
     (grad,) = torch.autograd.grad(loss, table)
     metrics = update(policy, 3.0, batch, adv, method, torch.arange(12), 1, torch.Generator().manual_seed(5))
     assert torch.allclose(policy.table.detach(), table.detach() - 3.0 * grad, atol=1e-12, rtol=0)

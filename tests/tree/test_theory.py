@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 
-from steer_bench.algos import QUADRANTS, logprobs_and_entropy, omega, policy_loss
+from steer_bench.algos import QUADRANTS, TokenBatch, logprobs_and_entropy, omega
 from steer_bench.config import validate
 from steer_bench.tree.policy import TabularPolicy
-from steer_bench.tree.probe import VANILLA, probe_metrics, probe_step, state_entropy
+from steer_bench.tree.probe import probe_metrics, probe_step, state_entropy, vanilla
 from steer_bench.tree.task import TaskConfig, make_task
 
 
@@ -52,7 +52,7 @@ def one_token_step(z: torch.Tensor, token: int, adv: float, eta: float, *, sampl
     labels = torch.tensor([[token]])
     logp, ent = logprobs_and_entropy(z.view(1, 1, -1), labels, temperature=1.0)
     a, mask = torch.tensor([[adv]], dtype=torch.float64), torch.ones(1, 1, dtype=torch.bool)
-    loss, _ = policy_loss("ppo", logp, logp.detach(), a, mask, **VANILLA)
+    loss, _ = vanilla().loss(TokenBatch(logp, logp.detach(), a, mask))
     (grad,) = torch.autograd.grad(loss, z)
     if sampled_only:  # Assumption 1: only the sampled token's logit moves
         grad = grad * torch.nn.functional.one_hot(torch.tensor(token), len(z))

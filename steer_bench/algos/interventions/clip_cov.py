@@ -1,4 +1,4 @@
-"""Clip-Cov (Cui et al. 2025, arXiv 2505.22617; verl ``compute_policy_loss_clip_cov``; ``docs/methods.md``).
+"""Clip-Cov (Cui et al. 2025, arXiv 2505.22617; verl ``compute_policy_loss_clip_cov``; ``docs/methods.md §M7``).
 
     keep = 0 on ⌊ratio·N⌋ (≥ 1) random tokens among {valid, not clipped, cov_lb < Cov < cov_ub}, else 1
     L_method = L ⊙ keep                                                  (all (B, T))

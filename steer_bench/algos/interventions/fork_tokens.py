@@ -1,4 +1,4 @@
-"""Forking tokens (Wang et al. 2025, "Beyond the 80/20 rule", arXiv 2506.01939; ``docs/methods.md``).
+"""Forking tokens (Wang et al. 2025, "Beyond the 80/20 rule", arXiv 2506.01939; ``docs/methods.md §M9``).
 
     L_method = L ⊙ 1[H_t ≥ τ],   τ = quantile_{1 − top_frac}(H over the valid tokens)      (all (B, T))
 

@@ -1,4 +1,4 @@
-"""KL-Cov (Cui et al. 2025, arXiv 2505.22617; verl ``compute_policy_loss_kl_cov``; ``docs/methods.md``).
+"""KL-Cov (Cui et al. 2025, arXiv 2505.22617; verl ``compute_policy_loss_kl_cov``; ``docs/methods.md §M8``).
 
     L_method = L + kl_coef · |log π − log π_old| · 1[t among the ⌊ratio·N⌋ (≥ 1) valid tokens of largest Cov]
 

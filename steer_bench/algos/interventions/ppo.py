@@ -1,6 +1,6 @@
 """Plain dual-clip surrogate: L_method = L (GRPO, Clip-Higher, Dr. GRPO, the extreme setting, …).
 
-Source: verl ``compute_policy_loss_vanilla`` (``docs/methods.md``, "GRPO").
+Source: verl ``compute_policy_loss_vanilla`` (``docs/methods.md §M1``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""STEER (arXiv 2510.10150): token weights λ_t from the estimated entropy change |Ω_t| (``docs/methods.md``).
+"""STEER (arXiv 2510.10150): token weights λ_t from the estimated entropy change |Ω_t| (``docs/methods.md §M14``).
 
     Ω_t       = the first-order entropy change of token t (:func:`~steer_bench.algos.entropy.omega`, ``form``)
     exp:      k = −ln λ_min / max(S, floor);  λ = clamp(exp(−k·|Ω|), λ_min, 1)          (the method; release)
