@@ -34,6 +34,16 @@ PRESETS = {
     "steer_lmin07",
     "rloo_clip_higher",
     "opo_clip_higher",
+    # issue 13: the 2025–26 interventions (docs/methods_2026.md)
+    "stare",
+    "stare_c2",
+    "ce_gppo",
+    "gspo",
+    "cispo",
+    "adaptive_entropy",
+    "grpo_tis",
+    "grpo_seq_mask",
+    "steer_signed",
 }
 
 
@@ -52,7 +62,7 @@ def test_every_preset_exists_and_loads() -> None:
 
 def test_our_ablations_are_labelled_as_such() -> None:
     ablations = {n for n in PRESETS if load_method(n).ablation}
-    assert ablations == {"steer_first_order", "steer_quantile_k"}
+    assert ablations == {"steer_first_order", "steer_quantile_k", "steer_signed"}
     for name in ablations:
         m = load_method(name)
         assert "ablation" in m.label.lower()
@@ -164,7 +174,7 @@ def test_bad_configs_fail_naming_the_file_and_the_valid_names(overrides: list[st
 
 def test_unknown_method_lists_the_presets() -> None:
     with pytest.raises(
-        SteerBenchError, match=r"unknown method 'stear'; valid methods: clip_cov, clip_higher, .*steer,"
+        SteerBenchError, match=r"unknown method 'stear'; valid methods: adaptive_entropy, ce_gppo, .*steer,"
     ):
         load_method("stear")
     with pytest.raises(SteerBenchError, match="config file not found"):
