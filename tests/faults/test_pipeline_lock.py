@@ -1,5 +1,6 @@
 """Two `snakemake` invocations on one results folder: the second refuses at once (Snakemake's lock or its
-incomplete-output marker, named in its error), the first finishes, and nothing is corrupted (a third invocation finds nothing to do)."""
+incomplete-output marker, named in its error), the first finishes, and nothing is corrupted (a third invocation
+finds nothing to do)."""
 
 from __future__ import annotations
 
