@@ -12,7 +12,9 @@ process, exactly as a Snakemake job runs it, timed from process start to exit (t
 - ``train``: ``steer-bench train --method grpo --seed 0`` with ``rollout.engine`` hf and vllm, the default
   config's recipe (``--steps`` overrides its 40 steps), into a temporary folder.
 
-Tracking is off for both engines (``--no-track`` / ``track=false``): it costs both the same.
+Tracking is off for both engines (``--no-track`` / ``track=false``): it costs both the same. Every process gets
+``OMP_NUM_THREADS=--threads`` (default 1: what Snakemake gives the miniature's train and eval jobs, ``threads: 1``,
+two of them side by side on the 2 cores; vLLM's CPU backend serves on 1 thread unless OMP_NUM_THREADS says more).
 """
 
 from __future__ import annotations
@@ -60,9 +62,10 @@ def main() -> None:
     parser.add_argument("--what", nargs="+", choices=("eval", "train"), default=["eval", "train"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run (default: 1)")
     parser.add_argument("--out", type=Path, help="write the measurements as JSON here")
     args = parser.parse_args()
-    env = os.environ | {"PYTHONPATH": str(REPO)}
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)}
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     with tempfile.TemporaryDirectory(prefix="engines-") as tmp:
         work = Path(tmp)
@@ -71,22 +74,25 @@ def main() -> None:
             for r in range(args.repeats):
                 for engine in ENGINES:
                     cmd = command(what, engine, work, r, args.steps)
+                    load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
                     m = timed_run(cmd, env=env, cwd=REPO, log=work / f"{what}-{engine}-{r}.log")
-                    m["outcome"] = outcome(what, work, engine, r)
+                    m |= {"load_before": load, "outcome": outcome(what, work, engine, r)}
                     results[what][engine].append(m)
                     print(f"{what} {engine} #{r}: {m['wall_s']:.1f} s, max RSS {m['max_rss_mb']:.0f} MiB, "
-                          f"tree {m['tree_rss_mb']:.0f} MiB, {m['outcome']}", flush=True)  # fmt: skip
-    print(f"\n| job | engine | wall (s), median [runs] | max RSS (MiB) | tree RSS (MiB) | {os.cpu_count()} CPUs |")
-    print("|---|---|---:|---:|---:|---|")
+                          f"tree {m['tree_rss_mb']:.0f} MiB, load {load:.2f}, {m['outcome']}", flush=True)  # fmt: skip
+    print(f"\n{os.cpu_count()} CPUs, OMP_NUM_THREADS={args.threads}")
+    print("| job | engine | wall (s), median [runs] | max RSS (MiB) | tree RSS (MiB) |")
+    print("|---|---|---:|---:|---:|")
     for what, by_engine in results.items():
         for engine, runs in by_engine.items():
             walls = ", ".join(f"{x['wall_s']:.1f}" for x in runs)
             med = statistics.median(x["wall_s"] for x in runs)
             rss = max(x["max_rss_mb"] for x in runs)
             tree = max(x["tree_rss_mb"] for x in runs)
-            print(f"| {what} | {engine} | {med:.1f} [{walls}] | {rss:.0f} | {tree:.0f} | |")
+            print(f"| {what} | {engine} | {med:.1f} [{walls}] | {rss:.0f} | {tree:.0f} |")
     if args.out:
-        args.out.write_text(json.dumps({"config": CONFIG, "steps": args.steps, "results": results}, indent=2))
+        meta = {"config": CONFIG, "steps": args.steps, "threads": args.threads, "cpus": os.cpu_count()}
+        args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Run a command as a fresh process and measure it: wall time from start to exit, and peak memory.
 
 Shared by the benchmarks that compare whole processes (``vs_trl.py``, ``miniature_engines.py``). Peak memory is
-reported twice: ``max_rss_mb``, the kernel's high-water mark of the process itself (``ru_maxrss`` from
-``wait4`` on its pid, so each run gets its own number, not the maximum over all children so far), and
+reported twice: ``max_rss_mb``, the kernel's high-water mark of the process (``ru_maxrss`` from ``wait4`` on its
+pid, so each run gets its own number, not the maximum over all children so far; it covers the children that
+process reaped as a maximum, not a sum), and
 ``tree_rss_mb``, the largest sum of the RSS of the process and all its descendants (grading workers, vLLM's
 engine process) seen by sampling ``/proc`` every ``sample_s`` seconds — a lower bound of the true tree peak,
 and an over-count where forked processes share pages.

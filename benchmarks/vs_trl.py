@@ -23,7 +23,9 @@ script's ``--trl-worker``), interleaved per repeat as ours(N1), TRL(N1), ours(N2
 noise hits both. Reported per side: the marginal wall time per rollout with everything included,
 (T(N2) − T(N1)) / (N2 − N1) with T from process start to exit (median and range over repeats), the start-up
 share T(N1) − N1·marginal, and the peak memory (``subproc.timed_run``: the process's own max RSS, and the
-sampled peak RSS of its process tree, which includes the grading worker).
+sampled peak RSS of its process tree, which includes the grading worker). Every process gets
+``OMP_NUM_THREADS=--threads``: default 1, what Snakemake gives the miniature's train jobs (``threads: 1``, two
+side by side on the 2 cores), and far less sensitive to other load on a shared machine than 2 threads.
 """
 
 from __future__ import annotations
@@ -178,9 +180,10 @@ def run_side(side: str, steps: int, ctx: dict[str, Any], tag: str) -> dict[str, 
         prof = work / f"{out.name}.prof"
         i = cmd.index("-m") if side == "ours" else 1
         cmd = [*cmd[:i], "-m", "cProfile", "-o", str(prof), *cmd[i:]]
-    m = timed_run(cmd, env=env, cwd=REPO, log=work / f"{out.name}.log")
+    load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
+    m = timed_run(cmd, env=env, cwd=REPO, log=work / f"{out.name}.log") | {"load_before": load}
     print(f"  {side:4s} {steps:2d} rollouts: {m['wall_s']:6.1f} s, max RSS {m['max_rss_mb']:5.0f} MiB, "
-          f"tree {m['tree_rss_mb']:5.0f} MiB", flush=True)  # fmt: skip
+          f"tree {m['tree_rss_mb']:5.0f} MiB, load average before {load:.2f}", flush=True)  # fmt: skip
     return m
 
 
@@ -220,7 +223,7 @@ def main() -> None:
     parser.add_argument("--tracking", choices=("off", "mlflow"), default="off")
     parser.add_argument("--out", type=Path, help="write the measurements as JSON here")
     parser.add_argument("--profile", choices=("ours", "trl"), help="run one N2 run of this side under cProfile")
-    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of every run (default: torch's, = the cores)")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run; 0: torch's default")
     parser.add_argument("--keep", type=Path, help="keep every run's folder and log here (default: a temporary folder)")
     parser.add_argument("--trl-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -261,7 +264,7 @@ def main() -> None:
     import torch
     import trl
 
-    threads = args.threads or torch.get_num_threads()
+    threads = args.threads or torch.get_num_threads()  # 0: torch's default in the children too
     print(
         f"\n{os.cpu_count()} CPUs, torch {torch.__version__} ({threads} threads), TRL {trl.__version__}; "
         f"{n1} and {n2} rollouts × {args.repeats} repeats, tracking {args.tracking}"
