@@ -51,10 +51,13 @@ def outcome(what: str, work: Path, engine: str, repeat: int) -> dict[str, float]
     if what == "eval":
         s = json.loads((REPO / "results/miniature/eval/grpo/seed0/synth_test/summary.json").read_text())
         return {k: v for k, v in s.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    done = json.loads((work / f"train-{engine}-{repeat}" / "train.done").read_text())
+    run = work / f"train-{engine}-{repeat}"
+    done = json.loads((run / "train.done").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    means = {f"mean {k}": statistics.mean(r[k] for r in rows) for k in ("time/step", "time/rollout")}
     final = done["final"]
-    keys = ("rollout/accuracy", "rollout/response_len_mean", "time/step", "time/rollout", "val/avg_at_k")
-    return {k: final[k] for k in keys if k in final} | {"best_step": done["best_step"]}
+    keys = ("rollout/accuracy", "rollout/response_len_mean", "val/avg_at_k")
+    return {k: final[k] for k in keys if k in final} | means | {"best_step": done["best_step"]}
 
 
 def main() -> None:
