@@ -1,22 +1,22 @@
 """Our trainer against TRL's ``GRPOTrainer`` on the CPU miniature, the same job for both (run by hand; README).
 
     .venv/bin/pip install -e '.[trl]'
-    .venv/bin/python benchmarks/vs_trl.py [--model DIR] [--steps 2 8] [--repeats 3] [--tracking off|mlflow]
-                                          [--out F.json] [--profile ours|trl]
+    .venv/bin/python benchmarks/vs_trl.py [--model DIR] [--steps 2 8] [--repeats 3] [--threads 1]
+                                          [--tracking off|mlflow] [--out F.json] [--keep DIR] [--profile ours|trl]
 
-The job, alike on both sides: the miniature's warm-started tiny Qwen2 (``--model``, default
-``results/miniature/warmstart``), its training data (``results/miniature/data/synth_train.parquet``: 4,000
-synthetic problems of levels 1–3), GRPO with 8 prompts × 8 responses per rollout, ≤ 64 new tokens, temperature
-1 and top-p 1 (top-k off) with HF ``generate``, 4 mini-batch updates of 2 prompts × 8 = 16 sequences per rollout
-(one micro-batch each; TRL: ``per_device_train_batch_size=16``, ``steps_per_generation=4``), ε = 0.2, no KL,
-token-mean loss (TRL's ``dapo``: tokens of the mini-batch), AdamW lr 3e-5, no weight decay, grad clip 1,
-constant schedule, float32 on the CPU (TRL's defaults bf16 and gradient checkpointing switched off). The
-reward is the same code on both sides: our math-verify ``Grader`` (1 worker, 5 s timeout), 1 if correct and
-0 otherwise, truncated responses 0. Both take the same prompts in the same order: TRL gets the dataset in the
-order our trainer draws it (``shuffle_dataset=False``) and checks every batch against that plan. Tracking
-alike: ``off`` (ours ``track=false``, TRL ``report_to=[]``) or ``mlflow`` (both to a fresh local sqlite store
-per run). Both save a full checkpoint (weights, optimizer, scheduler) once, at the end; ours computes its
-per-step metrics (entropy quantiles, grader health) as always, TRL its own.
+The job, alike on both sides (the shared knobs are read from ``configs/default.yaml``'s train section): the
+miniature's warm-started tiny Qwen2 (``--model``, default ``results/miniature/warmstart``), its training data
+(``results/miniature/data/synth_train.parquet``: 4,000 synthetic problems of levels 1–3), GRPO with 8 prompts × 8
+responses per rollout, ≤ 64 new tokens, temperature 1 and top-p 1 (top-k off) with HF ``generate``, 4 mini-batch
+updates of 2 prompts × 8 = 16 sequences per rollout (one micro-batch each; TRL: ``per_device_train_batch_size=16``,
+``steps_per_generation=4``), ε = 0.2, no KL, token-mean loss (TRL's ``dapo``: tokens of the mini-batch), AdamW lr
+3e-5, no weight decay, grad clip 1, constant schedule, float32 on the CPU (TRL's defaults bf16 and gradient
+checkpointing switched off). The reward is the same code on both sides: our math-verify ``Grader`` (1 worker, 5 s
+timeout), 1 if correct and 0 otherwise, truncated responses 0. Both take the same prompts in the same order: TRL
+gets the dataset in the order our trainer draws it (``shuffle_dataset=False``) and checks every batch against that
+plan. Tracking alike: ``off`` (ours ``track=false``, TRL ``report_to=[]``) or ``mlflow`` (both to a fresh local
+sqlite store per run). Both save a full checkpoint (weights, optimizer, scheduler) once, at the end; ours computes
+its per-step metrics (entropy quantiles, grader health) as always, TRL its own.
 
 Each run is a fresh process (ours: ``python -m steer_bench train``, exactly as a Snakemake job; TRL: this
 script's ``--trl-worker``), interleaved per repeat as ours(N1), TRL(N1), ours(N2), TRL(N2) so that machine
@@ -43,8 +43,28 @@ from typing import Any
 from subproc import timed_run
 
 REPO = Path(__file__).resolve().parents[1]
-PROMPTS, N_RESPONSES, MAX_NEW, UPDATES = 8, 8, 64, 4
-LR = 3e-5
+CONFIG = REPO / "configs" / "default.yaml"
+
+
+def recipe() -> dict[str, Any]:
+    """The shared knobs, from the miniature's train section (so both sides follow the config if it changes)."""
+    import yaml
+
+    t = yaml.safe_load(CONFIG.read_text())["train"]
+    r = {
+        "prompts": t["prompts_per_step"],
+        "n": t["rollout"]["n"],
+        "max_new": t["rollout"]["max_new_tokens"],
+        "temperature": t["rollout"]["temperature"],
+        "top_p": t["rollout"]["top_p"],
+        "updates": t["prompts_per_step"] // t["mini_batch_prompts"],
+        "lr": t["optim"]["lr"],
+        "weight_decay": t["optim"]["weight_decay"],
+        "grad_clip": t["optim"]["grad_clip"],
+    }
+    if t["micro_batch_size"] != t["mini_batch_prompts"] * r["n"]:  # TRL: one micro-batch per optimizer step
+        raise SystemExit(f"{CONFIG}: micro_batch_size is not one mini-batch; the TRL side assumes it is")
+    return r
 
 
 # ---------------------------------------------------------------------------------------------- our side
@@ -62,11 +82,11 @@ def our_command(model: Path, data: Path, steps: int, out: Path, tracking: str) -
         "log_rollouts_every": 0,
     }
     flags = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-    return [sys.executable, "-m", "steer_bench", "train", "--config", "configs/default.yaml",
+    return [sys.executable, "-m", "steer_bench", "train", "--config", str(CONFIG),
             "--method", "grpo", "--seed", "0", "--out", str(out), *flags]  # fmt: skip
 
 
-def our_prompt_plan(data: Path, steps: int) -> list[int]:
+def our_prompt_plan(data: Path, steps: int, prompts: int) -> list[int]:
     """The row indices of the prompts our trainer draws in steps 1..steps (seed 0), in order, followed by every
     other row (so TRL's dataset has all the problems ours has)."""
     import pandas as pd
@@ -74,9 +94,9 @@ def our_prompt_plan(data: Path, steps: int) -> list[int]:
     from steer_bench.train import prompt_order  # the trainer's own draw (moves with the trainer)
 
     n = len(pd.read_parquet(data, columns=["problem_id"]))
-    plan = [i for s in range(1, steps + 1) for i in prompt_order(n, 0, s, PROMPTS)]
+    plan = [i for s in range(1, steps + 1) for i in prompt_order(n, 0, s, prompts)]
     if len(set(plan)) != len(plan):
-        raise SystemExit(f"{steps} steps × {PROMPTS} prompts wrap around the {n} problems: use fewer steps")
+        raise SystemExit(f"{steps} steps × {prompts} prompts wrap around the {n} problems: use fewer steps")
     return plan + sorted(set(range(n)) - set(plan))
 
 
@@ -91,13 +111,13 @@ def trl_worker(spec: dict[str, Any]) -> None:
 
     from steer_bench.grading import Grader
 
-    steps, order = spec["steps"], spec["order"]
+    steps, order, r = spec["steps"], spec["order"], spec["recipe"]
     df = pd.read_parquet(spec["data"], columns=["problem_id", "prompt", "answer"]).iloc[order]
     rows = [
         {"prompt": [dict(m) for m in p], "answer": a, "problem_id": i}
         for p, a, i in zip(df["prompt"], df["answer"], df["problem_id"], strict=True)
     ]
-    planned = [r["problem_id"] for r in rows[: steps * PROMPTS]]
+    planned = [row["problem_id"] for row in rows[: steps * r["prompts"]]]
     tokenizer = AutoTokenizer.from_pretrained(spec["model"], padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     eos = {tokenizer.eos_token_id}
@@ -118,24 +138,24 @@ def trl_worker(spec: dict[str, Any]) -> None:
         args = GRPOConfig(
             output_dir=spec["out"],
             seed=0,
-            max_steps=steps * UPDATES,  # optimizer steps
-            per_device_train_batch_size=PROMPTS * N_RESPONSES // UPDATES,
+            max_steps=steps * r["updates"],  # optimizer steps
+            per_device_train_batch_size=r["prompts"] * r["n"] // r["updates"],
             gradient_accumulation_steps=1,
-            steps_per_generation=UPDATES,
-            num_generations=N_RESPONSES,
+            steps_per_generation=r["updates"],
+            num_generations=r["n"],
             num_iterations=1,
-            max_completion_length=MAX_NEW,
-            temperature=1.0,
-            top_p=1.0,
+            max_completion_length=r["max_new"],
+            temperature=r["temperature"],
+            top_p=r["top_p"],
             top_k=0,
             shuffle_dataset=False,
             beta=0.0,
             epsilon=0.2,
             loss_type="dapo",
             scale_rewards="group",
-            learning_rate=LR,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
+            learning_rate=r["lr"],
+            weight_decay=r["weight_decay"],
+            max_grad_norm=r["grad_clip"],
             lr_scheduler_type="constant",
             optim="adamw_torch",
             bf16=False,
@@ -144,7 +164,7 @@ def trl_worker(spec: dict[str, Any]) -> None:
             logging_steps=1,
             report_to=["mlflow"] if spec["tracking"] == "mlflow" else [],
             save_strategy="steps",
-            save_steps=steps * UPDATES,  # one full checkpoint, at the end (as ours)
+            save_steps=steps * r["updates"],  # one full checkpoint, at the end (as ours)
         )
         trainer = GRPOTrainer(
             model=model,
@@ -172,7 +192,7 @@ def run_side(side: str, steps: int, ctx: dict[str, Any], tag: str) -> dict[str, 
         cmd = our_command(ctx["model"], ctx["data"], steps, out, ctx["tracking"])
     else:
         spec = {"model": str(ctx["model"]), "data": str(ctx["data"]), "order": ctx["order"], "steps": steps,
-                "out": str(out), "tracking": ctx["tracking"]}  # fmt: skip
+                "out": str(out), "tracking": ctx["tracking"], "recipe": ctx["recipe"]}  # fmt: skip
         spec_file = work / f"{out.name}.json"
         spec_file.write_text(json.dumps(spec))
         cmd = [sys.executable, str(Path(__file__).resolve()), "--trl-worker", str(spec_file)]
@@ -182,20 +202,20 @@ def run_side(side: str, steps: int, ctx: dict[str, Any], tag: str) -> dict[str, 
         cmd = [*cmd[:i], "-m", "cProfile", "-o", str(prof), *cmd[i:]]
     load = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     m = timed_run(cmd, env=env, cwd=REPO, log=work / f"{out.name}.log") | {"load_before": load}
-    m["loop_s"] = loop_seconds(side, out, steps)
+    m["loop_s"] = loop_seconds(side, out, steps, ctx["recipe"]["updates"])
     print(f"  {side:4s} {steps:2d} rollouts: {m['wall_s']:6.1f} s, max RSS {m['max_rss_mb']:5.0f} MiB, "
           f"tree {m['tree_rss_mb']:5.0f} MiB, load average before {load:.2f}", flush=True)  # fmt: skip
     return m
 
 
-def loop_seconds(side: str, out: Path, steps: int) -> float:
+def loop_seconds(side: str, out: Path, steps: int, updates: int) -> float:
     """The time the trainer itself reports for its steps (indicative: the scopes differ). Ours: ``time/step``
     (rollout to the last optimizer step; not the metrics, logging or checkpoint). TRL: ``step_time``
     (generation, rewards and loss + backward of every ``training_step``; not the optimizer steps)."""
     if side == "ours":
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         return sum(r["time/step"] for r in rows)
-    state = json.loads((out / f"checkpoint-{steps * UPDATES}" / "trainer_state.json").read_text())
+    state = json.loads((out / f"checkpoint-{steps * updates}" / "trainer_state.json").read_text())
     return sum(e["step_time"] for e in state["log_history"] if "step_time" in e)
 
 
@@ -257,7 +277,8 @@ def main() -> None:
             "work": args.keep.resolve() if args.keep else Path(tmp),
             "model": args.model.resolve(),
             "data": args.data.resolve(),
-            "order": our_prompt_plan(args.data, n2),
+            "recipe": (knobs := recipe()),
+            "order": our_prompt_plan(args.data, n2, knobs["prompts"]),
             "tracking": args.tracking,
             "threads": args.threads,
         }
