@@ -35,6 +35,7 @@ import json
 import os
 import pstats
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -88,7 +89,16 @@ def our_command(model: Path, data: Path, steps: int, out: Path, tracking: str) -
 
 def our_prompt_plan(data: Path, steps: int, prompts: int) -> list[int]:
     """The row indices of the prompts our trainer draws in steps 1..steps (seed 0), in order, followed by every
-    other row (so TRL's dataset has all the problems ours has)."""
+    other row (so TRL's dataset has all the problems ours has). Computed in a child process: importing the
+    trainer here would make this launcher large, and a child's max RSS never reads below its launcher's."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--plan", str(data), str(steps), str(prompts)]
+    out = subprocess.run(cmd, env=os.environ | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(out.stderr.strip() or f"{cmd} failed")
+    return json.loads(out.stdout)
+
+
+def plan_worker(data: Path, steps: int, prompts: int) -> list[int]:
     import pandas as pd
 
     from steer_bench.train import prompt_order  # the trainer's own draw (moves with the trainer)
@@ -259,7 +269,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run; 0: torch's default")
     parser.add_argument("--keep", type=Path, help="keep every run's folder and log here (default: a temporary folder)")
     parser.add_argument("--trl-worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--plan", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.plan:
+        print(json.dumps(plan_worker(Path(args.plan[0]), int(args.plan[1]), int(args.plan[2]))))
+        return
     if args.trl_worker:
         trl_worker(json.loads(args.trl_worker.read_text()))
         return
