@@ -10,7 +10,7 @@ STEER's overhead in the update phase and in the whole step, over GRPO and over C
 control: the same ε 0.2/0.28, so the only difference is λ).
 
 After one step the methods' rollouts differ (lengths, hence every phase's time), so whole-step differences mix
-STEER's own cost with trajectory noise. STEER's own cost is measured directly too: every ``policy_loss`` call
+STEER's own cost with trajectory noise. STEER's own cost is measured directly too: every ``Method.loss`` call
 of the trainer is timed (the loss, λ and the metrics; its backward adds one elementwise product), and
 "STEER's loss-call overhead" is the extra loss-call time per step over Clip-Higher's, in % of Clip-Higher's
 step time.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-import steer_bench.train
+from steer_bench.algos import Method
 from steer_bench.config import load_model, validate
 from steer_bench.config.method import load_method
 from steer_bench.config.run import TrainConfig
@@ -41,10 +41,10 @@ METHODS = ("grpo", "clip_higher", "steer")
 
 
 class LossTimer:
-    """Wraps the trainer's ``policy_loss`` and sums the wall time of its calls."""
+    """Wraps ``Method.loss`` (every loss call of the trainer) and sums the wall time of its calls."""
 
     def __init__(self) -> None:
-        self.inner = steer_bench.train.policy_loss
+        self.inner = Method.loss
         self.total = 0.0
 
     def __call__(self, *args, **kwargs):
@@ -84,7 +84,7 @@ def main() -> None:
         cfg = recipe(model, data, args.steps)
         results: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
         timer = LossTimer()
-        steer_bench.train.policy_loss = timer
+        Method.loss = lambda *a, **k: timer(*a, **k)  # type: ignore[method-assign]
         for r in range(args.repeats):
             for name in results:
                 out = tmp_path / f"{name}-{r}"
@@ -95,7 +95,7 @@ def main() -> None:
                 per["tokens_per_s"] = statistics.mean(row["perf/tokens_per_s"] for row in rows)
                 per["loss_call"] = timer.total / args.steps
                 results[name].append(per)
-        steer_bench.train.policy_loss = timer.inner
+        Method.loss = timer.inner  # type: ignore[method-assign]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.steps} steps × {args.repeats} repeats")
     print(f"| method | {' | '.join(k.removeprefix('time/') + ' (s)' for k in PHASES)} | loss calls (ms) | tokens/s |")
     print("|---" * (len(PHASES) + 3) + "|")

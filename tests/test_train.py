@@ -140,7 +140,7 @@ def test_two_cpu_ranks_keep_parameters_identical(
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "steer_bench", "train",
            "--config", str(config), "--method", "steer", "--seed", "0", "--out", str(tmp_path / "ddp"),
-           "--method-set", "loss.params.scope=mini", *sets]  # fmt: skip
+           "--set", "method.loss.params.scope=mini", *sets]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     done = json.loads((tmp_path / "ddp" / "train.done").read_text())

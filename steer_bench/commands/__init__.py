@@ -12,6 +12,9 @@ the experiment's layout (``steer_bench.experiment``). Commands that also run wit
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from steer_bench.errors import SteerBenchError
 
 
 def add_experiment(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -21,3 +24,19 @@ def add_experiment(parser: argparse.ArgumentParser, *, required: bool) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
         help="override, repeatable: an experiment path, or method./warmstart./tree./protocol.<path>",
     )  # fmt: skip
+
+
+def named_config(args: argparse.Namespace, key: str, flag: str) -> tuple[Any, str, list[str]]:
+    """(the experiment or None, the file of ``key`` (warmstart, tree) it names — or, without ``--config``, the
+    file given as ``--<flag>`` with ``--out`` —, that file's ``--set`` overrides)."""
+    if args.config:
+        from steer_bench.experiment import load_experiment, split_overrides
+
+        own, nested = split_overrides(args.overrides)
+        exp = load_experiment(args.config, own)
+        if not getattr(exp, key):
+            raise SteerBenchError(f"{args.config}: the experiment has no {key!r} file")
+        return exp, getattr(exp, key), nested[key]
+    if getattr(args, flag) and args.out:
+        return None, getattr(args, flag), args.overrides
+    raise SteerBenchError(f"{args.command} needs --config (an experiment), or --{flag} and --out")

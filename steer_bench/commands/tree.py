@@ -15,8 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from steer_bench.commands import add_experiment
-from steer_bench.errors import SteerBenchError
+from steer_bench.commands import add_experiment, named_config
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from steer_bench.tree.report import write_outputs
     from steer_bench.tree.study import run_study
 
-    if args.config:
-        from steer_bench.experiment import load_experiment, split_overrides
-
-        own, nested = split_overrides(args.overrides)
-        exp = load_experiment(args.config, own)
-        if not exp.tree:
-            raise SteerBenchError(f"{args.config}: the experiment has no 'tree' study")
-        study, overrides, out = exp.tree, nested["tree"], Path(args.out or exp.root / "tree")
-    elif args.study and args.out:
-        study, overrides, out = args.study, args.overrides, Path(args.out)
-    else:
-        raise SteerBenchError("tree needs --config (an experiment), or --study and --out")
+    exp, study, overrides = named_config(args, "tree", "study")
+    out = Path(args.out or exp.root / "tree")
     cfg = load_model(StudyConfig, study, overrides)
     result = run_study(cfg)
     command = "steer-bench tree " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["tree"] else _argv(args))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from steer_bench.commands import add_experiment
-from steer_bench.errors import SteerBenchError
+from steer_bench.commands import add_experiment, named_config
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -19,18 +18,8 @@ def run(args: argparse.Namespace) -> int:
     from steer_bench.config import load_model
     from steer_bench.train.warmstart import WarmstartConfig, warmstart
 
-    if args.config:
-        from steer_bench.experiment import load_experiment, split_overrides
-
-        own, nested = split_overrides(args.overrides)
-        exp = load_experiment(args.config, own)
-        if not exp.warmstart:
-            raise SteerBenchError(f"{args.config}: the experiment has no 'warmstart' recipe")
-        recipe, overrides, out = exp.warmstart, nested["warmstart"], args.out or str(exp.warmstart_dir())
-    elif args.recipe and args.out:
-        recipe, overrides, out = args.recipe, args.overrides, args.out
-    else:
-        raise SteerBenchError("warmstart needs --config (an experiment), or --recipe and --out")
+    exp, recipe, overrides = named_config(args, "warmstart", "recipe")
+    out = args.out or str(exp.warmstart_dir())
     metrics = warmstart(load_model(WarmstartConfig, recipe, overrides), out)
     test = metrics["test"]
     print(

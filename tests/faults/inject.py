@@ -53,7 +53,7 @@ def kill_at_grade(nth: int) -> None:
 
 
 def fsize_after_save(limit: int) -> None:
-    from steer_bench import checkpoint, train
+    from steer_bench.train import checkpoint, loop
 
     real = checkpoint.save_checkpoint
 
@@ -62,7 +62,7 @@ def fsize_after_save(limit: int) -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
-    train.save_checkpoint = save
+    loop.save_checkpoint = save  # the name the loop calls
 
 
 def main() -> int:

@@ -76,7 +76,7 @@ def _write_summaries(exp: ExperimentConfig, row: str, seed: int | None, accs: li
                    "model": "tiny/model", "protocol": {"name": "greedy", "temperature": 0.0}, "engine": "hf",
                    "versions": {"torch": "2.13.0"}, "k": 1, "n_problems": 10, "metrics": {"acc": a, "acc_se": _se(a)},
                    "complete": True}  # fmt: skip
-        write_json(collect.eval_dir(exp, row, seed) / b / "summary.json", summary)
+        write_json(exp.eval_dir(row, seed) / b / "summary.json", summary)
 
 
 def _train_run(uri: str, exp: ExperimentConfig, method: str, seed: int, entropy: list[float]) -> None:
@@ -128,7 +128,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[ExperimentConfig, s
     _eval_run(uri, exp, "grpo", 1, [0.98, 0.98, 0.98], status="FAILED")
     _eval_run(uri, exp, "opo", 0, [0.99, 0.99, 0.99])
     unfinished = {"metrics": {"acc": 0.9}, "complete": False}  # an interrupted evaluation counts as missing
-    write_json(collect.eval_dir(exp, "clip_higher", 1) / "aime24" / "summary.json", unfinished)
+    write_json(exp.eval_dir("clip_higher", 1) / "aime24" / "summary.json", unfinished)
     for (method, seed), entropy in CURVES.items():
         _train_run(uri, exp, method, seed, entropy)
     (exp.root / "tree").mkdir(parents=True)

@@ -39,7 +39,7 @@ def test_smoke_study_writes_every_artefact(tmp_path: Path) -> None:
     assert grpo["final_accuracy"]["mean"] > grpo["initial_accuracy"]["mean"]
     tree_md = (out / "tree.md").read_text()
     assert "## Reasoning-tree testbed" in tree_md
-    assert "steer-bench tree --config" in tree_md
+    assert "steer-bench tree --study" in tree_md
     for name in ("dense_entropy.png", "dense_accuracy.png", "dense_omega_vs_dh.png", "sparse_quadrants.png"):
         assert f"]({name})" in tree_md
         assert (out / name).stat().st_size > 1000

@@ -1,0 +1,48 @@
+"""benchmarks/subproc.py: the per-process wall time and peak memory that vs_trl.py and miniature_engines.py report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from subproc import timed_run
+
+# A child that holds `mb` MiB of touched memory for `hold` seconds (bytearray pages are written, so resident).
+HOLD = "import sys, time; b = bytearray(int(sys.argv[1]) * 2**20); time.sleep(float(sys.argv[2]))"
+# The same, but the memory is held by a grandchild while the child itself stays small.
+NESTED = (
+    f"import subprocess, sys; subprocess.run([sys.executable, '-c', {HOLD!r}, sys.argv[1], sys.argv[2]], check=True)"
+)
+
+
+def test_peak_memory_and_wall_time_of_one_process(tmp_path: Path) -> None:
+    m = timed_run([sys.executable, "-c", HOLD, "300", "1.0"], log=tmp_path / "log")
+    assert m["wall_s"] >= 1.0
+    # 300 MiB held, plus the interpreter (~10–20 MiB); the mark never reads below the launcher's RSS (this pytest
+    # process, large once other tests imported torch), which the kernel carries across exec.
+    assert 300 <= m["max_rss_mb"] < max(300, m["parent_rss_mb"]) + 200
+    # sampled every 0.25 s over a 1 s hold: at least one sample sees the buffer
+    assert m["tree_rss_mb"] >= 300
+
+
+def test_the_sampled_tree_includes_grandchildren(tmp_path: Path) -> None:
+    m = timed_run([sys.executable, "-c", NESTED, "300", "1.5"], log=tmp_path / "log")
+    # the grandchild's buffer shows in the tree's sampled RSS (child + grandchild, both alive)
+    assert m["tree_rss_mb"] >= 300
+    # wait4 on the child reports the largest of it and the grandchild it reaped, not their sum
+    assert 300 <= m["max_rss_mb"] < max(300, m["parent_rss_mb"]) + 200
+
+
+def test_max_rss_never_reads_below_the_launchers_rss(tmp_path: Path) -> None:
+    """The documented floor: a child that does nothing reports the launcher's RSS (so keep launchers small)."""
+    m = timed_run([sys.executable, "-c", "pass"], log=tmp_path / "log")
+    assert m["max_rss_mb"] >= 0.9 * m["parent_rss_mb"]  # 10%: pages the launcher touched between reading and exec
+
+
+def test_a_failing_command_raises_with_its_log(tmp_path: Path) -> None:
+    code = "import sys; print('the reason it failed'); sys.exit(3)"
+    with pytest.raises(RuntimeError, match=r"exited with 3(.|\n)*the reason it failed"):
+        timed_run([sys.executable, "-c", code], log=tmp_path / "log")
