@@ -15,6 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from steer_bench.algos.base import Metric
+
+METRICS: dict[str, Metric] = {
+    "loss/entropy_coef": Metric("the entropy-bonus coefficient applied in the call (adaptive entropy only)"),
+}
+
 
 @dataclass(frozen=True, kw_only=True)
 class AdaptiveEntropy:

@@ -40,6 +40,7 @@ from steer_bench.algos.base import (
     intervention_class,
     local_reduce,
 )
+from steer_bench.algos.entropy_control import METRICS as ENTROPY_CONTROL_METRICS
 from steer_bench.algos.entropy_control import AdaptiveEntropy
 from steer_bench.algos.registry import check_params, lookup
 from steer_bench.algos.rollout_correction import METRICS as ROLLOUT_CORRECTION_METRICS
@@ -62,7 +63,6 @@ SHARED_METRICS: dict[str, Metric] = {
     "loss/ratio_max": Metric("the largest ratio r", "max"),
     "loss/entropy": Metric("mean current-policy token entropy (when given)"),
     "loss/old_entropy": Metric("mean old-policy token entropy (when given)"),
-    "loss/entropy_coef": Metric("the entropy-bonus coefficient applied in the call (adaptive entropy only)"),
 }
 
 
@@ -113,7 +113,9 @@ class Method:
     @property
     def metrics(self) -> dict[str, Metric]:
         """Every key :meth:`loss` can return, with its meaning and reduction."""
-        extra = ROLLOUT_CORRECTION_METRICS if self.rollout_correction is not None else {}
+        extra = dict(ROLLOUT_CORRECTION_METRICS) if self.rollout_correction is not None else {}
+        if self.entropy_control is not None:
+            extra |= ENTROPY_CONTROL_METRICS
         return SHARED_METRICS | dict(self.intervention.metrics) | extra
 
     def entropy_coef_step(self, state: float | None, entropy: float) -> tuple[float, float | None]:
@@ -317,7 +319,7 @@ def metric_table() -> str:
     discover()
     rows = ["| key | reduction | meaning |", "|---|---|---|"]
     groups = [("every method", SHARED_METRICS)] + [(n, dict(c.metrics)) for n, c in sorted(INTERVENTIONS.items())]
-    groups.append(("rollout_correction", ROLLOUT_CORRECTION_METRICS))
+    groups += [("rollout_correction", ROLLOUT_CORRECTION_METRICS), ("adaptive_entropy", ENTROPY_CONTROL_METRICS)]
     for _, metrics in groups:
         rows += [f"| `{k}` | {m.reduce} | {m.meaning} |" for k, m in metrics.items()]
     return "\n".join(rows) + "\n"
