@@ -89,6 +89,7 @@ rule warmstart:
     log:
         f"{ROOT}/logs/warmstart.log",
     threads: 2
+    priority: 10  # everything but the tree waits for it: first, not after the tree
     resources:
         mem_mb=4000, runtime=60
     params:
@@ -117,42 +118,67 @@ rule train:
         "{params.launcher} train --config {params.exp} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
 
 
-rule eval_run:
-    input:
-        run=f"{ROOT}/runs/{{method}}/seed{{seed}}/train.done",
-        data=[f"{ROOT}/data/{b}.parquet" for b in EXP.data.benchmarks],
-    output:
-        f"{ROOT}/eval/{{method}}/seed{{seed}}/eval.done",
-    log:
-        f"{ROOT}/logs/eval/{{method}}-seed{{seed}}.log",
-    threads: 1
-    resources:
-        gpu=RES.eval_gpus, mem_mb=RES.eval_mem_mb, runtime=RES.eval_minutes
-    params:
-        sb=SB,
-        exp=CONFIG,
-    shell:
-        "{params.sb} eval --config {params.exp} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
+if EXP.eval.jobs == "per_run":
+
+    rule eval_run:
+        input:
+            run=f"{ROOT}/runs/{{method}}/seed{{seed}}/train.done",
+            data=[f"{ROOT}/data/{b}.parquet" for b in EXP.data.benchmarks],
+        output:
+            f"{ROOT}/eval/{{method}}/seed{{seed}}/eval.done",
+        log:
+            f"{ROOT}/logs/eval/{{method}}-seed{{seed}}.log",
+        threads: 1
+        resources:
+            gpu=RES.eval_gpus, mem_mb=RES.eval_mem_mb, runtime=RES.eval_minutes
+        params:
+            sb=SB,
+            exp=CONFIG,
+        shell:
+            "{params.sb} eval --config {params.exp} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
+
+else:  # eval.jobs: one — the eval-only rows and every trained run in one job, one engine loading each in turn
+
+    rule eval_all:
+        input:
+            runs=[f"{ROOT}/runs/{m}/seed{s}/train.done" for m in EXP.methods for s in EXP.seeds],
+            data=[f"{ROOT}/data/{b}.parquet" for b in EXP.data.benchmarks],
+            model=[f"{ROOT}/warmstart/warmstart.json"] if EXP.warmstart else [],
+        output:
+            run_evals(),
+            [f"{ROOT}/eval/{r}/eval.done" for r in ONLY],
+        log:
+            f"{ROOT}/logs/eval/all.log",
+        threads: 2
+        resources:
+            gpu=RES.eval_gpus, mem_mb=RES.eval_mem_mb, runtime=RES.eval_minutes * (len(run_evals()) + len(ONLY))
+        params:
+            sb=SB,
+            exp=CONFIG,
+        shell:
+            "{params.sb} eval --config {params.exp} --all > {log} 2>&1"
 
 
-rule eval_only:
-    input:
-        data=[f"{ROOT}/data/{b}.parquet" for b in EXP.data.benchmarks],
-        model=[f"{ROOT}/warmstart/warmstart.json"] if EXP.warmstart else [],
-    output:
-        f"{ROOT}/eval/{{row}}/eval.done",
-    log:
-        f"{ROOT}/logs/eval/{{row}}.log",
-    wildcard_constraints:
-        row="|".join(ONLY) if ONLY else "$^",
-    threads: 1
-    resources:
-        gpu=RES.eval_gpus, mem_mb=RES.eval_mem_mb, runtime=RES.eval_minutes
-    params:
-        sb=SB,
-        exp=CONFIG,
-    shell:
-        "{params.sb} eval --config {params.exp} --row {wildcards.row} > {log} 2>&1"
+if EXP.eval.jobs == "per_run":
+
+    rule eval_only:
+        input:
+            data=[f"{ROOT}/data/{b}.parquet" for b in EXP.data.benchmarks],
+            model=[f"{ROOT}/warmstart/warmstart.json"] if EXP.warmstart else [],
+        output:
+            f"{ROOT}/eval/{{row}}/eval.done",
+        log:
+            f"{ROOT}/logs/eval/{{row}}.log",
+        wildcard_constraints:
+            row="|".join(ONLY) if ONLY else "$^",
+        threads: 1
+        resources:
+            gpu=RES.eval_gpus, mem_mb=RES.eval_mem_mb, runtime=RES.eval_minutes
+        params:
+            sb=SB,
+            exp=CONFIG,
+        shell:
+            "{params.sb} eval --config {params.exp} --row {wildcards.row} > {log} 2>&1"
 
 
 rule tree:

@@ -41,9 +41,9 @@ def command(what: str, engine: str, work: Path, repeat: int, steps: int | None) 
         return [*base, "eval", "--config", CONFIG, "--method", "grpo", "--seed", "0",
                 "--set", f"eval.engine={engine}", "--force", "--no-track"]  # fmt: skip
     out = work / f"train-{engine}-{repeat}"
-    extra = ["--set", f"steps={steps}"] if steps else []
+    extra = ["--set", f"train.steps={steps}"] if steps else []
     return [*base, "train", "--config", CONFIG, "--method", "grpo", "--seed", "0", "--out", str(out),
-            "--set", f"rollout.engine={engine}", "--set", "track=false", *extra]  # fmt: skip
+            "--set", f"train.rollout.engine={engine}", "--set", "train.track=false", *extra]  # fmt: skip
 
 
 def outcome(what: str, work: Path, engine: str, repeat: int) -> dict[str, float]:

@@ -16,7 +16,9 @@ timeout), 1 if correct and 0 otherwise, truncated responses 0. Both take the sam
 gets the dataset in the order our trainer draws it (``shuffle_dataset=False``) and checks every batch against that
 plan. Tracking alike: ``off`` (ours ``track=false``, TRL ``report_to=[]``) or ``mlflow`` (both to a fresh local
 sqlite store per run). Both save a full checkpoint (weights, optimizer, scheduler) once, at the end; ours computes
-its per-step metrics (entropy quantiles, grader health) as always, TRL its own.
+its per-step metrics (entropy quantiles, grader health) as always, TRL its own. π_old: ours by default takes the
+log-probs ``generate`` computed while sampling (``--old-logprobs rollout``, the miniature's ``train.old_logprobs``,
+docs/recipe.md §R17); TRL runs a forward pass for them, as ours does with ``--old-logprobs recompute``.
 
 Each run is a fresh process (ours: ``python -m steer_bench train``, exactly as a Snakemake job; TRL: this
 script's ``--trl-worker``), interleaved per repeat as ours(N1), TRL(N1), ours(N2), TRL(N2) so that machine
@@ -69,10 +71,11 @@ def recipe() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- our side
-def our_command(model: Path, data: Path, steps: int, out: Path, tracking: str) -> list[str]:
+def our_command(model: Path, data: Path, steps: int, out: Path, tracking: str, old_logprobs: str) -> list[str]:
     """The ``steer-bench train`` call of one run: the default config's recipe, the benchmark's knobs set."""
     sets = {
         "steps": steps,
+        "old_logprobs": old_logprobs,  # rollout: π_old from generate's scores (docs/recipe.md §R17); TRL recomputes
         "model.path": model,
         "data.train": data,
         "rollout.engine": "hf",
@@ -82,7 +85,7 @@ def our_command(model: Path, data: Path, steps: int, out: Path, tracking: str) -
         "save_every": steps,  # one checkpoint, at the end (as TRL's)
         "log_rollouts_every": 0,
     }
-    flags = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    flags = [a for k, v in sets.items() for a in ("--set", f"train.{k}={v}")]
     return [sys.executable, "-m", "steer_bench", "train", "--config", str(CONFIG),
             "--method", "grpo", "--seed", "0", "--out", str(out), *flags]  # fmt: skip
 
@@ -199,7 +202,7 @@ def run_side(side: str, steps: int, ctx: dict[str, Any], tag: str) -> dict[str, 
     if ctx["tracking"] == "mlflow":
         env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{work / f'{out.name}.db'}", "MLFLOW_EXPERIMENT_NAME": "vs_trl"}
     if side == "ours":
-        cmd = our_command(ctx["model"], ctx["data"], steps, out, ctx["tracking"])
+        cmd = our_command(ctx["model"], ctx["data"], steps, out, ctx["tracking"], ctx["old_logprobs"])
     else:
         spec = {"model": str(ctx["model"]), "data": str(ctx["data"]), "order": ctx["order"], "steps": steps,
                 "out": str(out), "tracking": ctx["tracking"], "recipe": ctx["recipe"]}  # fmt: skip
@@ -267,6 +270,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the measurements as JSON here")
     parser.add_argument("--profile", choices=("ours", "trl"), help="run one N2 run of this side under cProfile")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run; 0: torch's default")
+    choices = ("rollout", "recompute")  # ours: π_old from generate's scores (the miniature's setting) or a pass
+    parser.add_argument("--old-logprobs", choices=choices, default="rollout", help="our π_old (docs/recipe.md §R17)")
     parser.add_argument("--keep", type=Path, help="keep every run's folder and log here (default: a temporary folder)")
     parser.add_argument("--trl-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--plan", nargs=3, help=argparse.SUPPRESS)
@@ -295,6 +300,7 @@ def main() -> None:
             "order": our_prompt_plan(args.data, n2, knobs["prompts"]),
             "tracking": args.tracking,
             "threads": args.threads,
+            "old_logprobs": args.old_logprobs,
         }
         if args.profile:
             ctx["profile"] = args.profile
@@ -333,6 +339,7 @@ def main() -> None:
             "steps": [n1, n2],
             "repeats": args.repeats,
             "tracking": args.tracking,
+            "old_logprobs": args.old_logprobs,
             "cpus": os.cpu_count(),
             "threads": threads,
             "torch": torch.__version__,

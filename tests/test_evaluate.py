@@ -429,3 +429,105 @@ def test_standalone_cli_prepares_from_the_registry(tmp_path: Path, tiny: Path) -
 def test_open_engine_rejects_unknown_kind(tiny: Path) -> None:
     with pytest.raises(SteerBenchError, match="unknown evaluation engine 'tgi'"):
         open_engine("tgi", str(tiny), None, HF, seed=0, max_model_len=64)
+
+
+# ----------------------------------------------------------------------------------------------- eval.jobs: one
+def _perturbed_copy(model: Path, out: Path, seed: int) -> Path:
+    """``model``'s folder with every weight moved by N(0, 0.05²): another checkpoint of the same network."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(model, out)
+    net = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    net.save_pretrained(out)
+    return out
+
+
+def _two_trained_runs(tmp: Path, tiny: Path) -> tuple[Path, Any]:
+    cfg = write_experiment(tmp, tiny)
+    raw = read_yaml(cfg) | {"seeds": [0, 1], "eval_only": []}
+    cfg.write_text(json.dumps(raw))
+    exp = load_experiment(cfg)
+    prepare_dataset("synth_test", exp.data_path("synth_test"), limit=6, levels=[1], check_golds=False)
+    for seed in (0, 1):
+        run_dir = exp.run_dir("grpo", seed)
+        _perturbed_copy(tiny, run_dir / "checkpoints" / "best", seed)
+        write_json(run_dir / "checkpoints" / "best" / "state.json", {"step": 3})
+        write_json(run_dir / "train.done", {"mlflow_run_id": None, "best_step": 3, "steps": 4})
+    return cfg, exp
+
+
+@pytest.mark.parametrize("engine", ["hf", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.slow])])
+def test_all_runs_with_one_engine_equal_one_engine_each(
+    tmp_path: Path, tiny: Path, engine: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`eval --all` loads each run's weights into one engine; every sample equals what a fresh engine per
+    run samples (same weights, same per-request seeds), and the two runs differ (the weights did change)."""
+    if engine == "vllm":
+        pytest.importorskip("vllm")
+    cfg, exp = _two_trained_runs(tmp_path, tiny)
+    args = ["eval", "--config", str(cfg), "--no-track", "--set", f"eval.engine={engine}"]
+    assert main([*args, "--all"]) == 0
+    assert "2 evaluations: 1 engine start(s), 1 weight reload(s)" in capsys.readouterr().out
+    shared = {s: read_jsonl(exp.eval_dir("grpo", s) / "synth_test" / "samples.jsonl") for s in (0, 1)}
+    info = read_json(exp.eval_dir("grpo", 1) / "synth_test" / "summary.json")["engine_options"]
+    assert (info["shared"], info["weights_from"]) == (True, str(exp.run_dir("grpo", 1) / "checkpoints" / "best"))
+    for s in (0, 1):
+        shutil.rmtree(exp.eval_dir("grpo", s))
+        assert main([*args, "--method", "grpo", "--seed", str(s)]) == 0
+        alone = read_jsonl(exp.eval_dir("grpo", s) / "synth_test" / "samples.jsonl")
+        assert [r["response"] for r in alone] == [r["response"] for r in shared[s]]
+    assert [r["response"] for r in shared[0]] != [r["response"] for r in shared[1]]
+
+
+def test_shared_engine_reopens_for_another_architecture(tmp_path: Path, tiny: Path, wide: Path) -> None:
+    """A model of the same architecture keys (here: only the context differs) is loaded into the open engine;
+    another architecture gets a new engine; the engine handed to a job survives the job's close()."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from steer_bench.evaluation.engines import SharedEngine
+
+    config = AutoConfig.from_pretrained(tiny)
+    config.intermediate_size *= 2
+    other = tmp_path / "other"
+    shutil.copytree(tiny, other)
+    AutoModelForCausalLM.from_config(config).save_pretrained(other)
+    shared, tok = SharedEngine(), AutoTokenizer.from_pretrained(tiny)
+    first, _ = shared(HF.engine, str(tiny), tok, HF, seed=0, max_model_len=32)
+    first.close()
+    assert shared.engine is not None
+    _, info = shared(HF.engine, str(wide), tok, HF, seed=0, max_model_len=32)
+    assert (shared.opened, shared.reloaded, info["weights_from"]) == (1, 1, str(wide))
+    shared(HF.engine, str(other), tok, HF, seed=0, max_model_len=32)
+    assert (shared.opened, shared.reloaded) == (2, 1)
+    assert shared.engine.model.config.intermediate_size == config.intermediate_size
+    shared.close()
+
+
+def test_all_after_one_run_changed_evaluates_that_run_only(
+    tmp_path: Path, tiny: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What Snakemake does after one run is re-trained: it deletes every output of the `eval_all` job (each
+    eval.done) and runs `eval --all` again; the summaries of unchanged runs are reused, the changed run is
+    evaluated again, and every eval.done is back."""
+    cfg, exp = _two_trained_runs(tmp_path, tiny)
+    args = ["eval", "--config", str(cfg), "--no-track", "--set", "eval.engine=hf", "--all"]
+    assert main(args) == 0
+    stamp = (exp.eval_dir("grpo", 0) / "synth_test" / "samples.jsonl").stat().st_mtime_ns
+    capsys.readouterr()
+    for s in (0, 1):
+        (exp.eval_dir("grpo", s) / "eval.done").unlink()
+    _perturbed_copy(tiny, tmp_path / "retrained", 7)
+    best = exp.run_dir("grpo", 1) / "checkpoints" / "best"
+    shutil.copy(tmp_path / "retrained" / "model.safetensors", best / "model.safetensors")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "grpo: " + str(exp.run_dir("grpo", 0) / "checkpoints" / "best") + " (smoke); evaluated nothing" in out
+    assert "grpo: " + str(best) + " (smoke); evaluated ['synth_test']" in out
+    assert "2 evaluations: 1 engine start(s), 0 weight reload(s)" in out
+    assert all((exp.eval_dir("grpo", s) / "eval.done").is_file() for s in (0, 1))
+    assert (exp.eval_dir("grpo", 0) / "synth_test" / "samples.jsonl").stat().st_mtime_ns == stamp

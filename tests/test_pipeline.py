@@ -102,7 +102,8 @@ def test_paper_config_job_graph_resolves(name: str, workdir: Path) -> None:
 def test_default_config_job_graph(workdir: Path) -> None:
     jobs = planned_jobs(workdir)  # no --configfile: configs/default.yaml
     assert jobs["train"] == 20
-    assert jobs["eval_run"] == 20
+    assert jobs["eval_all"] == 1  # eval.jobs: one — the base row and the 20 runs with one engine
+    assert not {"eval_run", "eval_only"} & set(jobs)
     assert jobs["warmstart"] == 1
     assert jobs["tree"] == 1
 

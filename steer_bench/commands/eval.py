@@ -1,8 +1,9 @@
 """``steer-bench eval``: evaluate a trained run, an eval-only row, or any HF model on benchmarks.
 
-Three ways to call it::
+Four ways to call it::
 
     steer-bench eval --config EXP.yaml --method steer --seed 0      # a trained run (eval.checkpoint: best | last)
+    steer-bench eval --config EXP.yaml --all                        # all of the above, one engine (eval.jobs: one)
     steer-bench eval --config EXP.yaml --row base                   # an eval-only row of the experiment
     steer-bench eval --model Qwen/Qwen2.5-Math-7B --benchmarks aime24 math500 --protocol paper --out DIR
 
@@ -44,6 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     exp.add_argument("--method", help="method of the trained run to evaluate (with --seed)")
     exp.add_argument("--seed", type=int, help="seed of the trained run to evaluate")
     exp.add_argument("--row", help="eval-only row of the experiment (standalone: the row label, default from --model)")
+    exp.add_argument("--all", action="store_true", help="every eval-only row and trained run, one engine for all")
     alone = parser.add_argument_group("standalone")
     alone.add_argument("--model", help="HF model folder or Hub id")
     paper = " ".join(PAPER_BENCHMARKS)
@@ -60,17 +62,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from steer_bench.evaluation.engines import SharedEngine
     from steer_bench.evaluation.runner import evaluate
     from steer_bench.tracking import resolve_uri
 
-    job, settings, protocol, db = _from_config(args) if args.config else _standalone(args)
+    jobs, settings, protocol, db = _from_config(args) if args.config else _standalone(args)
     uri = None if args.no_track else (args.tracking_uri or resolve_uri(db))
-    done = evaluate(job, settings, protocol, force=args.force, replace_stale=bool(args.config),
-                    track=not args.no_track, tracking_uri=uri)  # fmt: skip
-    print(f"{job.row}: {job.model} ({protocol.name}); evaluated {done['evaluated'] or 'nothing'}")
-    for b, acc in done["acc"].items():
-        print(f"  {b:<16} acc {acc:.4f}")
-    print(f"  {'avg':<16} acc {done['avg_acc']:.4f}   -> {job.out_dir}")
+    shared = SharedEngine()  # one engine for every job of this call (one job unless --all)
+    try:
+        for job in jobs:
+            done = evaluate(job, settings, protocol, force=args.force, replace_stale=bool(args.config),
+                            track=not args.no_track, tracking_uri=uri, open_engine=shared)  # fmt: skip
+            print(f"{job.row}: {job.model} ({protocol.name}); evaluated {done['evaluated'] or 'nothing'}")
+            for b, acc in done["acc"].items():
+                print(f"  {b:<16} acc {acc:.4f}")
+            print(f"  {'avg':<16} acc {done['avg_acc']:.4f}   -> {job.out_dir}")
+    finally:
+        shared.close()
+    if len(jobs) > 1:
+        print(f"{len(jobs)} evaluations: {shared.opened} engine start(s), {shared.reloaded} weight reload(s)")
     return 0
 
 
@@ -86,13 +96,18 @@ def _from_config(args: argparse.Namespace):
     own, nested = split_overrides(args.overrides)
     exp = load_experiment(args.config, own)
     protocol = load_protocol(exp.eval.protocol, nested["protocol"])
-    if args.row and args.method is None and args.seed is None:
-        job = eval_only_job(exp, args.row)
-    elif args.method and args.seed is not None and not args.row:
-        job = trained_run_job(exp, args.method, args.seed)
+    if args.all and not (args.row or args.method or args.seed is not None):
+        jobs = [eval_only_job(exp, r.name) for r in exp.eval_only]
+        jobs += [trained_run_job(exp, m, s) for m in exp.methods for s in exp.seeds]
+    elif args.row and args.method is None and args.seed is None and not args.all:
+        jobs = [eval_only_job(exp, args.row)]
+    elif args.method and args.seed is not None and not args.row and not args.all:
+        jobs = [trained_run_job(exp, args.method, args.seed)]
     else:
-        raise SteerBenchError("eval --config needs either --method and --seed (a trained run) or --row (eval-only)")
-    return job, exp.eval, protocol, exp.tracking_db()
+        raise SteerBenchError(
+            "eval --config needs one of: --method and --seed (a trained run), --row (eval-only), --all"
+        )
+    return jobs, exp.eval, protocol, exp.tracking_db()
 
 
 def _standalone(args: argparse.Namespace):
@@ -104,8 +119,8 @@ def _standalone(args: argparse.Namespace):
 
     if not args.model or not args.out:
         raise SteerBenchError("eval needs --config (with --method/--seed or --row), or --model and --out")
-    if args.method or args.seed is not None:
-        raise SteerBenchError("eval: --method/--seed need --config")
+    if args.method or args.seed is not None or args.all:
+        raise SteerBenchError("eval: --method/--seed/--all need --config")
     from steer_bench.experiment import split_overrides
 
     own, nested = split_overrides(args.overrides)
@@ -124,7 +139,7 @@ def _standalone(args: argparse.Namespace):
         args.model, args.benchmarks or list(PAPER_BENCHMARKS), args.out, experiment=args.experiment, row=args.row,
         data_dir=args.data_dir, limit=args.limit, workers=args.workers,
     )  # fmt: skip
-    return job, settings, protocol, args.out / "mlflow.db"
+    return [job], settings, protocol, args.out / "mlflow.db"
 
 
 def _dest(flag: str) -> str:

@@ -145,6 +145,11 @@ class TrainConfig(StrictModel):
     loss_scale: Literal["global_tokens", "release"] = "global_tokens"
     """global_tokens: micro-batch losses over the mini-batch's global totals (the paper's 1/Σ|o_i|); release:
     each micro-batch's own aggregate / accumulation steps, averaged over ranks (verl v0.4.1)."""
+    old_logprobs: Literal["recompute", "rollout"] = "recompute"
+    """π_old's log-probs and entropy: recompute = a no-grad forward pass of the policy over the rollout (the
+    release: verl's ``actor.compute_log_prob``); rollout = the values the ``hf`` engine computed while sampling
+    from the same model (its processed scores: with top_p 1 exactly the policy's softmax(logits/τ), up to the
+    float rounding of the KV-cached forward), which saves that pass (docs/recipe.md §R17)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     shard: Literal["accelerate", "fsdp2"] = "accelerate"
     """How the model is distributed: ``accelerate`` = what the accelerate config says (DDP, or FSDP on GPU);
@@ -168,6 +173,10 @@ class TrainConfig(StrictModel):
     def _batch_shapes(self) -> TrainConfig:
         if self.shard == "fsdp2" and (self.rollout.engine != "vllm" or self.mixed_precision != "no"):
             raise ValueError("shard: fsdp2 needs rollout.engine: vllm and mixed_precision: no")
+        if self.old_logprobs == "rollout" and (
+            self.rollout.engine != "hf" or self.rollout.top_p != 1.0 or self.mixed_precision != "no"
+        ):  # vLLM's kernels, top-p's renormalised distribution or autocast make the values differ from the policy's
+            raise ValueError("old_logprobs: rollout needs rollout.engine: hf, top_p 1 and mixed_precision: no")
         if self.prompts_per_step % self.mini_batch_prompts:
             raise ValueError(
                 f"mini_batch_prompts ({self.mini_batch_prompts}) must divide "

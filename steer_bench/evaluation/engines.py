@@ -102,3 +102,80 @@ def open_engine(
         engine = HFEngine(policy.model.to(device), policy.tokenizer, max_batch_size=settings.batch_size)
         return engine, {"kind": "hf", "dtype": dtype, "device": device, "batch_size": settings.batch_size}
     raise SteerBenchError(f"unknown evaluation engine {kind!r}; valid: hf, vllm")
+
+
+class SharedEngine:
+    """An :data:`~steer_bench.evaluation.runner.EngineOpener` that keeps one engine open across evaluation jobs
+    (``eval.jobs: one``): vLLM's start-up (~10 s on 2 CPU cores, minutes for a 7B model on a GPU) is paid once.
+
+    The first call opens an engine with :func:`open_engine`. A later call for another model of the same
+    architecture, tokenizer and engine settings, whose context fits the open engine, loads that model's weights
+    into it (the trainer's weight sync, :meth:`~steer_bench.rollout.vllm.VLLMEngine.sync_weights`, which then
+    checks the engine's probe log-probs against the loaded model and raises on a gap); anything else closes the
+    open engine and opens a new one. The engine handed out ignores ``close()``: call :meth:`close` when done.
+    """
+
+    def __init__(self) -> None:
+        self.engine: Any = None
+        self.key: tuple[Any, ...] | None = None
+        self.info: dict[str, Any] = {}
+        self.opened = self.reloaded = 0
+
+    def __call__(
+        self, kind: str, model: str, tokenizer: Any, settings: EvalSection, *, seed: int, max_model_len: int
+    ) -> tuple[Any, dict[str, Any]]:
+        key = (kind, settings.model_dump_json(), seed, _tokenizer_fingerprint(tokenizer), _architecture(model))
+        if self.engine is not None and key == self.key and max_model_len <= self.info["max_model_len"]:
+            self._load(kind, model)
+            self.reloaded += 1
+            return _KeepOpen(self.engine), self.info | {"shared": True, "weights_from": model}
+        self.close()
+        self.engine, self.info = open_engine(kind, model, tokenizer, settings, seed=seed, max_model_len=max_model_len)
+        self.info.setdefault("max_model_len", max_model_len)
+        self.key, self.opened = key, self.opened + 1
+        return _KeepOpen(self.engine), self.info | {"shared": False}
+
+    def _load(self, kind: str, model: str) -> None:
+        from steer_bench.config.run import ModelConfig
+        from steer_bench.rollout.model import load_policy
+
+        if kind == "hf":  # the hf engine samples from the model object itself: swap it in
+            self.engine.sync_weights(load_policy(ModelConfig(path=model, dtype=self.info["dtype"])).model.to(
+                self.info["device"]))  # fmt: skip
+            return
+        # vLLM serves float32 on CPU and the checkpoint's dtype on GPU; the probe check compares in float32
+        self.engine.sync_weights(load_policy(ModelConfig(path=model, dtype="float32")).model)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        self.engine, self.key = None, None
+
+
+class _KeepOpen:
+    """The shared engine as one job sees it: everything but ``close``, which the :class:`SharedEngine` owns."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def close(self) -> None:
+        pass
+
+
+def _architecture(model: str) -> tuple[Any, ...]:
+    """The architecture keys of ``model``'s config, and its generation config (the eos set the engine stops on)."""
+    from steer_bench.inputs import ARCHITECTURE_KEYS, read_config
+
+    generation = Path(model) / "generation_config.json"
+    eos = generation.read_text() if generation.is_file() else None
+    return (*(read_config(model).get(k) for k in ARCHITECTURE_KEYS), eos)
+
+
+def _tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Equal for tokenizers that map every text to the same ids (vocabulary, merges, special tokens, template)."""
+    state = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else repr(tokenizer)
+    extra = f"{tokenizer.all_special_tokens}{getattr(tokenizer, 'chat_template', None)}"
+    return hashlib.sha256((state + extra).encode()).hexdigest()

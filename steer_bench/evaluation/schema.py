@@ -25,3 +25,7 @@ class EvalSection(StrictModel):
     """hf engine: prompts per generate call."""
     vllm: VllmConfig = VllmConfig(gpu_memory_utilization=0.9)
     """Tensor parallelism and memory of the vLLM engine (eval has the GPU to itself)."""
+    jobs: Literal["per_run", "one"] = "per_run"
+    """per_run: one Snakemake job per trained run (a cluster evaluates them in parallel); one: a single job
+    evaluates every trained run with one engine that loads each checkpoint's weights in turn
+    (``steer-bench eval --all``), for the CPU miniature, where vLLM's start-up would dominate."""

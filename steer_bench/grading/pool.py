@@ -101,7 +101,7 @@ class Grader:
         self.workers, self.timeout, self.primary = workers, float(timeout), primary
         self._ctx = mp.get_context(start_method)
         if start_method == "forkserver":
-            self._ctx.set_forkserver_preload(["steer_bench.grading"])  # workers fork with math-verify imported
+            self._ctx.set_forkserver_preload(["steer_bench.grading", "math_verify"])  # workers fork with it imported
         self._pool: list[_Worker] = []
         self.restarts = 0
         self._startup_kills = 0  # workers killed before they were ready, since the last one that started

@@ -35,8 +35,6 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from math_verify import parse, verify
-
 from steer_bench.errors import SteerBenchError
 from steer_bench.grading.release import RELEASE_GRADERS, last_boxed, release_strict_match, release_window
 
@@ -128,6 +126,8 @@ def wrap_gold(gold: str) -> str:
 
 
 def _mv_body(response: str, gold: str, cache: dict[str, list]) -> MVResult:
+    from math_verify import parse, verify  # here, not at import: the trainer's process only starts the workers
+
     gold_parsed = cache.get(gold)
     if gold_parsed is None:
         gold_parsed = parse(wrap_gold(gold), parsing_timeout=None)

@@ -15,13 +15,14 @@ Prompts are token ids of already chat-templated prompts. See :mod:`steer_bench.r
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
-
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from steer_bench.errors import SteerBenchError
 from steer_bench.rollout.batch import PaddedRollout, RolloutBatch, SamplingParams, logprob_gap, score_responses
 from steer_bench.rollout.hf import HFEngine
+
+if TYPE_CHECKING:  # transformers is imported where a model is loaded, not by importing the trainer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "ENGINES",

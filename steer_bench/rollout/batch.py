@@ -78,7 +78,8 @@ class RolloutBatch:
 
     ``response_ids`` end with an eos token iff ``finished``; a sample that hit ``max_new_tokens`` first is
     ``truncated``. ``response_logprobs`` are the engine's log-probs of the sampled tokens under the *processed*
-    distribution it sampled from (temperature and top-p applied; top-p renormalises), or None.
+    distribution it sampled from (temperature and top-p applied; top-p renormalises), or None;
+    ``response_entropy`` the entropy of that distribution at each response token (the ``hf`` engine), or None.
     """
 
     prompt_index: list[int]
@@ -86,16 +87,19 @@ class RolloutBatch:
     response_ids: list[list[int]]
     finished: list[bool]
     response_logprobs: list[list[float]] | None = None
+    response_entropy: list[list[float]] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.prompt_index)
-        lists = [self.prompt_ids, self.response_ids, self.finished, self.response_logprobs or self.response_ids]
+        lists = [self.prompt_ids, self.response_ids, self.finished]
         if any(len(x) != n for x in lists):
             raise ValueError("RolloutBatch: per-sample lists differ in length")
-        if self.response_logprobs is not None and any(
-            len(lp) != len(r) for lp, r in zip(self.response_logprobs, self.response_ids, strict=True)
-        ):
-            raise ValueError("RolloutBatch: response_logprobs and response_ids differ in length")
+        for name in ("response_logprobs", "response_entropy"):
+            values = getattr(self, name)
+            if values is not None and (
+                len(values) != n or any(len(v) != len(r) for v, r in zip(values, self.response_ids, strict=True))
+            ):
+                raise ValueError(f"RolloutBatch: {name} and response_ids differ in length")
 
     def __len__(self) -> int:
         return len(self.prompt_index)
@@ -103,14 +107,28 @@ class RolloutBatch:
     @classmethod
     def concat(cls, parts: list[RolloutBatch]) -> RolloutBatch:
         """Rows of ``parts`` one after another (log-probs kept only if every part has them)."""
-        has_logprobs = all(p.response_logprobs is not None for p in parts)
+
+        def joined(name: str) -> list[list[float]] | None:
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else [x for v in values for x in v]
+
         return cls(
             prompt_index=[x for p in parts for x in p.prompt_index],
             prompt_ids=[x for p in parts for x in p.prompt_ids],
             response_ids=[x for p in parts for x in p.response_ids],
             finished=[x for p in parts for x in p.finished],
-            response_logprobs=[x for p in parts for x in p.response_logprobs] if has_logprobs else None,
+            response_logprobs=joined("response_logprobs"),
+            response_entropy=joined("response_entropy"),
         )
+
+    def token_values(self, values: list[list[float]], device: torch.device | str = "cpu") -> Tensor:
+        """Per-response-token ``values`` (one list per row, as long as its response) as (B, T) of
+        :meth:`padded`'s T, 0 after each response's end."""
+        t = max(1, max((len(x) for x in self.response_ids), default=0))
+        out = torch.zeros((len(self), t), dtype=torch.float32)
+        for i, v in enumerate(values):
+            out[i, : len(v)] = torch.tensor(v, dtype=torch.float32)
+        return out.to(device)
 
     @property
     def truncated(self) -> list[bool]:
@@ -124,15 +142,13 @@ class RolloutBatch:
         input_ids = torch.full((b, p + t), pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((b, p + t), dtype=torch.long)
         response_mask = torch.zeros((b, t), dtype=torch.float32)
-        logprobs = None if self.response_logprobs is None else torch.zeros((b, t), dtype=torch.float32)
         for i, (prompt, response) in enumerate(zip(self.prompt_ids, self.response_ids, strict=True)):
             input_ids[i, p - len(prompt) : p] = torch.tensor(prompt, dtype=torch.long)
             input_ids[i, p : p + len(response)] = torch.tensor(response, dtype=torch.long)
             attention_mask[i, p - len(prompt) : p + len(response)] = 1
             response_mask[i, : len(response)] = 1.0
-            if logprobs is not None:
-                logprobs[i, : len(response)] = torch.tensor(self.response_logprobs[i], dtype=torch.float32)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logprobs = None if self.response_logprobs is None else self.token_values(self.response_logprobs)
         return PaddedRollout(input_ids, attention_mask, position_ids, response_mask, logprobs)
 
 

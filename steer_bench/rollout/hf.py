@@ -10,17 +10,15 @@ at scale.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import (
-    GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
 
 from steer_bench.errors import NonFiniteError, SteerBenchError
 from steer_bench.rollout.batch import RolloutBatch, SamplingParams
+
+if TYPE_CHECKING:  # transformers is imported where a model is loaded, not by importing the trainer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # Values that switch off every logits processor a checkpoint's generation_config could otherwise switch on.
 _NEUTRAL = {"top_k": 0, "min_p": 0.0, "typical_p": 1.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
@@ -36,9 +34,10 @@ def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
     return sorted(ids)
 
 
-class RaiseOnNonFinite(LogitsProcessor):
+class RaiseOnNonFinite:
     """Stop sampling with a named error when a row's scores cannot form a distribution (a NaN, a +inf, or
-    every token at −inf): ``torch.multinomial`` would otherwise fail with a bare RuntimeError."""
+    every token at −inf): ``torch.multinomial`` would otherwise fail with a bare RuntimeError. A logits
+    processor (``generate`` calls each with ``(input_ids, scores)``)."""
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         bad = scores.isnan().any(-1) | scores.isposinf().any(-1) | scores.isneginf().all(-1)
@@ -96,6 +95,8 @@ class HFEngine:
     def _generate(
         self, prompts: list[list[int]], params: SamplingParams, first_index: int, seed: int | None
     ) -> RolloutBatch:
+        from transformers import GenerationConfig, LogitsProcessorList
+
         device = next(self.model.parameters()).device
         p = max(len(x) for x in prompts)
         input_ids = torch.full((len(prompts), p), self.pad_token_id, dtype=torch.long)
@@ -134,12 +135,20 @@ class HFEngine:
         logprobs = torch.stack(
             [s.float().log_softmax(-1).gather(1, tokens[:, t : t + 1]) for t, s in enumerate(out.scores)], 1
         ).squeeze(-1)
+        # H = −Σ p log p of the processed distribution; entr(0) = 0 where top-p masked a token to −inf
+        entropy = torch.stack([torch.special.entr(s.float().softmax(-1)).sum(-1) for s in out.scores], 1)
         eos = torch.tensor(self.eos_token_ids)
-        return _cut_at_eos(prompts, tokens.cpu(), logprobs.cpu(), params.n, eos, first_index)
+        return _cut_at_eos(prompts, tokens.cpu(), logprobs.cpu(), entropy.cpu(), params.n, eos, first_index)
 
 
 def _cut_at_eos(
-    prompts: list[list[int]], tokens: torch.Tensor, logprobs: torch.Tensor, n: int, eos: torch.Tensor, first_index: int
+    prompts: list[list[int]],
+    tokens: torch.Tensor,
+    logprobs: torch.Tensor,
+    entropy: torch.Tensor,
+    n: int,
+    eos: torch.Tensor,
+    first_index: int,
 ) -> RolloutBatch:
     """Split (b·n, L) generated tokens into per-sample responses that end at (and include) the first eos."""
     is_eos = torch.isin(tokens, eos)
@@ -151,4 +160,5 @@ def _cut_at_eos(
         response_ids=[tokens[r, :k].tolist() for r, k in enumerate(lengths)],
         finished=finished.tolist(),
         response_logprobs=[logprobs[r, :k].tolist() for r, k in enumerate(lengths)],
+        response_entropy=[entropy[r, :k].tolist() for r, k in enumerate(lengths)],
     )

@@ -49,17 +49,19 @@ import random
 import tempfile
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import safetensors.torch
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from steer_bench.errors import SteerBenchError
 from steer_bench.rollout.batch import RolloutBatch, SamplingParams
 from steer_bench.rollout.hf import check_prompts, eos_token_ids
 from steer_bench.rollout.weights import SyncMeter, full_weights
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PROBE_TEXT = "<|im_start|>user\n12+34*5=?<|im_end|>\nThe quick brown fox jumps over the lazy dog; 12+34*5=182."
 SyncMode = Literal["auto", "tensors", "disk"]

@@ -34,7 +34,7 @@ from steer_bench.train.distributed import param_checksums, rank_reduce, reduce_a
 from steer_bench.train.heldout import selectable, validate
 from steer_bench.train.setup import Run, prompt_order, seed_everything, set_up, step_seed
 from steer_bench.train.stepstats import dump_rollouts, rollout_metrics
-from steer_bench.train.update import UpdateRows, forward, policy_update, rollout_logprobs
+from steer_bench.train.update import UpdateRows, engine_logprobs, forward, policy_update, rollout_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ def collect(run: Run, grader: Grader, number: int) -> Step:
     cfg, acc, tokenizer = run.cfg, run.accelerator, run.tokenizer
     rank, share = acc.process_index, cfg.prompts_per_step // acc.num_processes
     seed_everything(step_seed(cfg.seed, number) + rank)
+    run.startup.setdefault("first_rollout_unix", time.time())  # benchmarks/startup.py: process start → here
     t0 = time.perf_counter()
     idx = prompt_order(len(run.prompts), cfg.seed, number, cfg.prompts_per_step)[rank * share :][:share]
     run.engine.sync_weights(acc.unwrap_model(run.model))
@@ -124,7 +125,10 @@ def collect(run: Run, grader: Grader, number: int) -> Step:
     t2 = time.perf_counter()
 
     batch = rollout.padded(tokenizer.pad_token_id).to(acc.device)
-    old_logp, old_entropy = rollout_logprobs(run.model, batch, cfg)
+    if cfg.old_logprobs == "rollout":
+        old_logp, old_entropy = engine_logprobs(rollout, batch)
+    else:
+        old_logp, old_entropy = rollout_logprobs(run.model, batch, cfg)
     group_ids = torch.as_tensor(rollout.prompt_index, device=acc.device)
     adv = run.method.advantages(scores, group_ids, batch.response_mask, old_entropy=old_entropy)
     t3 = time.perf_counter()
@@ -236,6 +240,7 @@ def finish(run: Run, final: dict[str, float]) -> dict[str, Any]:
         "best_step": run.state.best_step,
         "best_metric": run.state.best_metric,
         "final": final,
+        "startup": run.startup,
     }
     run.tracker.log_metrics(headline_metrics(summary), step=run.state.step)  # the runs table's columns
     if run.tracker.error:  # the files are complete; `steer-bench report` re-mirrors them into MLflow

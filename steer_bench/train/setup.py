@@ -5,6 +5,7 @@ across steps is one :class:`Run`."""
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,7 @@ class Run:
     prompts: list[list[int]]
     dropped: list[int]
     validation: Any  # (prompt ids, golds) of the held-out set, or None
+    startup: dict[str, float]  # model_load_s, then first_rollout_unix (time.time() as the first rollout starts)
 
     @property
     def main(self) -> bool:
@@ -146,7 +148,9 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
         check_same_architecture(last_dir, cfg.model.path)
 
     seed_everything(cfg.seed)
+    t_load = time.perf_counter()
     policy = load_policy(cfg.model, path=str(last_dir) if resume else None)
+    startup = {"model_load_s": time.perf_counter() - t_load}
     model, tokenizer = policy.model, policy.tokenizer
     check_run(cfg, preset, policy.context_len, accelerator.num_processes)
     problems = load_prepared(cfg.data.train)
@@ -186,5 +190,5 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
     )
     return Run(
         cfg, preset, preset.resolve(), out, accelerator, model, tokenizer, optimizer, scheduler, engine, tracker,
-        state, problems, prompts, dropped, validation,
+        state, problems, prompts, dropped, validation, startup,
     )  # fmt: skip

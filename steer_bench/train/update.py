@@ -12,8 +12,8 @@ from accelerate import Accelerator
 
 from steer_bench.algos import Method, TokenBatch, Totals
 from steer_bench.config.run import TrainConfig
-from steer_bench.errors import NonFiniteError
-from steer_bench.rollout.batch import PaddedRollout, score_responses
+from steer_bench.errors import NonFiniteError, SteerBenchError
+from steer_bench.rollout.batch import PaddedRollout, RolloutBatch, score_responses
 from steer_bench.rollout.model import pad_to, select_rows
 from steer_bench.train.batching import loss_factor, loss_totals
 from steer_bench.train.distributed import global_totals, rank_reduce
@@ -47,6 +47,17 @@ def rollout_logprobs(model: Any, batch: PaddedRollout, cfg: TrainConfig) -> tupl
     check_token_values(
         {"the old log-prob": logp, "the old entropy": entropy}, batch.response_mask, where="(π_old pass)"
     )
+    return logp, entropy
+
+
+def engine_logprobs(rollout: RolloutBatch, batch: PaddedRollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """π_old's (log-probs, entropy) (B, T) as the engine computed them while sampling (``old_logprobs:
+    rollout``), checked like the recomputed ones."""
+    if batch.response_logprobs is None or rollout.response_entropy is None:
+        raise SteerBenchError("old_logprobs: rollout needs an engine that returns log-probs and entropies (hf)")
+    logp = batch.response_logprobs
+    entropy = rollout.token_values(rollout.response_entropy, logp.device)
+    check_token_values({"the old log-prob": logp, "the old entropy": entropy}, batch.response_mask, where="(rollout)")
     return logp, entropy
 
 
