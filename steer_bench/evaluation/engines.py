@@ -140,8 +140,8 @@ class SharedEngine:
         from steer_bench.rollout.model import load_policy
 
         if kind == "hf":  # the hf engine samples from the model object itself: swap it in
-            self.engine.sync_weights(load_policy(ModelConfig(path=model, dtype=self.info["dtype"])).model.to(
-                self.info["device"]))  # fmt: skip
+            policy = load_policy(ModelConfig(path=model, dtype=self.info["dtype"]))
+            self.engine.sync_weights(policy.model.to(self.info["device"]))
             return
         # vLLM serves float32 on CPU and the checkpoint's dtype on GPU; the probe check compares in float32
         self.engine.sync_weights(load_policy(ModelConfig(path=model, dtype="float32")).model)
