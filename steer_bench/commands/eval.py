@@ -3,8 +3,8 @@
 Four ways to call it::
 
     steer-bench eval --config EXP.yaml --method steer --seed 0      # a trained run (eval.checkpoint: best | last)
-    steer-bench eval --config EXP.yaml --all                        # all of the above, one engine (eval.jobs: one)
     steer-bench eval --config EXP.yaml --row base                   # an eval-only row of the experiment
+    steer-bench eval --config EXP.yaml --all                        # every row and run, one engine (eval.jobs: one)
     steer-bench eval --model Qwen/Qwen2.5-Math-7B --benchmarks aime24 math500 --protocol paper --out DIR
 
 With ``--config`` everything comes from the experiment (``eval:`` section; ``--set eval.engine=hf`` etc.

@@ -180,8 +180,9 @@ class VLLMEngine:
     @classmethod
     def from_path(cls, model_path: str, tokenizer: PreTrainedTokenizerBase, **options: Any) -> VLLMEngine:
         """An engine serving the HF folder or Hub id ``model_path`` without loading the model in this process
-        (evaluation). Only its config and generation config (for the eos set) are read here. There is no
-        trainer model to sync from or to check against: do not call ``sync_weights`` on this engine."""
+        (evaluation). Only its config and generation config (for the eos set) are read here. ``sync_weights(m)``
+        then loads another model ``m`` of the same architecture into it and checks the engine against ``m``
+        (:class:`~steer_bench.evaluation.engines.SharedEngine`)."""
         from transformers import AutoConfig, GenerationConfig
 
         config = AutoConfig.from_pretrained(model_path)
