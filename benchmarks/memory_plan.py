@@ -25,7 +25,8 @@ class Arch:
     vocab: int
     tied: bool
     micro: int  # recipe micro-batch (sequences per GPU)
-    util: float  # recipe gpu_memory_utilization per engine
+    util: float  # recipe gpu_memory_utilization per engine (of each card it spans)
+    tp: int  # recipe rollout tensor_parallel_size: one engine per group of tp ranks
 
     @property
     def head_dim(self) -> int:
@@ -46,16 +47,17 @@ class Arch:
         return self.layers * self.layer_params + self.embed_params * (1 if self.tied else 2) + self.hidden
 
     @property
-    def kv_bytes_per_token(self) -> int:  # bf16 K and V, every layer
-        return 2 * self.layers * self.kv_heads * self.head_dim * 2
+    def kv_bytes_per_token(self) -> int:  # bf16 K and V, every layer, on one card of the engine
+        # vLLM splits the KV heads over the tp cards, replicating them where there are fewer heads than cards
+        return 2 * self.layers * max(1, self.kv_heads // self.tp) * self.head_dim * 2
 
 
-# Hub config.json of Qwen/Qwen2.5-Math-1.5B, Qwen/Qwen2.5-Math-7B, Qwen/Qwen2.5-14B; micro-batch and utilisation
-# from configs/paper/table12_1p5b.yaml, _recipe_7b.yaml, table4_14b.yaml.
+# Hub config.json of Qwen/Qwen2.5-Math-1.5B, Qwen/Qwen2.5-Math-7B, Qwen/Qwen2.5-14B; micro-batch, utilisation and
+# rollout tensor parallelism from configs/paper/table12_1p5b.yaml, _recipe_7b.yaml, table4_14b.yaml.
 MODELS = [
-    Arch("Qwen2.5-Math-1.5B", 1536, 28, 12, 2, 8960, 151936, True, 8, 0.4),
-    Arch("Qwen2.5-Math-7B", 3584, 28, 28, 4, 18944, 152064, False, 8, 0.4),
-    Arch("Qwen2.5-14B", 5120, 48, 40, 8, 13824, 152064, False, 4, 0.55),
+    Arch("Qwen2.5-Math-1.5B", 1536, 28, 12, 2, 8960, 151936, True, 8, 0.6, 4),
+    Arch("Qwen2.5-Math-7B", 3584, 28, 28, 4, 18944, 152064, False, 8, 0.6, 4),
+    Arch("Qwen2.5-14B", 5120, 48, 40, 8, 13824, 152064, False, 8, 0.55, 4),
 ]
 RANKS, SEQ, PROMPTS, N, UPDATES = 8, 4096, 512, 8, 16  # 8 GPUs, 1024 + 3072 tokens, 512 × 8 rollouts, 16 updates
 CARDS = {"80 GB (A100/H100)": 80, "96 GB (H20/H100 NVL-class)": 96}
@@ -78,14 +80,15 @@ def plan(m: Arch) -> dict[str, float]:
         "gathered": unsharded / GB,
         "activations": (act_ckpt + act_layer) / GB,
         "logits": logits / GB,
-        "engine_weights": 2 * p / GB,
+        "engine_weights": 2 * p / m.tp / GB,  # this card's tensor-parallel slice
         "kv_per_token_kib": m.kv_bytes_per_token / 1024,
     }
 
 
 def main() -> None:
     print("| model | params | fp32 master /8 | grads /8 | AdamW /8 | gathered bf16 (2 layers + embeddings) | "
-          "activations (ckpt, micro × 4096) | logits + grad | engine bf16 weights | KV / token |")  # fmt: skip
+          "activations (ckpt, micro × 4096) | logits + grad | engine bf16 weights / TP | "
+          "KV / token / card |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for m in MODELS:
         q = plan(m)
@@ -141,13 +144,15 @@ MFU, DECODE_EFF, DECODE_BATCH = 0.35, 0.5, 128
 def step_time(m: Arch, tflops: float, tbs: float, batch: int) -> tuple[float, float]:
     """(rollout s, training s) per RL step. Training FLOPs per token: 2N (old log-probs) + 6N (forward and
     backward) + 2N (gradient checkpointing's recompute) = 10N (Kaplan et al. 2020's 6N rule plus the passes this
-    recipe adds). Decoding is memory-bound: each step of a DECODE_BATCH-sequence batch reads the bf16 weights and
-    the batch's KV cache once."""
+    recipe adds). Decoding is memory-bound: each step of a DECODE_BATCH-sequence batch reads, on each of the
+    engine's tp cards, its slice of the bf16 weights and of the batch's KV cache once; an engine serves its tp
+    ranks' prompts. The tensor-parallel all-reduces (two per layer, batch × hidden bf16 values) are left out:
+    optimistic where the cards are not linked by NVLink."""
     tokens = PROMPTS * N * (PROMPT_MEAN + RESPONSE_MEAN)
     train = 10 * m.params * tokens / (RANKS * tflops * 1e12 * MFU)
     kv_read = batch * (PROMPT_MEAN + RESPONSE_MEAN / 2) * m.kv_bytes_per_token
-    per_step = (2 * m.params + kv_read) / (tbs * 1e12 * DECODE_EFF)
-    waves = PROMPTS * N / RANKS / batch
+    per_step = (2 * m.params / m.tp + kv_read) / (tbs * 1e12 * DECODE_EFF)
+    waves = PROMPTS * N / (RANKS / m.tp) / batch
     rollout = waves * RESPONSE_MEAN * per_step + (3072 - RESPONSE_MEAN) * per_step  # + the longest response's tail
     return rollout, train
 

