@@ -166,6 +166,48 @@ def test_fsdp2_sharded_sync_into_one_vllm_engine_per_rank(model_dir: Path, tmp_p
     assert ranks[0]["samples_rank_seed"] != ranks[1]["samples_rank_seed"]  # per-rank seeds: different samples
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_four_ranks_form_two_tensor_parallel_engines_that_serve_each_rank_its_own_rows(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """4 ranks at tensor_parallel_size 2: two engines of two ranks. Each rank's rollout (its own prompts, seed and
+    row count) equals what one single-process engine with the same weights samples for those prompts and seed:
+    the group exchange and split hand every rank its own rows. The engines' float32 math differs from the single
+    engine's by rounding only (partial sums reduced across the two ranks), so log-probs agree to GAP (measured
+    ≤ 2e-6) and, at these odds, not one sampled token moves."""
+    import torch
+    from distributed_tp_worker import SCALE, SHARED, rank_prompts
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from steer_bench.rollout.vllm import VLLMEngine
+
+    worker = REPO / "tests" / "distributed_tp_worker.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", "--master_port", str(_free_port()),
+           str(worker), "--model", str(model_dir), "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
+    model, tok = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    reference = VLLMEngine(model, tok, model_path=str(model_dir), seed=0, max_model_len=128, cpu_kvcache_gb=0.0625)
+    try:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(SCALE)
+        reference.sync_weights(model)
+        shared = reference.generate(*SHARED).response_ids
+        for r, got in enumerate(ranks):
+            want = reference.generate(*rank_prompts(r))
+            assert got["sync_gap"] <= GAP
+            assert got["prompt_index"] == want.prompt_index  # 2 + r % 2 prompts × n = 2: 4 or 6 rows
+            assert got["rollout"] == want.response_ids
+            for a, b in zip(got["logprobs"], want.response_logprobs, strict=True):
+                assert a == pytest.approx(b, abs=GAP)
+            assert got["shared"] == shared  # the request every rank asked alike, served once per engine
+    finally:
+        reference.close()
+
+
 def _experiment(tmp: Path, model_dir: Path, **train: object) -> Path:
     from steer_bench.data.prepare import prepare_dataset
 

@@ -188,6 +188,8 @@ class VLLMEngine:
                 )
         except (ValueError, RuntimeError, AssertionError) as e:  # vLLM's start-up errors, re-raised with context
             raise SteerBenchError(f"rollout.vllm: the engine could not start ({where}): {e}") from e
+        if self.tp_group is not None:
+            self._check_tp_group(world, rank, tensor_parallel_size)
 
     @classmethod
     def from_path(cls, model_path: str, tokenizer: PreTrainedTokenizerBase, **options: Any) -> VLLMEngine:
@@ -315,6 +317,19 @@ class VLLMEngine:
             logprobs=0,
             detokenize=False,
         )
+
+    def _check_tp_group(self, world: int, rank: int, tensor_parallel_size: int) -> None:
+        """The ranks that exchange requests must be the ranks vLLM sharded this engine over; were they not, the
+        group's engines would be handed different requests (a hang or wrong rollouts) instead of failing here."""
+        from vllm.distributed import parallel_state
+
+        engine = list(parallel_state.get_tp_group().ranks)
+        ours = next(g for g in tp_groups(world, tensor_parallel_size) if rank in g)
+        if engine != ours:
+            raise SteerBenchError(
+                f"rollout.vllm: vLLM sharded rank {rank}'s engine over ranks {engine}, not {ours} (groups of "
+                f"tensor_parallel_size={tensor_parallel_size} consecutive ranks, which the request exchange assumes)"
+            )
 
     def _tp_rank(self) -> int:
         """This rank's position in its tensor-parallel group (0 without one)."""
