@@ -312,8 +312,9 @@ def test_two_ranks_share_one_tensor_parallel_engine(reference_run: tuple[Path, P
     """rollout.vllm.tensor_parallel_size 2 on 2 ranks: one engine sharded over both (the release's layout, TP 4
     on 8 GPUs, in miniature). Each rank still samples its own prompts with its own seeds, so the run equals the
     data-parallel one: the engine's math differs only in float32 rounding (its row-parallel layers sum partial
-    products across the two ranks), which moves the engine-vs-trainer gaps (~6e-7) by less than their size and
-    leaves the sampled tokens, hence every trainer-side metric, unchanged (the bounds of the resume test above)."""
+    products across the two ranks). That moves the engine-vs-trainer gaps (rounding noise themselves, ~1e-6), which
+    are only bounded here, and leaves the sampled tokens, hence every trainer-side metric, bit for bit as they were
+    (the trainer is data parallel in both runs, and DDP against DDP is exact)."""
     config, ref = reference_run
     out = tmp_path / "tp2"
     tp = ("--set", "train.rollout.vllm.tensor_parallel_size=2")
@@ -323,12 +324,16 @@ def test_two_ranks_share_one_tensor_parallel_engine(reference_run: tuple[Path, P
     got, want = _deterministic(read_jsonl(out / "metrics.jsonl")), _deterministic(read_jsonl(ref / "metrics.jsonl"))
     assert [r["step"] for r in got] == list(range(1, 7))
     assert all("val/avg_at_k" in got[i] for i in (1, 3, 5))  # validation: both ranks ask the same, served once
+    engine_side = ("sync/probe_gap_max", "rollout/logprob_gap")
+
+    def trainer_side(row: dict[str, float]) -> dict[str, float]:
+        return {k: v for k, v in row.items() if k not in engine_side}
+
     for g, w in zip(got, want, strict=True):
-        assert g["sync/probe_gap_max"] <= GAP
-        assert g["rollout/logprob_gap"] <= GAP
-        assert g == pytest.approx(w, rel=1e-5, abs=1e-6)
-    first, second = json.loads((out / "train.done").read_text())["param_checksums"]
-    assert first == second
+        assert all(g[k] <= GAP for k in engine_side)
+        assert trainer_side(g) == trainer_side(w)
+    done, ref_done = (json.loads((d / "train.done").read_text()) for d in (out, ref))
+    assert done["param_checksums"] == ref_done["param_checksums"]
 
 
 @pytest.mark.slow
