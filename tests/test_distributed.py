@@ -101,8 +101,33 @@ def test_a_launch_the_engine_cannot_serve_fails_before_the_model_is_prepared(mod
 
     cfg = load_experiment(_experiment(tmp_path, model_dir)).train_config(0, ["rollout.vllm.tensor_parallel_size=4"])
     check_run(cfg, load_method("grpo"), 128, 1)  # alone, vLLM runs its own tensor-parallel workers
-    with pytest.raises(SteerBenchError, match=r"tensor_parallel_size=4 does not divide the 2-rank training world"):
+    with pytest.raises(SteerBenchError, match=r"tensor_parallel_size=4 does not divide the 2 processes"):
         check_run(cfg, load_method("grpo"), 128, 2)
+
+
+def test_an_experiment_whose_launch_cannot_split_its_batch_or_engines_fails_when_loaded(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """The world of ``accelerate_config`` (num_processes) is checked when the experiment is loaded (validate-config,
+    Snakemake's parse): a layout the launch cannot split fails before a job is submitted to a GPU queue."""
+    from steer_bench.experiment import load_experiment
+
+    exp = yaml.safe_load(_experiment(tmp_path, model_dir).read_text())  # 4 prompts per step, 2 per mini-batch
+    cases = [(2, 4, r"tensor_parallel_size=4 does not divide the 2 processes of .*procs2\.yaml"),
+             (4, 1, r"mini_batch_prompts \(2\) must be divisible by the 4 processes of .*procs4\.yaml"),
+             (2, 2, None)]  # fmt: skip
+    for procs, tp, error in cases:
+        launch = tmp_path / f"procs{procs}.yaml"
+        launch.write_text(yaml.safe_dump({"distributed_type": "MULTI_CPU", "num_processes": procs}))
+        exp |= {"accelerate_config": str(launch)}
+        exp["train"]["rollout"]["vllm"]["tensor_parallel_size"] = tp
+        config = tmp_path / f"exp_{procs}_{tp}.yaml"
+        config.write_text(yaml.safe_dump(exp))
+        if error is None:
+            assert load_experiment(config).train_config(0).rollout.vllm.tensor_parallel_size == tp
+        else:
+            with pytest.raises(SteerBenchError, match=error):
+                load_experiment(config)
 
 
 def test_full_weights_snapshot_and_meter(model_dir: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from steer_bench.config import StrictModel
+from steer_bench.errors import SteerBenchError
 
 # steer_bench.grading.PRIMARY_GRADERS (not imported: it loads math-verify); docs/fidelity.md items 1-2.
 Grader = Literal["math_verify", "strict", "either", "release_strict", "release_both"]
@@ -189,6 +190,20 @@ class TrainConfig(StrictModel):
                 f"(mini_batch_prompts × rollout.n = {seqs})"
             )
         return self
+
+    def check_world(self, world: int, launch: str = "") -> None:
+        """What a launch of ``world`` processes needs of this config (the trainer checks it at start-up; an
+        experiment with an ``accelerate_config`` checks it when loaded, before any job is submitted)."""
+        where = f"the {world} processes{launch}"
+        for name in ("prompts_per_step", "mini_batch_prompts"):
+            if getattr(self, name) % world:
+                raise SteerBenchError(f"{name} ({getattr(self, name)}) must be divisible by {where}")
+        tp = self.rollout.vllm.tensor_parallel_size
+        if self.rollout.engine == "vllm" and world > 1 and world % tp:
+            raise SteerBenchError(
+                f"rollout.vllm.tensor_parallel_size={tp} does not divide {where}: each engine spans a group of "
+                f"tensor_parallel_size consecutive ranks (use a divisor of {world})"
+            )
 
     @property
     def updates_per_rollout(self) -> int:

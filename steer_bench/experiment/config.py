@@ -221,4 +221,7 @@ def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = 
     for ref in (exp.warmstart, exp.tree, exp.accelerate_config):
         if ref and not Path(ref).is_file():
             raise SteerBenchError(f"{path}: config file {ref!r} not found")
+    if exp.accelerate_config:  # the launch's world: a batch or engine layout it cannot split fails before submission
+        world = int(read_yaml(exp.accelerate_config).get("num_processes", 1))
+        exp.train_config(exp.seeds[0]).check_world(world, f" of {exp.accelerate_config} ({path})")
     return exp

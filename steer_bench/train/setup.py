@@ -39,9 +39,7 @@ def check_run(cfg: TrainConfig, method: MethodConfig, context_len: int | None, w
             f"max_prompt_len ({cfg.max_prompt_len}) + rollout.max_new_tokens ({cfg.rollout.max_new_tokens}) "
             f"exceeds the context of {cfg.model.path} ({context_len} tokens)"
         )
-    for name in ("prompts_per_step", "mini_batch_prompts"):
-        if getattr(cfg, name) % world_size:
-            raise SteerBenchError(f"{name} ({getattr(cfg, name)}) must be divisible by the {world_size} processes")
+    cfg.check_world(world_size)
     if cfg.rollout.engine == "vllm":  # an engine that cannot start in this world fails before the model is prepared
         from steer_bench.rollout.vllm import launch_backend
 
