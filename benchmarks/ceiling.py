@@ -35,7 +35,14 @@ from steer_bench.config import load_model
 from steer_bench.data.synthetic import make_synthetic
 from steer_bench.files import read_json, read_jsonl
 from steer_bench.rollout import SamplingParams, make_engine
-from steer_bench.train.warmstart import WarmstartConfig, batch_backward, build_model, prompt_ids, sft_tensors
+from steer_bench.train.warmstart import (
+    WarmstartConfig,
+    batch_backward,
+    build_model,
+    length_buckets,
+    prompt_ids,
+    sft_tensors,
+)
 
 TARGET_S = 480.0  # issue 14, item 2: the default pipeline in ≤ 8 minutes
 
@@ -83,8 +90,7 @@ def sft_steps(warm: Path, settings: list[tuple[int, bool]], repeats: int, steps:
                 batch_backward(run, (input_ids, labels, last), idx, buckets=cfg.sft.length_buckets)
                 opt.step()
                 times.append(time.perf_counter() - t0)
-                parts = idx[last[idx].argsort(stable=True)].tensor_split(cfg.sft.length_buckets)
-                padded.append(sum(len(p) * (int(last[p].max()) + 1) for p in parts))
+                padded.append(sum(len(p) * w for p, w in length_buckets(idx, last, cfg.sft.length_buckets)))
     out = {}
     for (threads, compiled), (model, _, _, times, padded) in runs.items():
         step, tokens = statistics.median(times[1:]), statistics.mean(padded[1:])

@@ -281,13 +281,19 @@ def batch_backward(
         return loss.item()
     n_labels = int((labels[idx] != -100).sum())
     total = 0.0
-    for part in idx[last[idx].argsort(stable=True)].tensor_split(buckets):
-        width = int(last[part].max()) + 1  # right padding: drop all-pad columns (causal, unseen)
+    for part, width in length_buckets(idx, last, buckets):
         x, y = input_ids[part, :width], labels[part, :width]
         loss = model(input_ids=x, labels=y, num_items_in_batch=n_labels).loss
         loss.backward()
         total += loss.item()
     return total
+
+
+def length_buckets(idx: torch.Tensor, last: torch.Tensor, buckets: int) -> list[tuple[torch.Tensor, int]]:
+    """The rows ``idx`` sorted by length (``last``: each row's last label) and cut into ``buckets`` parts, each
+    with its width: up to its longest row, since the columns after it are right padding in every row of the part
+    (causal, unseen)."""
+    return [(part, int(last[part].max()) + 1) for part in idx[last[idx].argsort(stable=True)].tensor_split(buckets)]
 
 
 def _log_loss(history: dict[str, list], step: int, losses: list[float]) -> list[float]:
