@@ -78,12 +78,7 @@ def load_runs(dirs: list[Path]) -> Runs:
             "no analysis files (analysis/step_*.parquet) in any of: " + ", ".join(str(d) for d in dirs)
             + "; train with analysis.every_n_steps > 0"
         )  # fmt: skip
-    tokens = pd.concat(frames, ignore_index=True)
-    if tokens.empty:
-        raise SteerBenchError(
-            f"the analysis files of {', '.join(counts)} hold no token with A ≠ 0: every group's rewards were equal "
-            "at the analysed steps (analyse more steps, or a stronger or weaker policy)"
-        )
+    tokens = pd.concat(frames, ignore_index=True)  # may be empty: see analyze()
     methods = list(dict.fromkeys(tokens["method"]))
     return Runs(tokens, methods, {m: labels.get(m, m) for m in methods}, without, counts)
 
@@ -160,9 +155,15 @@ def lambda_markdown(tokens: pd.DataFrame, methods: list[str], labels: dict[str, 
 
 # ---------------------------------------------------------------------------------------------- the command
 def analyze(dirs: list[Path], out: Path, *, command: str) -> Runs:
-    """Write every file of the module docstring into ``out`` from the probe files of ``dirs``."""
+    """Write every file of the module docstring into ``out`` from the probe files of ``dirs``.
+
+    Probe files that hold no token with A ≠ 0 (every group's rewards equal at the analysed steps: a policy
+    that solves, or fails, all of a step's first mini-batch) are a result, not an error: the section then says
+    so and why, the tables are empty and there are no figures, so the pipeline's report still completes."""
     runs = load_runs(dirs)
     tokens, methods, labels = runs.tokens, runs.methods, runs.labels
+    if tokens.empty:
+        return _nothing_to_analyse(runs, out, command)
     est = estimator_table(tokens)
     overall = quadrant_table(tokens)
     per_step = quadrant_table(tokens, by=("method", "step"))
@@ -177,6 +178,35 @@ def analyze(dirs: list[Path], out: Path, *, command: str) -> Runs:
     for name, draw in figures.FIGURES.items():
         draw(tokens, methods, labels, out / "figures" / f"{name}.png")
     files.write_text(out / "analysis.md", document(runs, est_md, quad_md, command))
+    return runs
+
+
+NOTHING_TO_ANALYSE = (
+    "**Nothing to analyse**: the probe files hold no token with A ≠ 0. At every analysed step the first "
+    "mini-batch's groups had equal rewards (all responses right, or all wrong), so no token had a gradient and no "
+    "entropy change could be attributed to an advantage. Analyse more steps (`analysis.every_n_steps`), larger "
+    "groups (`rollout.n`), or a policy whose groups disagree more often."
+)
+
+
+def _nothing_to_analyse(runs: Runs, out: Path, command: str) -> Runs:
+    """The files of :func:`analyze` for probe files without a token: header-only tables and the reason."""
+    files.write_text(
+        out / "estimators.csv",
+        ",".join(["method", "estimator", "tokens", "steps", "eta_over_l", *AGREEMENT_STATS, "label"]) + "\n",
+    )
+    files.write_text(out / "quadrants.csv", ",".join(["method", "step", "quadrant", "n", *QUADRANT_STATS]) + "\n")
+    for name in ("estimators.md", "quadrants.md"):
+        files.write_text(out / name, NOTHING_TO_ANALYSE + "\n")
+    lines = [
+        f"Produced by `{command}` from {len(runs.files) + len(runs.without)} run(s):",
+        "",
+        *(f"- `{run}`: {n} analysed step(s), no token with A ≠ 0" for run, n in runs.files.items()),
+        *(f"- `{run}`: no analysis files" for run in runs.without),
+        "",
+        NOTHING_TO_ANALYSE,
+    ]
+    files.write_text(out / "analysis.md", "\n".join(lines) + "\n")
     return runs
 
 
