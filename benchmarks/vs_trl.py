@@ -71,7 +71,17 @@ def recipe() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- our side
-def our_command(model: Path, data: Path, steps: int, out: Path, tracking: str, old_logprobs: str) -> list[str]:
+def our_command(
+    model: Path,
+    data: Path,
+    steps: int,
+    out: Path,
+    tracking: str,
+    old_logprobs: str,
+    *,
+    seed: int = 0,
+    lr: float | None = None,
+) -> list[str]:
     """The ``steer-bench train`` call of one run: the default config's recipe, the benchmark's knobs set."""
     sets = {
         "steps": steps,
@@ -82,32 +92,33 @@ def our_command(model: Path, data: Path, steps: int, out: Path, tracking: str, o
         "track": str(tracking == "mlflow").lower(),
         "validation.every_n_steps": 0,  # TRL validates nothing here either
         "analysis.every_n_steps": 0,
+        "probe.every_n_steps": 0,
         "save_every": steps,  # one checkpoint, at the end (as TRL's)
         "log_rollouts_every": 0,
-    }
+    } | ({"optim.lr": lr} if lr is not None else {})
     flags = [a for k, v in sets.items() for a in ("--set", f"train.{k}={v}")]
     return [sys.executable, "-m", "steer_bench", "train", "--config", str(CONFIG),
-            "--method", "grpo", "--seed", "0", "--out", str(out), *flags]  # fmt: skip
+            "--method", "grpo", "--seed", str(seed), "--out", str(out), *flags]  # fmt: skip
 
 
-def our_prompt_plan(data: Path, steps: int, prompts: int) -> list[int]:
-    """The row indices of the prompts our trainer draws in steps 1..steps (seed 0), in order, followed by every
+def our_prompt_plan(data: Path, steps: int, prompts: int, seed: int = 0) -> list[int]:
+    """The row indices of the prompts our trainer draws in steps 1..steps (``seed``), in order, followed by every
     other row (so TRL's dataset has all the problems ours has). Computed in a child process: importing the
     trainer here would make this launcher large, and a child's max RSS never reads below its launcher's."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--plan", str(data), str(steps), str(prompts)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--plan", str(data), str(steps), str(prompts), str(seed)]
     out = subprocess.run(cmd, env=os.environ | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(out.stderr.strip() or f"{cmd} failed")
     return json.loads(out.stdout)
 
 
-def plan_worker(data: Path, steps: int, prompts: int) -> list[int]:
+def plan_worker(data: Path, steps: int, prompts: int, seed: int) -> list[int]:
     import pandas as pd
 
     from steer_bench.train import prompt_order  # the trainer's own draw (moves with the trainer)
 
     n = len(pd.read_parquet(data, columns=["problem_id"]))
-    plan = [i for s in range(1, steps + 1) for i in prompt_order(n, 0, s, prompts)]
+    plan = [i for s in range(1, steps + 1) for i in prompt_order(n, seed, s, prompts)]
     if len(set(plan)) != len(plan):
         raise SystemExit(f"{steps} steps × {prompts} prompts wrap around the {n} problems: use fewer steps")
     return plan + sorted(set(range(n)) - set(plan))
@@ -135,6 +146,7 @@ def trl_worker(spec: dict[str, Any]) -> None:
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     eos = {tokenizer.eos_token_id}
     seen: list[str] = []
+    curve: list[float] = []  # the mean reward of each generation, written to reward_curve.json
 
     with Grader(workers=1, timeout=5.0, primary="math_verify") as grader:
 
@@ -146,11 +158,13 @@ def trl_worker(spec: dict[str, Any]) -> None:
             texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
             verdicts = grader.grade(texts, list(answer))
             truncated = [ids[-1] not in eos for ids in completion_ids]  # ours: no eos in max_new_tokens -> 0
-            return [float(v.correct and not t) for v, t in zip(verdicts, truncated, strict=True)]
+            rewards = [float(v.correct and not t) for v, t in zip(verdicts, truncated, strict=True)]
+            curve.append(sum(rewards) / len(rewards))  # one generation = one of our rollout steps
+            return rewards
 
         args = GRPOConfig(
             output_dir=spec["out"],
-            seed=0,
+            seed=spec.get("seed", 0),
             max_steps=steps * r["updates"],  # optimizer steps
             per_device_train_batch_size=r["prompts"] * r["n"] // r["updates"],
             gradient_accumulation_steps=1,
@@ -166,7 +180,7 @@ def trl_worker(spec: dict[str, Any]) -> None:
             epsilon=0.2,
             loss_type="dapo",
             scale_rewards="group",
-            learning_rate=r["lr"],
+            learning_rate=spec.get("lr", r["lr"]),
             weight_decay=r["weight_decay"],
             max_grad_norm=r["grad_clip"],
             lr_scheduler_type="constant",
@@ -189,6 +203,7 @@ def trl_worker(spec: dict[str, Any]) -> None:
         trainer.train()
     if seen != planned:
         raise RuntimeError(f"TRL ran {len(seen)} prompts, {len(planned)} planned")
+    Path(spec["out"], "reward_curve.json").write_text(json.dumps(curve))
 
 
 # ---------------------------------------------------------------------------------------------- the comparison
@@ -274,10 +289,10 @@ def main() -> None:
     parser.add_argument("--old-logprobs", choices=choices, default="rollout", help="our π_old (docs/recipe.md §R17)")
     parser.add_argument("--keep", type=Path, help="keep every run's folder and log here (default: a temporary folder)")
     parser.add_argument("--trl-worker", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--plan", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--plan", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plan:
-        print(json.dumps(plan_worker(Path(args.plan[0]), int(args.plan[1]), int(args.plan[2]))))
+        print(json.dumps(plan_worker(Path(args.plan[0]), *map(int, args.plan[1:]))))
         return
     if args.trl_worker:
         trl_worker(json.loads(args.trl_worker.read_text()))

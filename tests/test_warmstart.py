@@ -15,12 +15,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from steer_bench.cli import main
 from steer_bench.config import load_model, validate
-from steer_bench.data.synthetic import make_synthetic
+from steer_bench.data.synthetic import arithmetic_table, left_to_right, make_synthetic, solve
 from steer_bench.errors import SteerBenchError
 from steer_bench.train.warmstart import (
     EOS,
     PAD,
     SFTConfig,
+    TaskConfig,
     TinyModelConfig,
     WarmstartConfig,
     batch_backward,
@@ -28,6 +29,7 @@ from steer_bench.train.warmstart import (
     check_reload,
     lr_factor,
     sft,
+    sft_rows,
     sft_tensors,
     train_tokenizer,
     warmstart,
@@ -210,7 +212,7 @@ def test_config_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixtur
     with pytest.raises(SteerBenchError, match=r"sft\.max_steps"):
         validate(WarmstartConfig, {"sft": {"batch_size": 4, "lr": 1e-3, "max_steps": 0}}, source="x.yaml")
     bad_level = load_model(WarmstartConfig, SMOKE_CONFIG, ["task.levels=[1,9]"])
-    with pytest.raises(SteerBenchError, match=r"task.levels \[1, 9\] invalid; valid levels: \[1, 2, 3, 4\]"):
+    with pytest.raises(SteerBenchError, match=r"task.levels \[1, 9\] invalid; valid levels: \[1, 2, 3, 4, 5, 6\]"):
         warmstart(bad_level, tmp_path / "out")
     no_eval = load_model(WarmstartConfig, SMOKE_CONFIG, ["sft.eval_every=0", "sft.stop_accuracy=0.5"])
     with pytest.raises(SteerBenchError, match=r"stop_accuracy needs sft\.eval_every"):
@@ -223,3 +225,19 @@ def test_config_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "unknown key 'model.hidden'" in err
     assert "hidden_size" in err
     assert "Traceback" not in err
+
+
+def test_sft_rows_mix_strategies_per_problem_and_add_the_table() -> None:
+    problems = make_synthetic("train", 40, seed=0, levels=[5])
+    task = TaskConfig(levels=[5], n_train=40, solutions_per_problem=4, wrong_order_fraction=0.25)
+    rows = sft_rows(problems, task)
+    assert len(rows) == 160
+    for p, group in rows.groupby("problem"):
+        assert sorted(group["solution"]) == sorted([left_to_right(p), *[solve(p)] * 3])  # exactly 1 of 4 wrong
+    table = sft_rows(problems, task.model_copy(update={"arithmetic_table": True}))
+    facts = table.iloc[160:]
+    assert len(facts) == len(arithmetic_table([5]))
+    fact = facts[facts["problem"] == "7-42"].iloc[0]
+    assert (fact["solution"], fact["prompt"]) == ("7-42=-35;\\boxed{-35}", [{"role": "user", "content": "7-42"}])
+    with pytest.raises(ValueError, match="whole number of rows per problem"):
+        TaskConfig(solutions_per_problem=2, wrong_order_fraction=0.25)

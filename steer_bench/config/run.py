@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from steer_bench.config import StrictModel
+from steer_bench.config.probe import ProbeConfig
 from steer_bench.errors import SteerBenchError
 
 # steer_bench.grading.PRIMARY_GRADERS (not imported: it loads math-verify); docs/fidelity.md items 1-2.
@@ -129,6 +130,7 @@ class TrainConfig(StrictModel):
     optim: OptimConfig
     validation: ValidationConfig = ValidationConfig()
     analysis: AnalysisConfig = AnalysisConfig()
+    probe: ProbeConfig = ProbeConfig()
     steps: int = Field(ge=1)
     prompts_per_step: int = Field(ge=1)
     mini_batch_prompts: int = Field(ge=1)

@@ -9,6 +9,12 @@ Design:
   level 3 = 4, level 4 = 5 operands. Operators are uniform over ``+ - *``, operands uniform over 1..20.
   Solution length (characters): level 1 at most 21, level 2 at most 34 (both over every problem), level 3
   mean 38 / max 51, level 4 mean 48 / max 68 (over 15,000 sampled problems each).
+- **Precedence levels** 5 and 6: 3 and 4 operands in 1..9, only the expressions whose value differs when
+  evaluated strictly left to right (``3+4*2``: 11, not 14). Their arithmetic is small (single-digit products,
+  a two-digit number ± or × a digit), and each has a *strategy fork* that decides correctness: a warm start
+  SFT'd on a mix of correct and :func:`left_to_right` solutions (``train.warmstart``'s ``wrong_order_fraction``)
+  is unsure which step comes first, and only the precedence order earns the reward — the CPU miniature's
+  task (docs/miniature.md). Level 5 has 1,296 problems (1,038 train / 258 test), level 6 has 69,984.
 - **Branch points**: evaluation follows the usual precedence, but the *order* of steps is free where it does
   not change the value: any ``*`` may be done next, and the leftmost ``+``/``-`` may be done next when its
   right operand is not part of a product. So ``3+4-2*5`` has two correct solutions (``3+4=7,2*5=10,7-10=-3``
@@ -33,13 +39,29 @@ import random
 from collections.abc import Sequence
 from functools import lru_cache
 from itertools import product
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from steer_bench.errors import SteerBenchError
 
-LEVELS: dict[int, tuple[int, int]] = {1: (2, 20), 2: (3, 20), 3: (4, 20), 4: (5, 20)}  # level -> (operands, max)
+
+class Level(NamedTuple):
+    operands: int
+    max_operand: int
+    forks_only: bool
+    """Only expressions whose left-to-right value differs from their value (see the module docstring)."""
+
+
+LEVELS: dict[int, Level] = {
+    1: Level(2, 20, False),
+    2: Level(3, 20, False),
+    3: Level(4, 20, False),
+    4: Level(5, 20, False),
+    5: Level(3, 9, True),
+    6: Level(4, 9, True),
+}
 OPS = "+-*"
 SPLITS = ("train", "test")
 TEST_MODULUS = 5  # one problem in 5 is a test problem
@@ -87,10 +109,10 @@ def _apply(a: int, op: str, b: int) -> int:
     return a * b if op == "*" else a + b if op == "+" else a - b
 
 
-def _walk(nums: list[int], ops: list[str], pick) -> str:
+def _walk(nums: list[int], ops: list[str], pick, ready=_ready) -> str:
     steps = []
     while ops:
-        i = pick(_ready(ops))
+        i = pick(ready(ops))
         c = _apply(nums[i], ops[i], nums[i + 1])
         steps.append(f"{nums[i]}{ops[i]}{nums[i + 1]}={c}")
         nums = [*nums[:i], c, *nums[i + 2 :]]
@@ -105,6 +127,30 @@ def solve(problem: str, *, seed: int | None = None) -> str:
         return "\\boxed{" + str(nums[0]) + "}"
     rng = None if seed is None else random.Random(f"{seed}:{problem}")
     return _walk(nums, ops, (lambda r: r[0]) if rng is None else rng.choice)
+
+
+def left_to_right(problem: str) -> str:
+    """The worked solution of the wrong strategy that ignores precedence: always the leftmost step first
+    (``3+4*2`` -> ``3+4=7,7*2=14;\\boxed{14}``). Its steps are correct arithmetic; its answer is wrong wherever
+    precedence matters."""
+    nums, ops = _parse(problem)
+    if not ops:
+        return "\\boxed{" + str(nums[0]) + "}"
+    return _walk(nums, ops, lambda ready: ready[0], ready=lambda ops: [0])
+
+
+def arithmetic_table(levels: Sequence[int]) -> list[str]:
+    """Every single step ``x∘y=z`` that a correct or a :func:`left_to_right` solution of a problem of ``levels``
+    writes (both splits, every admissible order), sorted: the arithmetic the task asks for, as facts. Only for
+    levels small enough to enumerate."""
+    steps: set[str] = set()
+    for level in levels:
+        if _size(level) > _ENUMERATE_MAX:
+            raise SteerBenchError(f"synthetic: level {level} is too large to list its arithmetic table")
+        for problem in (*_pool(level, "train"), *_pool(level, "test")):
+            for solution in (*all_solutions(problem), left_to_right(problem)):
+                steps.update(solution.split(";")[0].split(","))
+    return sorted(steps)
 
 
 def all_solutions(problem: str) -> list[str]:
@@ -138,19 +184,32 @@ def _render(nums: Sequence[int], ops: Sequence[int]) -> str:
 
 
 def _size(level: int) -> int:
-    n_operands, hi = LEVELS[level]
+    n_operands, hi, _ = LEVELS[level]
     return hi**n_operands * len(OPS) ** (n_operands - 1)
+
+
+def _admissible(problem: str, level: int) -> bool:
+    return not LEVELS[level].forks_only or evaluate(problem) != evaluate_left_to_right(problem)
+
+
+def evaluate_left_to_right(problem: str) -> int:
+    """The value of the expression evaluated strictly left to right (the wrong strategy's answer)."""
+    nums, ops = _parse(problem)
+    value = nums[0]
+    for op, b in zip(ops, nums[1:], strict=True):
+        value = _apply(value, op, b)
+    return value
 
 
 @lru_cache(maxsize=16)
 def _pool(level: int, split: str) -> tuple[str, ...]:
     """Every problem of a small level that belongs to ``split`` (deterministic order)."""
-    n_operands, hi = LEVELS[level]
+    n_operands, hi, _ = LEVELS[level]
     out = []
     for ops in product(range(len(OPS)), repeat=n_operands - 1):
         for nums in product(range(1, hi + 1), repeat=n_operands):
             p = _render(nums, ops)
-            if split_of(p) == split:
+            if split_of(p) == split and _admissible(p, level):
                 out.append(p)
     return tuple(out)
 
@@ -167,14 +226,14 @@ def _draw(level: int, split: str, k: int, seed: int) -> list[str]:
     if _size(level) <= _ENUMERATE_MAX:
         pool = _pool(level, split)
         return [pool[i] for i in rng.permutation(len(pool))[:k]]
-    n_operands, hi = LEVELS[level]
+    n_operands, hi, _ = LEVELS[level]
     found: dict[str, None] = {}
     while len(found) < k:
         nums = rng.integers(1, hi + 1, size=(_BATCH, n_operands))
         ops = rng.integers(0, len(OPS), size=(_BATCH, n_operands - 1))
         for row_nums, row_ops in zip(nums.tolist(), ops.tolist(), strict=True):
             p = _render(row_nums, row_ops)
-            if split_of(p) == split:
+            if split_of(p) == split and _admissible(p, level):
                 found.setdefault(p)
                 if len(found) == k:
                     break

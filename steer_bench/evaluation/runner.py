@@ -26,6 +26,7 @@ trained run, the same metrics go into its training run too, at the evaluated che
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -184,7 +185,9 @@ def evaluate(
     sampler (:func:`steer_bench.evaluation.engines.open_engine`; tests pass a scripted one).
     """
     from steer_bench.data import load_prepared
+    from steer_bench.rollout.model import resolve_model
 
+    job = dataclasses.replace(job, model=resolve_model(job.model))  # a GGUF file: its converted HF folder
     engines.check_model(job.model)
     if not job.benchmarks:
         raise SteerBenchError(f"evaluation of {job.model}: no benchmarks given")

@@ -51,6 +51,11 @@ def build_report(exp: ExperimentConfig, out_dir: str | Path | None = None, *, ur
         for name in ("vs_paper.md", "vs_paper.csv"):
             (out / name).unlink(missing_ok=True)  # from an earlier report with a reference
     drawn = figures.draw_all(results.curves, list(exp.methods), table.labels, out)
+    rows = [r.name for r in exp.eval_only] + list(exp.methods)
+    pass_path = out / "figures" / "pass_at_k.png"
+    if not figures.draw_pass_at_k(results.pass_at, rows, table.labels, pass_path):
+        pass_path.unlink(missing_ok=True)
+    drawn["pass_at_k"] = "figures/pass_at_k.png" if pass_path.is_file() else None
     files.write_text(out / "report.md", document.render(exp, results, table, drawn, out))
     if uri:  # the tables and figures in the MLflow UI too (a kind=report run)
         tracking.log_report(exp.name, out, uri=uri)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,13 @@ CURVE_KEYS = (
     "steer/lambda_min",
     "steer/frac_lambda_below_099",
     "steer/frac_below_0_99",
+    "probe/entropy",
+    "probe/entropy_fork",
+    "probe/entropy_rest",
+    "probe/fork_correct",
+    "probe/avg_at_k",
 )
+_PASS_AT = re.compile(r"pass_at_(\d+)$")
 
 
 @dataclass
@@ -53,6 +60,8 @@ class Results:
     """Headline accuracy in [0, 1] (avg@k with the protocol's k)."""
     acc_se: dict[EvalKey, float] = field(default_factory=dict)
     """Its standard error over problems (``acc_se``), where the evaluation recorded one."""
+    pass_at: dict[EvalKey, dict[int, float]] = field(default_factory=dict)
+    """Unbiased pass@k in [0, 1] for the k's the evaluation reported (powers of two up to its k)."""
     curves: dict[RunKey, dict[str, Curve]] = field(default_factory=dict)
     eval_info: dict[tuple[str, int | None], dict[str, Any]] = field(default_factory=dict)
     """Per evaluated (row, seed): model, protocol, engine, versions, checkpoint, source (run id or file)."""
@@ -121,6 +130,10 @@ def from_mlflow(exp: ExperimentConfig, uri: str) -> Results:
                 se = run.data.metrics.get(tracking.sanitize_key(f"eval/{bench}/acc_se"))
                 if se is not None:
                     out.acc_se[(row, seed, bench)] = se
+                prefix = tracking.sanitize_key(f"eval/{bench}/")
+                out.pass_at[(row, seed, bench)] = _pass_at(
+                    {k.removeprefix(prefix): v for k, v in run.data.metrics.items() if k.startswith(prefix)}
+                )
                 found = True
         if found and (row, seed) not in out.eval_info:
             out.eval_info[(row, seed)] = _eval_info_from_run(run) | _protocol_from_files(exp, row, seed)
@@ -188,6 +201,7 @@ def from_files(exp: ExperimentConfig) -> Results:
                 out.acc[(row, seed, bench)] = float(summary["metrics"]["acc"])
                 if summary["metrics"].get("acc_se") is not None:
                     out.acc_se[(row, seed, bench)] = float(summary["metrics"]["acc_se"])
+                out.pass_at[(row, seed, bench)] = _pass_at(summary["metrics"])
                 out.eval_info.setdefault((row, seed), _eval_info_from_summary(summary, exp.eval_dir(row, seed)))
     for method in exp.methods:
         for seed in exp.seeds:
@@ -196,6 +210,11 @@ def from_files(exp: ExperimentConfig) -> Results:
                 out.curves[(method, seed)] = curves_from_jsonl(path)
                 out.train_info[(method, seed)] = {"source": str(path.parent), "versions": _env_versions(path.parent)}
     return out
+
+
+def _pass_at(metrics: dict[str, Any]) -> dict[int, float]:
+    """``{k: pass@k}`` from an evaluation's metric names (``pass_at_8``; not their ``_se``)."""
+    return {int(m[1]): float(v) for key, v in metrics.items() if (m := _PASS_AT.match(key)) and v is not None}
 
 
 def _read_summary(path: Path) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from steer_bench.experiment import ExperimentConfig
-from steer_bench.report import tables
+from steer_bench.report import comparisons, tables
 from steer_bench.report.collect import Results, expected_rows
 from steer_bench.report.figures import FIGURES
 
@@ -126,9 +126,9 @@ def figures_section(written: dict[str, str | None]) -> list[str]:
     out = ["## Training curves", ""]
     titles = {f.name: f.title for f in FIGURES}
     for name, rel in written.items():
-        if rel:
+        if rel and name in titles:
             out += [f"### {titles[name]}", "", f"![{titles[name]}]({rel})", ""]
-    skipped = [name for name, rel in written.items() if not rel]
+    skipped = [name for name, rel in written.items() if not rel and name in titles]
     if skipped:
         keys = {f.name: ", ".join(sorted({k for keys, _ in f.panels for k in keys})) for f in FIGURES}
         out += ["Not drawn (no run logged its metrics): " + "; ".join(f"{n} ({keys[n]})" for n in skipped) + ".", ""]
@@ -162,6 +162,7 @@ def render(
     if exp.reference:
         lines += [f"## Ours vs the paper (`{exp.reference}`)", "", tables.vs_paper_markdown(table, exp.reference)]
         lines += [tables.VS_PAPER_CONVENTIONS, "", "Also as [CSV](vs_paper.csv).", ""]
+    lines += comparisons.sections(exp, results, table.labels, figures.get("pass_at_k"))
     lines += [*figures_section(figures), "### Summary", "", *training_summary(exp, results, table)]
     lines += missing_section(exp, results)
     for title, rel in OPTIONAL_SECTIONS:

@@ -30,6 +30,15 @@ class FigureSpec:
 
 FIGURES = (
     FigureSpec("entropy", "Rollout entropy", ((("rollout/entropy_mean",), "token-mean entropy (nats)"),)),
+    FigureSpec(
+        "probe_entropy",
+        "Entropy on the probe set (fixed held-out prompts and sampling seed; steer_bench.train.probeset)",
+        (
+            (("probe/entropy",), "token-mean entropy, all response tokens (nats)"),
+            (("probe/entropy_fork",), "entropy at the strategy-fork tokens (nats)"),
+            (("probe/avg_at_k",), "probe accuracy (avg@n)"),
+        ),
+    ),
     FigureSpec("val_accuracy", "Validation accuracy during training", ((("val/avg_at_k",), "val avg@k"),)),
     FigureSpec("response_length", "Response length", ((("rollout/response_len_mean",), "mean tokens"),)),
     FigureSpec(
@@ -115,3 +124,36 @@ def draw_all(
             path.unlink(missing_ok=True)  # an earlier report's figure would contradict this report.md
         written[spec.name] = f"figures/{spec.name}.png" if ok else None
     return written
+
+
+def draw_pass_at_k(
+    pass_at: dict[tuple[str, int | None, str], dict[int, float]], rows: list[str], labels: dict[str, str], path: Path
+) -> bool:
+    """pass@k against k (log scale) per row, one panel per benchmark: mean over seeds, band min–max; False (nothing
+    written) when no evaluation reported pass@k beyond k = 1."""
+    benches = sorted({b for (_, _, b), v in pass_at.items() if len(v) > 1})
+    if not benches:
+        return False
+    colors = colormaps["tab20" if len(rows) > 10 else "tab10"]
+    fig = Figure(figsize=(5 * len(benches) + 2.5, 4), layout="constrained")
+    axes = fig.subplots(1, len(benches), squeeze=False)[0]
+    for ax, bench in zip(axes, benches, strict=True):
+        for j, row in enumerate(rows):
+            curves = [v for (r, _, b), v in pass_at.items() if r == row and b == bench and len(v) > 1]
+            if not curves:
+                continue
+            ks = sorted(set.intersection(*(set(c) for c in curves)))
+            vals = np.array([[c[k] for k in ks] for c in curves])
+            n = len(curves)
+            ax.plot(ks, vals.mean(0), marker="o", ms=3, color=colors(j), label=f"{labels[row]} ({n})")
+            if n > 1:
+                ax.fill_between(ks, vals.min(0), vals.max(0), color=colors(j), alpha=0.2, linewidth=0)
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="k (samples per problem)", ylabel=f"pass@k, {bench}")
+        ax.grid(alpha=0.3)
+    handles = {h.get_label(): h for ax in axes for h in ax.get_lines()}
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
+    fig.suptitle("pass@k on the held-out problems (unbiased estimator; mean over seeds, band: min–max; (n): seeds)")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return True

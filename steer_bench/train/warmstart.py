@@ -31,13 +31,13 @@ from typing import Any
 
 import pandas as pd
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX  # what Qwen2Tokenizer rebuilds
 
 from steer_bench.config import StrictModel, dump_yaml
-from steer_bench.data.synthetic import LEVELS, make_synthetic
+from steer_bench.data.synthetic import LEVELS, arithmetic_table, left_to_right, make_synthetic
 from steer_bench.errors import SteerBenchError
 from steer_bench.files import atomic_dir, write_json, write_jsonl, write_text
 from steer_bench.grading import grade_one
@@ -62,6 +62,28 @@ class TaskConfig(StrictModel):
     n_test: int = Field(500, ge=1)
     seed: int = 0
     """Seed of the problem draw (kept apart from ``seed`` so warm starts of different seeds share data)."""
+    solutions_per_problem: int = Field(1, ge=1)
+    """SFT rows per training problem (each with its own solution; batches sample rows)."""
+    wrong_order_fraction: float = Field(0.0, ge=0, le=1)
+    """Share of each problem's SFT rows written with the wrong strategy (:func:`~steer_bench.data.synthetic.
+    left_to_right`): the warm start's uncertainty at the strategy fork. ``solutions_per_problem`` times it must be
+    a whole number, so every problem gets exactly that mix and no problem's strategy can be memorised."""
+
+    arithmetic_table: bool = False
+    """Add every step of the task's arithmetic as a problem of its own (``7-42`` → ``7-42=-35;\\boxed{-35}``,
+    :func:`~steer_bench.data.synthetic.arithmetic_table`): the facts the held-out problems need are then known,
+    and the warm start's uncertainty is left at the strategy fork (docs/miniature.md). The steps come from every
+    problem of the levels, held-out ones included — facts, never a held-out problem or its solution."""
+
+    @model_validator(mode="after")
+    def _whole_mix(self) -> TaskConfig:
+        wrong = self.wrong_order_fraction * self.solutions_per_problem
+        if abs(wrong - round(wrong)) > 1e-9:
+            raise ValueError(
+                f"wrong_order_fraction ({self.wrong_order_fraction}) × solutions_per_problem "
+                f"({self.solutions_per_problem}) must be a whole number of rows per problem"
+            )
+        return self
 
 
 class TokenizerConfig(StrictModel):
@@ -185,6 +207,27 @@ def build_model(tokenizer: PreTrainedTokenizerFast, cfg: TinyModelConfig, *, see
     )
     torch.manual_seed(seed)
     return Qwen2ForCausalLM(config)
+
+
+def sft_rows(train: pd.DataFrame, task: TaskConfig) -> pd.DataFrame:
+    """Each training problem ``solutions_per_problem`` times, ``wrong_order_fraction`` of its rows with the
+    left-to-right solution (the rest keep the dataset's correct one)."""
+    k = task.solutions_per_problem
+    wrong = round(task.wrong_order_fraction * k)
+    rows = train.loc[train.index.repeat(k)].reset_index(drop=True)
+    copy = pd.Series(range(len(rows))) % k
+    rows.loc[copy < wrong, "solution"] = [left_to_right(p) for p in rows.loc[copy < wrong, "problem"]]
+    if task.arithmetic_table:
+        facts = [step.split("=") for step in arithmetic_table(task.levels)]
+        table = pd.DataFrame(
+            {
+                "problem": [x for x, _ in facts],
+                "prompt": [[{"role": "user", "content": x}] for x, _ in facts],
+                "solution": [f"{x}={z};\\boxed{{{z}}}" for x, z in facts],
+            }
+        )
+        rows = pd.concat([rows, table], ignore_index=True)
+    return rows
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerFast, df: pd.DataFrame) -> list[list[int]]:
@@ -354,7 +397,7 @@ def warmstart(cfg: WarmstartConfig, out_dir: str | Path) -> dict[str, Any]:
         raise SteerBenchError("warmstart: sft.stop_accuracy needs sft.eval_every > 0")
     t0 = time.perf_counter()
     pool = make_synthetic("train", cfg.task.n_train + cfg.task.n_val, seed=cfg.task.seed, levels=cfg.task.levels)
-    train, val = pool.iloc[: cfg.task.n_train], pool.iloc[cfg.task.n_train :]
+    train, val = sft_rows(pool.iloc[: cfg.task.n_train], cfg.task), pool.iloc[cfg.task.n_train :]
     test = make_synthetic("test", cfg.task.n_test, seed=cfg.task.seed, levels=cfg.task.levels)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:

@@ -1,4 +1,5 @@
-"""The synthetic arithmetic task: determinism, disjoint splits, correct worked solutions, branch points."""
+"""The synthetic arithmetic task: determinism, disjoint splits, correct worked solutions, branch points, the
+left-to-right strategy, the precedence levels and their arithmetic table."""
 
 from __future__ import annotations
 
@@ -7,7 +8,18 @@ import re
 import pytest
 
 from steer_bench.data import check_frame
-from steer_bench.data.synthetic import ALPHABET, LEVELS, all_solutions, make_synthetic, solve, split_of
+from steer_bench.data.synthetic import (
+    ALPHABET,
+    LEVELS,
+    all_solutions,
+    arithmetic_table,
+    evaluate,
+    evaluate_left_to_right,
+    left_to_right,
+    make_synthetic,
+    solve,
+    split_of,
+)
 from steer_bench.errors import SteerBenchError
 
 STEP = re.compile(r"^(-?\d+)([+\-*])(\d+)=(-?\d+)$")
@@ -94,3 +106,50 @@ def test_branch_points():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(SteerBenchError, match=match):
         make_synthetic(seed=0, **kwargs)
+
+
+def test_left_to_right_is_the_wrong_strategy() -> None:
+    assert left_to_right("3+4*2") == "3+4=7,7*2=14;\\boxed{14}"
+    assert solve("3+4*2") == "4*2=8,3+8=11;\\boxed{11}"
+    assert left_to_right("3-9*2") == "3-9=-6,-6*2=-12;\\boxed{-12}"  # a negative running value, never "+-"
+    assert (evaluate_left_to_right("3-9*2"), evaluate("3-9*2")) == (-12, -15)
+    assert left_to_right("2*3+4") == solve("2*3+4")  # precedence agrees with left to right: no fork
+    for problem in ("3+4*2", "3-9*2", "2+3*4-5*6"):
+        _check_steps_of(left_to_right(problem))
+
+
+def _check_steps_of(solution: str) -> None:
+    for step in solution.split(";")[0].split(","):
+        a, op, b, c = STEP.match(step).groups()
+        assert eval(f"{a}{op}{b}") == int(c), step
+
+
+def test_precedence_levels_hold_only_forks() -> None:
+    for level, n_operands in ((5, 3), (6, 4)):
+        df = make_synthetic("test", 200, seed=0, levels=[level])
+        for p in df["problem"]:
+            nums = [int(x) for x in re.split(r"[+\-*]", p)]
+            assert len(nums) == n_operands
+            assert max(nums) <= 9
+            assert evaluate_left_to_right(p) != eval(p), p
+    # Level 5: every a±b*c (a, b, c in 1..9) whose left-to-right value differs, 1,296 expressions, split ~4:1.
+    train = make_synthetic("train", 1028, seed=0, levels=[5])
+    test = make_synthetic("test", 268, seed=0, levels=[5])
+    assert len(set(train["problem"]) | set(test["problem"])) == 1296
+    with pytest.raises(SteerBenchError, match="hold only"):
+        make_synthetic("test", 269, seed=0, levels=[5])
+
+
+def test_arithmetic_table_lists_every_step_of_both_strategies() -> None:
+    table = arithmetic_table([5])
+    assert table == sorted(set(table))
+    for fact in table:
+        _check_steps_of(fact + ";")
+    steps = set()
+    for p in (*make_synthetic("train", 1028, seed=0, levels=[5])["problem"], "3+4*2"):
+        for s in (solve(p), left_to_right(p)):
+            steps.update(s.split(";")[0].split(","))
+    assert steps <= set(table)
+    assert {"4*2=8", "3+8=11", "3+4=7", "7*2=14", "-8*9=-72"} <= set(table)
+    with pytest.raises(SteerBenchError, match="too large"):
+        arithmetic_table([3])

@@ -41,6 +41,13 @@ EXPECTED = {
     "Clip-Higher": ["20.0†", "50.0†", "**60.0**†", "43.3†"],
     "KL-Cov": ["—", "—", "—", "—"],
 }
+# (method, seed) -> probe-set entropy (all tokens, fork tokens) at steps 0 and 4
+PROBE = {
+    ("grpo", 0): {0: (0.40, 0.70), 4: (0.20, 0.10)},
+    ("grpo", 1): {0: (0.40, 0.70), 4: (0.21, 0.12)},
+    ("steer", 0): {0: (0.40, 0.70), 4: (0.30, 0.40)},
+    ("steer", 1): {0: (0.40, 0.70), 4: (0.28, 0.36)},
+}
 CURVES = {  # (method, seed) -> entropy at steps 1..4; steer also logs λ statistics
     ("grpo", 0): [0.50, 0.45, 0.40, 0.35],
     ("grpo", 1): [0.52, 0.47, 0.43, 0.36],
@@ -49,6 +56,11 @@ CURVES = {  # (method, seed) -> entropy at steps 1..4; steer also logs λ statis
     ("clip_higher", 0): [0.50, 0.46, 0.42, 0.40],
     ("kl_cov", 0): [0.50, 0.44, 0.41, 0.38],
 }
+
+
+def _pass(a: float) -> dict[int, float]:
+    """pass@1 and pass@2 of an evaluation with accuracy a (as if each problem were right with probability a)."""
+    return {1: a, 2: 1 - (1 - a) ** 2}
 
 
 def _se(a: float) -> float:
@@ -65,7 +77,8 @@ def _eval_run(
     tracker = Tracker(exp.name, tags=tags, uri=uri)
     metrics = {f"eval/{b}/acc": a for b, a in zip(BENCHES, accs, strict=True)}
     metrics |= {f"eval/{b}/acc_se": _se(a) for b, a in zip(BENCHES, accs, strict=True)}
-    tracker.log_metrics({**metrics, **{f"eval/{b}/pass_at_1": a for b, a in zip(BENCHES, accs, strict=True)}}, 0)
+    metrics |= {f"eval/{b}/pass_at_{k}": v for b, a in zip(BENCHES, accs, strict=True) for k, v in _pass(a).items()}
+    tracker.log_metrics(metrics, 0)
     tracker.finish(status)
     time.sleep(0.002)  # distinct start times: "newest" is well defined
 
@@ -74,7 +87,8 @@ def _write_summaries(exp: ExperimentConfig, row: str, seed: int | None, accs: li
     for b, a in zip(BENCHES, accs, strict=True):
         summary = {"benchmark": b, "row": row, "method": row if seed is not None else "", "seed": seed,
                    "model": "tiny/model", "protocol": {"name": "greedy", "temperature": 0.0}, "engine": "hf",
-                   "versions": {"torch": "2.13.0"}, "k": 1, "n_problems": 10, "metrics": {"acc": a, "acc_se": _se(a)},
+                   "versions": {"torch": "2.13.0"}, "k": 2, "n_problems": 10,
+                   "metrics": {"acc": a, "acc_se": _se(a), **{f"pass_at_{k}": v for k, v in _pass(a).items()}},
                    "complete": True}  # fmt: skip
         write_json(exp.eval_dir(row, seed) / b / "summary.json", summary)
 
@@ -90,14 +104,23 @@ def _train_run(uri: str, exp: ExperimentConfig, method: str, seed: int, entropy:
             line["val/avg_at_k"] = 0.1 * step + 0.01 * seed
         if method == "steer":
             line |= {"steer/lambda_mean": 0.99, "steer/lambda_min": 0.8, "steer/frac_lambda_below_099": 0.05}
+        if step in PROBE.get((method, seed), {}):
+            line |= dict(zip(("probe/entropy", "probe/entropy_fork"), PROBE[(method, seed)][step], strict=True))
         lines.append(line)
-    stale = {**lines[2], "rollout/entropy_mean": 9.0}
+    if 0 in PROBE.get((method, seed), {}):  # the starting policy's probe: a line for step 0
+        lines.insert(
+            0,
+            {"step": 0, **dict(zip(("probe/entropy", "probe/entropy_fork"), PROBE[(method, seed)][0], strict=False))},
+        )
+    third = next(i for i, line in enumerate(lines) if line["step"] == 3)
+    stale = {**lines[third], "rollout/entropy_mean": 9.0}
+    lines = [*lines[:third], stale, *lines[third:]]
     run_dir = exp.run_dir(method, seed)
-    write_jsonl(run_dir / "metrics.jsonl", [*lines[:2], stale, *lines[2:]])
+    write_jsonl(run_dir / "metrics.jsonl", lines)
     write_json(run_dir / "env.json", {"torch": "2.13.0", "git_commit": "abc"})
     tracker = Tracker(exp.name, tags={"kind": "train", "method": method, "seed": seed, "run_dir": run_dir}, uri=uri)
     tracker.log_params({"env": {"torch": "2.13.0", "git_commit": "abc"}})
-    for line in [*lines[:2], stale, *lines[2:]]:
+    for line in lines:
         tracker.log_metrics({k: v for k, v in line.items() if k != "step"}, step=line["step"])
         time.sleep(0.002)  # the re-logged step gets a later timestamp
     tracker.finish()
@@ -216,7 +239,8 @@ def test_vs_paper(report) -> None:
 
 
 def test_figures_written(report) -> None:
-    assert set(report.figures) == {"entropy", "val_accuracy", "response_length", "clip_fractions", "steer_lambda"}
+    assert set(report.figures) == {"entropy", "probe_entropy", "val_accuracy", "response_length", "clip_fractions",
+                                   "steer_lambda", "pass_at_k"}  # fmt: skip
     for rel in report.figures.values():
         png = (report.out_dir / rel).read_bytes()
         assert png.startswith(b"\x89PNG")
@@ -252,6 +276,32 @@ def test_mlflow_and_files_agree(report, setup) -> None:
     assert mlflow.curves[("grpo", 1)]["val/avg_at_k"] == [(2, pytest.approx(0.21)), (4, pytest.approx(0.41))]
     assert "steer/lambda_mean" in mlflow.curves[("steer", 0)]
     assert "steer/lambda_mean" not in mlflow.curves[("grpo", 0)]
+    assert mlflow.curves[("grpo", 1)]["probe/entropy_fork"] == [(0, 0.70), (4, 0.12)]
+    assert mlflow.pass_at == files.pass_at
+    assert mlflow.pass_at[("grpo", 0, "math500")] == {1: 0.60, 2: pytest.approx(0.84)}
+
+
+def test_comparisons(report) -> None:
+    """The sections of steer_bench.report.comparisons, against numbers worked out by hand."""
+    text = (report.out_dir / "report.md").read_text().split("## Comparisons")[1].split("\n## ")[0]
+    # Against base (Avg 20.0): GRPO seed 0 has Avg 45.0; SE = √(SE_grpo² + SE_base²), each SE over benchmarks
+    # √(Σ se_b²)/3 with se(a)² = a(1−a)/9: √(0.075278)/3 = 0.091456 and √(0.051111)/3 = 0.075359 -> 0.118504.
+    assert "| GRPO | +25.0 (SE 11.9, z 2.1) |" in text
+    # Paired: STEER − GRPO Avg = 58.33 − 45.0 and 53.0 − 48.33 -> 13.33, 4.67: mean 9.0, SE |13.33 − 4.67|/2 = 4.33;
+    # t = 2.077 on 1 df (Cauchy): p = 1 − (2/π)·atan(t) = 0.286; CI ± t_{0.975,1} SE = ± 12.706 · 4.333 = ± 55.06.
+    t = 9.0 / (26 / 6)
+    p = 1 - 2 / math.pi * math.atan(t)
+    paired = text.split("### Paired against `grpo`")[1].split("###")[0]
+    steer = next(line for line in paired.splitlines() if line.startswith("| STEER |"))
+    assert steer.split(" | ")[1] == f"+9.0 ± 4.3 [-46.1, +64.1] p {p:.3f} (n 2)"
+    # probe entropy, all tokens: 0.30 − 0.20, 0.28 − 0.21 -> mean 0.085, SE 0.015; fork: 0.30, 0.24 -> 0.27, 0.03
+    assert steer.split(" | ")[2].startswith("+0.0850 ± 0.0150 ")
+    assert steer.split(" | ")[3].startswith("+0.2700 ± 0.0300 ")
+    assert "| Clip-Higher | -1.7 (n 1) | — | — |" in paired  # one evaluated seed: no spread; no probe metrics
+    # collapse: GRPO 0.40 -> (0.20 + 0.21) / 2, ratios 0.50 and 0.21/0.40 (0.52499… in floats); fork 0.70 -> 0.11,
+    # ratios 0.143 and 0.171
+    assert "| GRPO | 0.4000 → 0.2050 (×0.50–0.52) | 0.7000 → 0.1100 (×0.14–0.17) |" in text
+    assert "![pass@k on the held-out problems](figures/pass_at_k.png)" in text
 
 
 def test_cli_from_files(setup, tmp_path: Path) -> None:
@@ -311,6 +361,7 @@ def test_seed_band_and_skipped_figures(tmp_path: Path) -> None:
     assert drawn["entropy"] == "figures/entropy.png"
     assert drawn["steer_lambda"] is None  # no run logged steer/*: skipped, not an empty plot
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["entropy.png"]
-    assert "Not drawn (no run logged its metrics): val_accuracy (val/avg_at_k)" in "\n".join(
-        document.figures_section(drawn)
-    )
+    assert (
+        "Not drawn (no run logged its metrics): probe_entropy (probe/avg_at_k, probe/entropy, probe/entropy_fork); "
+        "val_accuracy (val/avg_at_k)"
+    ) in "\n".join(document.figures_section(drawn))
