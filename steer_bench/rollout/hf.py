@@ -85,10 +85,8 @@ class HFEngine:
         check_prompts(prompts)
         size = self.max_batch_size or len(prompts)
         parts = [
-            self._generate(
-                prompts[start : start + size], params, start, None if params.seed is None else params.seed + k
-            )
-            for k, start in enumerate(range(0, len(prompts), size))
+            self._generate(prompts[start : start + size], params, start, params.sequence_seed(start))
+            for start in range(0, len(prompts), size)
         ]
         return RolloutBatch.concat(parts)
 

@@ -29,10 +29,10 @@ from steer_bench.grading.release import reward_correct
 from steer_bench.rollout import SamplingParams
 from steer_bench.rollout.batch import PaddedRollout, RolloutBatch
 from steer_bench.train.batching import order_for_update
-from steer_bench.train.checkpoint import TrainState, is_resumable, save_checkpoint
+from steer_bench.train.checkpoint import TrainState, hf_dtype, is_resumable, save_checkpoint
 from steer_bench.train.distributed import param_checksums, rank_reduce, reduce_across_ranks
 from steer_bench.train.heldout import selectable, validate
-from steer_bench.train.setup import Run, prompt_order, seed_everything, set_up, step_seed
+from steer_bench.train.setup import Run, prompt_order, rollout_seed, seed_everything, set_up, step_seed
 from steer_bench.train.stepstats import dump_rollouts, rollout_metrics
 from steer_bench.train.update import UpdateRows, engine_logprobs, forward, policy_update, rollout_logprobs
 
@@ -111,7 +111,7 @@ def collect(run: Run, grader: Grader, number: int) -> Step:
         temperature=cfg.rollout.temperature,
         top_p=cfg.rollout.top_p,
         n=cfg.rollout.n,
-        seed=step_seed(cfg.seed, number) + rank,
+        seed=rollout_seed(cfg.seed, number, rank, share, cfg.rollout.n),
     )
     rollout = run.engine.generate([run.prompts[i] for i in idx], sampling)
     t1 = time.perf_counter()
@@ -202,7 +202,7 @@ def log_step(run: Run, step: Step, grader: Grader) -> None:
     best = metrics.get(cfg.validation.metric)
     if run.validation is not None and selectable(cfg, step.number) and _is_best(best, state):
         state.best_metric, state.best_step = metrics[cfg.validation.metric], step.number
-        save_checkpoint(run.best_dir, acc, run.model, run.tokenizer, state)
+        save_checkpoint(run.best_dir, acc, run.model, run.tokenizer, state, dtype=hf_dtype(cfg))
     if run.main:
         files.append_jsonl(run.out / "metrics.jsonl", {"step": step.number, **metrics})
         run.tracker.log_metrics(metrics, step=step.number)
@@ -221,7 +221,7 @@ def _is_best(value: float | None, state: TrainState) -> bool:
 def checkpoint(run: Run, step: Step) -> None:
     if step.number % run.cfg.save_every == 0 or step.number == run.cfg.steps:
         save_checkpoint(
-            run.last_dir, run.accelerator, run.model, run.tokenizer, run.state,
+            run.last_dir, run.accelerator, run.model, run.tokenizer, run.state, dtype=hf_dtype(run.cfg),
             optimizer=run.optimizer, scheduler=run.scheduler,
         )  # fmt: skip
 

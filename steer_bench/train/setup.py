@@ -23,8 +23,14 @@ from steer_bench.errors import SteerBenchError
 from steer_bench.inputs import check_same_architecture
 from steer_bench.rollout import make_engine
 from steer_bench.rollout.model import fit_prompts, load_policy
-from steer_bench.train.checkpoint import TrainState, is_resumable, load_trainer_state, truncate_metrics
-from steer_bench.train.distributed import prepare, shard_fsdp2
+from steer_bench.train.checkpoint import (
+    TrainState,
+    is_resumable,
+    load_trainer_state,
+    log_save_budget,
+    truncate_metrics,
+)
+from steer_bench.train.distributed import ensure_process_group, make_accelerator, prepare, shard_fsdp2
 from steer_bench.train.heldout import load_validation
 
 
@@ -49,6 +55,13 @@ def check_run(cfg: TrainConfig, method: MethodConfig, context_len: int | None, w
 def step_seed(seed: int, step: int) -> int:
     """The seed of every random draw in one step: a pure function of (seed, step), so resume replays exactly."""
     return (seed * 1_000_003 + step * 7_919) % (2**31 - 1)
+
+
+def rollout_seed(seed: int, step: int, rank: int, prompts_per_rank: int, n: int) -> int:
+    """The seed of rank ``rank``'s first sequence at ``step``: the engines give sequence j of the call's prompt i
+    ``seed + i·n + j`` (:class:`~steer_bench.rollout.SamplingParams`), so the ranks' calls cover disjoint ranges and
+    every sequence of the step has its own random stream."""
+    return step_seed(seed, step) + rank * prompts_per_rank * n
 
 
 def seed_everything(seed: int) -> None:
@@ -134,7 +147,7 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
     from steer_bench.data import load_prepared
     from steer_bench.tracking import Tracker, env_info, resolve_uri, train_run_tags
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
     last_dir, best_dir = out / "checkpoints" / "last", out / "checkpoints" / "best"
     if main:  # a run killed while saving: put the complete previous checkpoint back
@@ -158,11 +171,13 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
     )
     validation = load_validation(cfg, tokenizer)
 
-    if cfg.shard == "fsdp2":
-        model = shard_fsdp2(model, accelerator)  # before the optimizer: it must see the sharded parameters
+    log_save_budget(cfg, sum(p.numel() for p in model.parameters()), accelerator.num_processes)
+    if cfg.shard == "fsdp2":  # before the optimizer: it must see the sharded parameters
+        ensure_process_group(accelerator, cfg.collective_timeout_s)
+        model = shard_fsdp2(model, accelerator, mixed_precision=cfg.mixed_precision, replicas=cfg.hsdp_replicas)
     optimizer, scheduler = make_optimizer(model, cfg)
     model, optimizer, scheduler = prepare(accelerator, model, optimizer, scheduler, shard=cfg.shard)
-    state = load_trainer_state(last_dir, optimizer, scheduler) if resume else TrainState()
+    state = load_trainer_state(last_dir, accelerator, model, optimizer, scheduler) if resume else TrainState()
     if resume:
         truncate_metrics(out / "metrics.jsonl", state.step)
     env = env_info()
