@@ -157,15 +157,17 @@ def test_the_sleep_mode_sync_empties_the_cache_before_each_wake(model_dir: Path,
 
 # ---------------------------------------------------------------------------------------------- the trainer
 def test_the_accelerate_config_only_launches(model_dir: Path, data: dict[str, Path], monkeypatch: Any) -> None:
-    """An accelerate config that asks Accelerate to shard (FSDP) is refused: its plugin engages on CUDA only and its
+    """The process group gets ``collective_timeout_s`` (Accelerate's default for NCCL, 600 s, is shorter than a
+    7B checkpoint's write on a slow shared filesystem while the other ranks wait). An accelerate config that asks Accelerate to shard (FSDP) is refused: its plugin engages on CUDA only and its
     autocast returns float32 logits; the trainer shards and casts itself."""
     from accelerate.utils import DistributedType
 
     from steer_bench.train.distributed import make_accelerator
 
-    cfg = make_cfg(model_dir, data)
+    cfg = make_cfg(model_dir, data, collective_timeout_s=5400)
     accelerator = make_accelerator(cfg)
     assert accelerator.mixed_precision == "no"
+    assert accelerator.init_handler.timeout.total_seconds() == 5400  # the process group's, for multi-rank launches
     monkeypatch.setattr(type(accelerator), "distributed_type", property(lambda s: DistributedType.FSDP))
     with pytest.raises(SteerBenchError, match=r"the accelerate config launches FSDP: the trainer shards"):
         make_accelerator(cfg)
@@ -244,3 +246,21 @@ def test_fsdp2_accumulation_never_holds_an_unsharded_gradient(
     policy_update(model, opt, sched, accelerator, rows, load_method("grpo").resolve(), cfg)
     assert len(held) == cfg.updates_per_rollout * 4  # 2 mini-batches of 8 rows, micro-batches of 2
     assert held == [[]] * len(held)
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_one_process_fsdp2_bf16_with_a_colocated_vllm_engine(
+    model_dir: Path, data: dict[str, Path], tmp_path: Path
+) -> None:
+    """The one-GPU layout on CPU: FSDP2 over a one-rank process group (in-memory store) with the bf16 policy, and an
+    in-process vLLM engine that joins that group; sync, self-check (bf16 tolerance) and checkpoints as on 8 ranks."""
+    from steer_bench.config.method import load_method
+    from steer_bench.train import train
+
+    over = {"shard": "fsdp2", "mixed_precision": "bf16", "rollout__engine": "vllm", "rollout__vllm__cpu_kvcache_gb": 1,
+            "steps": 2, "save_every": 1}  # fmt: skip
+    train(make_cfg(model_dir, data, **over), load_method("grpo"), tmp_path / "run")
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["sync/probe_gap_max"] <= 0.1 and r["train/logits_bits_max"] == 16 for r in rows)

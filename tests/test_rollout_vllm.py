@@ -47,7 +47,8 @@ def perturbed(model_tok):
 def engine(model_tok):
     model, tok = model_tok
     rng = torch.get_rng_state()
-    eng = make_engine("vllm", model, tok, seed=0, cpu_kvcache_gb=0.25)
+    # the scheduler caps as the paper recipe passes them (the release's 16384 / 1024, scaled to the test's engine)
+    eng = make_engine("vllm", model, tok, seed=0, cpu_kvcache_gb=0.25, max_num_batched_tokens=2048, max_num_seqs=96)
     assert torch.equal(torch.get_rng_state(), rng)  # starting vLLM in-process does not reseed the trainer
     eng.sync_weights(model)
     yield eng
@@ -61,6 +62,11 @@ def _logp_check(engine, model, tok, prompts, params: SamplingParams) -> None:
         logp, _ = score_responses(model, t, temperature=params.temperature)
     assert logprob_gap(t.response_logprobs, logp, t.response_mask).item() < MEAN_TOL
     assert (t.response_logprobs - logp).abs().max().item() < MAX_TOL
+
+
+def test_the_scheduler_caps_reach_vllm(engine) -> None:
+    scheduler = engine.llm.llm_engine.vllm_config.scheduler_config
+    assert (scheduler.max_num_batched_tokens, scheduler.max_num_seqs) == (2048, 96)
 
 
 def test_greedy_matches_hf_greedy(engine, model_tok, prompts) -> None:
