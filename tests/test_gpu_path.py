@@ -158,8 +158,9 @@ def test_the_sleep_mode_sync_empties_the_cache_before_each_wake(model_dir: Path,
 # ---------------------------------------------------------------------------------------------- the trainer
 def test_the_accelerate_config_only_launches(model_dir: Path, data: dict[str, Path], monkeypatch: Any) -> None:
     """The process group gets ``collective_timeout_s`` (Accelerate's default for NCCL, 600 s, is shorter than a
-    7B checkpoint's write on a slow shared filesystem while the other ranks wait). An accelerate config that asks Accelerate to shard (FSDP) is refused: its plugin engages on CUDA only and its
-    autocast returns float32 logits; the trainer shards and casts itself."""
+    7B checkpoint's write on a slow shared filesystem while the other ranks wait). An accelerate config that asks
+    Accelerate to shard (FSDP) is refused: its plugin engages on CUDA only and its autocast returns float32 logits;
+    the trainer shards and casts itself."""
     from accelerate.utils import DistributedType
 
     from steer_bench.train.distributed import make_accelerator

@@ -77,7 +77,8 @@ def test_trimmed_rehearsal_end_to_end(tmp_path: Path) -> None:
     assert [r["step"] for r in rows] == [1, 2]
     # The trainer computes in bf16 (FSDP2's policy), the CPU engine in float32: engine-vs-trainer log-probs differ by
     # bf16 rounding — unit roundoff 2^-8 ≈ 4e-3 of logits of magnitude ≲ 10, through 2 layers — which bounds the
-    # mean |Δ logp| at ~0.1 (the self-check's bf16 tolerance; measured 0.004–0.005 on an AMD EPYC). A sync that did not land is ≥ 1.
+    # mean |Δ logp| at ~0.1 (the self-check's bf16 tolerance; measured 0.004–0.005 on an AMD EPYC). A sync that did
+    # not land is ≥ 1.
     assert all(r["sync/probe_gap_max"] <= 0.1 and r["rollout/logprob_gap"] <= 0.1 for r in rows)
     assert all(r["train/logits_bits_max"] == 16 for r in rows)  # bf16 logits reached the loss: no float32 copy
     assert all(r["train/unsharded_grad_mb_max"] == 0 for r in rows)  # every micro-batch reduce-scattered
