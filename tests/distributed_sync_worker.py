@@ -121,6 +121,8 @@ def main() -> None:
                     "stale_gap": stale_gap}  # fmt: skip
     engine.sync_weights(model)
     result |= {"sync_gap": engine.last_sync_gap, "sync_stats": engine.last_sync_stats}
+    # the self-check's forward gathered the root (embeddings, LM head): given back before the rollout
+    result["sharded_after_sync"] = all(type(p).__name__ == "DTensor" for p in model.parameters())
     result["checksum"] = sum(float(t.double().abs().sum()) for _, t in full_weights(model))
     result["tensor_bytes"] = {n: t.numel() * t.element_size() for n, t in full_weights(model)}
     prompt = tok.apply_chat_template([{"role": "user", "content": "3+4"}], add_generation_prompt=True,

@@ -177,6 +177,7 @@ def test_fsdp2_sharded_sync_into_one_vllm_engine_per_rank(model_dir: Path, tmp_p
         assert r["start_gap"] <= GAP  # the engine started from the same weights
         assert r["stale_gap"] > 0.1  # after an AdamW step the engine lags behind ...
         assert r["sync_gap"] <= GAP  # ... and the gathered sync brings it back exactly
+        assert r["sharded_after_sync"] is (r["sharded_entries"] > 0)
         stats = r["sync_stats"]
         assert stats["tensors"] == len(sizes)
         assert stats["total_bytes"] == sum(sizes.values())

