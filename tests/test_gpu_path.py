@@ -267,3 +267,23 @@ def test_one_process_fsdp2_bf16_with_a_colocated_vllm_engine(
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["sync/probe_gap_max"] <= 0.1 and r["train/logits_bits_max"] == 16 for r in rows)
+
+
+def test_the_gpu_check_script_runs_its_code_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.py at toy shapes on CPU (its numbers mean something only on a GPU): the trainer's
+    accumulation leaves no unsharded gradient, gradient sync off leaves one on the first 3 micro-batches (float32:
+    4 bytes per parameter under the bf16 policy's fp32 reduction), and the DCP round trip resumes bit for bit."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "gpu_check.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--small", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())
+    acc = got["accumulation"]
+    assert acc["sync_every_micro_batch_unsharded_gb_per_micro"] == [0.0] * 4
+    assert acc["no_sync_first_3_unsharded_gb_per_micro"][:3] == [4 * acc["params"] / 1e9] * 3
+    assert acc["no_sync_first_3_unsharded_gb_per_micro"][3] == 0.0  # the last micro-batch reduces it all
+    assert got["optimizer"] == {"parameters_equal_after_resume": True, "optimizer_state_on_device": True}

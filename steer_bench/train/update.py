@@ -110,6 +110,7 @@ def policy_update(
                 scheduler.step()
                 if first:
                     probe.after(model, index)
+    optimizer.zero_grad(set_to_none=True)  # the gradients are dead until the next update: not held during rollout
     return method.reduce_metrics(calls) | audit.metrics() | {
         "train/grad_norm": float(np.mean(grad_norms)),
         "train/grad_norm_max": float(np.max(grad_norms)),
