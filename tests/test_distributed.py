@@ -279,7 +279,7 @@ def launch(config: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _deterministic(rows: list[dict[str, float]]) -> list[dict[str, float]]:
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/", "mem/"))} for r in rows]
 
 
 @pytest.fixture(scope="module")

@@ -69,6 +69,14 @@ def test_the_scheduler_caps_reach_vllm(engine) -> None:
     assert (scheduler.max_num_batched_tokens, scheduler.max_num_seqs) == (2048, 96)
 
 
+def test_ignore_eos_samples_every_response_to_the_maximum(engine, model_tok, prompts) -> None:
+    """steer-bench preflight's worst case: both engines run every response to max_new_tokens."""
+    params = SamplingParams(max_new_tokens=12, n=2, seed=3, ignore_eos=True)
+    for rollout in (engine.generate(prompts, params), HFEngine(*model_tok).generate(prompts, params)):
+        assert [len(r) for r in rollout.response_ids] == [12] * 2 * len(prompts)
+        assert all(rollout.truncated)
+
+
 def test_greedy_matches_hf_greedy(engine, model_tok, prompts) -> None:
     params = SamplingParams(max_new_tokens=24, temperature=0)
     ours = engine.generate(prompts, params)

@@ -61,6 +61,8 @@ class RolloutConfig(StrictModel):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(ge=1)
+    ignore_eos: bool = False
+    """Every response runs to ``max_new_tokens`` (``steer-bench preflight`` sets it: the worst case)."""
     vllm: VllmConfig = VllmConfig()
 
 

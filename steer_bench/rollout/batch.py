@@ -39,6 +39,8 @@ class SamplingParams:
     top_p: float = 1.0
     n: int = 1
     seed: int | None = None
+    ignore_eos: bool = False
+    """Sample every response to ``max_new_tokens`` (``steer-bench preflight``: the worst case of memory and time)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.n < 1:

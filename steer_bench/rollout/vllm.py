@@ -352,7 +352,8 @@ class VLLMEngine:
                 rows["prompt_index"].append(i)
                 rows["prompt_ids"].append(list(prompts[i]))
                 rows["response_ids"].append(tokens)
-                rows["finished"].append(bool(tokens) and tokens[-1] in self.eos_token_ids)
+                # with ignore_eos an eos token is just a token: every response ran to the maximum
+                rows["finished"].append(not params.ignore_eos and bool(tokens) and tokens[-1] in self.eos_token_ids)
                 logprobs.append([entry[tok].logprob for tok, entry in zip(tokens, sample.logprobs, strict=True)])
         return RolloutBatch(**rows, response_logprobs=logprobs)
 
@@ -365,7 +366,8 @@ class VLLMEngine:
             top_p=params.top_p,
             max_tokens=params.max_new_tokens,
             seed=params.sequence_seed(i),
-            stop_token_ids=self.eos_token_ids,
+            stop_token_ids=[] if params.ignore_eos else self.eos_token_ids,
+            ignore_eos=params.ignore_eos,
             logprobs=0,
             detokenize=False,
         )

@@ -32,6 +32,7 @@ from steer_bench.train.checkpoint import (
 )
 from steer_bench.train.distributed import ensure_process_group, make_accelerator, prepare, shard_fsdp2
 from steer_bench.train.heldout import load_validation
+from steer_bench.train.phases import PhaseMeter
 
 
 def check_run(cfg: TrainConfig, method: MethodConfig, context_len: int | None, world_size: int) -> None:
@@ -124,6 +125,7 @@ class Run:
     dropped: list[int]
     validation: Any  # (prompt ids, golds) of the held-out set, or None
     startup: dict[str, float]  # model_load_s, then first_rollout_unix (time.time() as the first rollout starts)
+    phases: PhaseMeter  # wall time and peak memory per phase (steer_bench.train.phases)
 
     @property
     def main(self) -> bool:
@@ -159,8 +161,10 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
         check_same_architecture(last_dir, cfg.model.path)
 
     seed_everything(cfg.seed)
+    phases = PhaseMeter()
     t_load = time.perf_counter()
-    policy = load_policy(cfg.model, path=str(last_dir) if resume else None)
+    with phases.phase("load", step_metric=False):
+        policy = load_policy(cfg.model, path=str(last_dir) if resume else None)
     startup = {"model_load_s": time.perf_counter() - t_load}
     model, tokenizer = policy.model, policy.tokenizer
     check_run(cfg, preset, policy.context_len, accelerator.num_processes)
@@ -177,7 +181,10 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
         model = shard_fsdp2(model, accelerator, mixed_precision=cfg.mixed_precision, replicas=cfg.hsdp_replicas)
     optimizer, scheduler = make_optimizer(model, cfg)
     model, optimizer, scheduler = prepare(accelerator, model, optimizer, scheduler, shard=cfg.shard)
-    state = load_trainer_state(last_dir, accelerator, model, optimizer, scheduler) if resume else TrainState()
+    state = TrainState()
+    if resume:
+        with phases.phase("resume", step_metric=False):
+            state = load_trainer_state(last_dir, accelerator, model, optimizer, scheduler)
     if resume:
         truncate_metrics(out / "metrics.jsonl", state.step)
     env = env_info()
@@ -195,13 +202,10 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
     )
     state.mlflow_run_id = tracker.run_id
     tracker.log_params({"config": cfg.model_dump(mode="json"), "method": preset.model_dump(mode="json"), "env": env})
-    engine = make_engine(
-        cfg.rollout.engine,
-        accelerator.unwrap_model(model),
-        tokenizer,
-        **engine_options(cfg, str(last_dir) if resume else cfg.model.path),
-    )
+    with phases.phase("engine_start", step_metric=False):
+        options = engine_options(cfg, str(last_dir) if resume else cfg.model.path)
+        engine = make_engine(cfg.rollout.engine, accelerator.unwrap_model(model), tokenizer, **options)
     return Run(
         cfg, preset, preset.resolve(), out, accelerator, model, tokenizer, optimizer, scheduler, engine, tracker,
-        state, problems, prompts, dropped, validation, startup,
+        state, problems, prompts, dropped, validation, startup, phases,
     )  # fmt: skip
