@@ -279,6 +279,13 @@ class VLLMEngine:
             "sync/peak_mb_max": self.last_sync_stats.get("peak_bytes", 0) / 2**20,
         }
 
+    def concurrency(self, seq_len: int) -> int:
+        """How many sequences of ``seq_len`` tokens the engine decodes at once: its KV cache's capacity, capped by the
+        scheduler's ``max_num_seqs``."""
+        config = self.llm.llm_engine.vllm_config
+        blocks, block = config.cache_config.num_gpu_blocks or 0, config.cache_config.block_size
+        return min(blocks * block // seq_len, config.scheduler_config.max_num_seqs)
+
     def sleep(self) -> None:
         """Release the engine's device memory (sleep mode only; a no-op otherwise) until the next sync."""
         if self.sleep_level and not self.asleep:

@@ -205,6 +205,8 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
     with phases.phase("engine_start", step_metric=False):
         options = engine_options(cfg, str(last_dir) if resume else cfg.model.path)
         engine = make_engine(cfg.rollout.engine, accelerator.unwrap_model(model), tokenizer, **options)
+    if hasattr(engine, "concurrency"):  # what a wave of decoding holds (steer-bench preflight extrapolates with it)
+        startup["engine_full_length_seqs"] = engine.concurrency(cfg.max_prompt_len + cfg.rollout.max_new_tokens)
     return Run(
         cfg, preset, preset.resolve(), out, accelerator, model, tokenizer, optimizer, scheduler, engine, tracker,
         state, problems, prompts, dropped, validation, startup, phases,
