@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from steer_bench.algos.entropy import CHUNK_ELEMENTS  # noqa: E402
+from steer_bench.config import read_yaml  # noqa: E402
 from steer_bench.config.run import TrainConfig  # noqa: E402
 from steer_bench.experiment import ExperimentConfig, load_experiment  # noqa: E402
 from steer_bench.train.batching import release_order  # noqa: E402
@@ -76,6 +77,7 @@ MODELS = [
     Arch("Qwen2.5-Math-1.5B", "table12_1p5b", 1536, 28, 12, 2, 8960, 151936, True),
     Arch("Qwen2.5-Math-7B", "table3_7b", 3584, 28, 28, 4, 18944, 152064, False),
     Arch("Qwen2.5-14B", "table4_14b", 5120, 48, 40, 8, 13824, 152064, False),
+    Arch("Qwen2.5-Math-1.5B, 1 GPU", "one_gpu_1p5b", 1536, 28, 12, 2, 8960, 151936, True),
 ]
 
 
@@ -84,10 +86,16 @@ def recipe(m: Arch) -> tuple[ExperimentConfig, TrainConfig]:
     return exp, exp.train_config(exp.seeds[0])
 
 
+def ranks(m: Arch) -> int:
+    """The launch's processes (its accelerate config's num_processes): the GPUs a run spans."""
+    exp, _ = recipe(m)
+    return int(read_yaml(REPO / exp.accelerate_config)["num_processes"]) if exp.accelerate_config else 1
+
+
 def memory(m: Arch) -> dict[str, tuple[float, str]]:
     """GB per GPU of each term, with the code that allocates it."""
     _, cfg = recipe(m)
-    w, p, h = RANKS, m.params, m.hidden
+    w, p, h = ranks(m), m.params, m.hidden
     micro, vllm = cfg.micro_batch_size, cfg.rollout.vllm
     t_resp, seq = cfg.rollout.max_new_tokens, cfg.max_prompt_len + cfg.rollout.max_new_tokens
     tokens = micro * seq  # worst case: every sequence of a micro-batch at the full prompt + response length
@@ -125,7 +133,6 @@ def memory(m: Arch) -> dict[str, tuple[float, str]]:
 
 
 CARD_80 = CARDS["80 GB (A100/H100)"]
-RANKS = 8
 
 
 def phases(m: Arch, card: float) -> dict[str, float]:
@@ -193,10 +200,11 @@ def step_time(m: Arch, tflops: float, tbs: float) -> dict[str, float]:
     lengths = response_lengths(cfg.prompts_per_step * cfg.rollout.n, cfg.rollout.max_new_tokens)
     mean_resp = float(lengths.mean())
     tokens = len(lengths) * (PROMPT_MEAN + mean_resp)
-    update = 10 * m.params * tokens * padding_factor(cfg, RANKS) / (RANKS * tflops * 1e12 * MFU)
+    world = ranks(m)
+    update = 10 * m.params * tokens * padding_factor(cfg, world) / (world * tflops * 1e12 * MFU)
     kv_read = DECODE_BATCH * (PROMPT_MEAN + mean_resp / 2) * m.kv_bytes_per_token(tp)
     per_decode = (2 * m.params / tp + kv_read) / (tbs * 1e12 * DECODE_EFF)
-    engines = RANKS // tp
+    engines = world // tp
 
     def decode(sequences: int) -> float:  # waves of DECODE_BATCH sequences per engine, + the longest one's tail
         waves = sequences / engines / DECODE_BATCH
@@ -243,7 +251,7 @@ def main() -> None:
         print(f"| {m.name} | {d['last']:.1f} | {d['best']:.1f} | {d['steady']:.1f} | {d['peak']:.1f} | "
               f"{runs} ({m.config}) | {table:.2f} TB | {kept:.2f} TB |")  # fmt: skip
     print()
-    print(f"Time per step and node-hours (8 GPUs; mean prompt {PROMPT_MEAN}; responses log-normal, median "
+    print(f"Time per step and node-hours (each config's GPUs; mean prompt {PROMPT_MEAN}; responses log-normal, median "
           f"{RESPONSE_MEDIAN}, σ {RESPONSE_SIGMA}, cut at the recipe's maximum (an assumption); update at "
           f"{MFU:.0%} MFU on padded micro-batches; decoding at {DECODE_EFF:.0%} of HBM bandwidth, "
           f"{DECODE_BATCH} sequences per engine):\n")  # fmt: skip
@@ -252,7 +260,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for m in MODELS:
         exp, cfg = recipe(m)
-        pad = padding_factor(cfg, RANKS)
+        pad = padding_factor(cfg, ranks(m))
         runs = len(exp.methods) * len(exp.seeds)
         for gpu, (tflops, tbs) in GPUS.items():
             t = step_time(m, tflops, tbs)
