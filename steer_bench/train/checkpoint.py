@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
+from torch.distributed.checkpoint.api import CheckpointException
 
 from steer_bench import files
 from steer_bench.config.run import TrainConfig
@@ -159,7 +160,8 @@ def save_checkpoint(
                 _set_config_dtype(tmp_dir, dtype)
                 tokenizer.save_pretrained(tmp_dir)
                 files.write_json(tmp_dir / "state.json", asdict(state))
-    except (OSError, SafetensorError) as e:  # ENOSPC / EFBIG / EDQUOT; safetensors wraps them in its own type
+    except (OSError, SafetensorError, CheckpointException) as e:  # ENOSPC / EFBIG / EDQUOT, wrapped by safetensors
+        # and by torch.distributed.checkpoint (which gathers every rank's write errors into one)
         raise SteerBenchError(
             f"{path}: cannot write the checkpoint of step {state.step} ({e}): is the disk full, or a file-size "
             f"or quota limit reached? The previous checkpoint in {path} is intact; free space and run again "
