@@ -29,6 +29,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -85,11 +86,12 @@ def machine_devices() -> list[str]:
 
 def lock_dir() -> Path:
     """``$STEER_BENCH_GPU_LOCKS``, else a per-user folder in the temp dir (point users who share a machine's GPUs
-    at one folder they can all write); one subfolder per SLURM job, whose device ids are its own (SLURM may number
-    every job's GPUs from 0)."""
+    at one folder they can all write); below it, one folder per machine (the folder may be on a shared filesystem)
+    and per SLURM job, whose device ids are its own (SLURM may number every job's GPUs from 0)."""
     base = Path(os.environ.get(LOCKS_ENV) or Path(tempfile.gettempdir()) / f"steer-bench-gpus-{os.getuid()}")
+    machine = os.environ.get("SLURMD_NODENAME") or socket.gethostname()  # SLURM's name: several nodes on one host
     job = os.environ.get("SLURM_JOB_ID")
-    path = base / (f"slurm-{job}" if job else "local")
+    path = base / machine / (f"slurm-{job}" if job else "local")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -84,9 +84,17 @@ def test_a_killed_job_frees_its_devices_and_a_waiting_job_takes_them(machine: di
     finish(waiting)
 
 
-def test_each_slurm_job_locks_its_own_devices(machine: dict[str, str]) -> None:
-    # SLURM may number every job's GPUs from 0: device 0 of job 7 and device 0 of job 8 are different cards
-    (a, on_a), (b, on_b) = start(machine | {"SLURM_JOB_ID": "7"}, 4), start(machine | {"SLURM_JOB_ID": "8"}, 4)
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        # SLURM may number every job's GPUs from 0: device 0 of job 7 and device 0 of job 8 are different cards
+        ({"SLURM_JOB_ID": "7"}, {"SLURM_JOB_ID": "8"}),
+        # the node tasks of one job, on two nodes sharing the lock folder (or one host, as the CI cluster)
+        ({"SLURM_JOB_ID": "7", "SLURMD_NODENAME": "n1"}, {"SLURM_JOB_ID": "7", "SLURMD_NODENAME": "n2"}),
+    ],
+)
+def test_each_slurm_job_and_node_locks_its_own_devices(machine: dict[str, str], one: dict, other: dict) -> None:
+    (a, on_a), (b, on_b) = start(machine | one, 4), start(machine | other, 4)
     assert on_a == on_b == ["0", "1", "2", "3"]
     for proc in (a, b):
         finish(proc)
