@@ -92,11 +92,31 @@ rule warmstart:
         "{params.sb} warmstart --config {params.exp} > {log} 2>&1"
 
 
+rule preflight:
+    input:
+        train=f"{ROOT}/data/{EXP.data.train}.parquet",
+        val=[f"{ROOT}/data/{EXP.data.validation}.parquet"] if EXP.data.validation else [],
+        model=[f"{ROOT}/warmstart/warmstart.json"] if EXP.warmstart else [],
+    output:
+        f"{ROOT}/preflight/preflight.json",
+    log:
+        f"{ROOT}/logs/preflight.log",
+    threads: 1
+    params:
+        launch=LAUNCH,
+        exp=CONFIG,
+    resources:
+        **rule_resources(EXP, "train"),
+    shell:
+        "{params.launch} --config {params.exp} --gpus {resources.gpu} preflight > {log} 2>&1"
+
+
 rule train:
     input:
         train=f"{ROOT}/data/{EXP.data.train}.parquet",
         val=[f"{ROOT}/data/{EXP.data.validation}.parquet"] if EXP.data.validation else [],
         model=[f"{ROOT}/warmstart/warmstart.json"] if EXP.warmstart else [],
+        preflight=[f"{ROOT}/preflight/preflight.json"] if EXP.preflight else [],  # measured and passed first
     output:
         f"{ROOT}/runs/{{method}}/seed{{seed}}/train.done",
     log:

@@ -198,12 +198,16 @@ def srun_argv(nodes: int, node_task: list[str]) -> list[str]:
 
 
 # ---- the job ---------------------------------------------------------------------------------------------------
+TRAINING_STAGES = ("train", "preflight")
+"""Stages launched as a training job: the experiment's accelerate config, its nodes, its GPUs."""
+
+
 @dataclass(frozen=True)
 class Job:
     """A train or eval job as the rule asks for it."""
 
     stage: str
-    """train or eval."""
+    """train, preflight (launched as train: same processes, nodes and devices) or eval."""
     argv: list[str]
     """``steer-bench`` arguments of the stage (``train --config … --method …``)."""
     gpus: int
@@ -216,7 +220,8 @@ class Job:
 
 def launch(exp: ExperimentConfig, job: Job, *, node_task: bool) -> NoReturn:
     """Resolve the job's nodes, devices and rendezvous, then replace this process with its launcher."""
-    nodes = exp.resources.train_nodes if job.stage == "train" else 1
+    trains = job.stage in TRAINING_STAGES
+    nodes = exp.resources.train_nodes if trains else 1
     in_slurm = "SLURM_JOB_ID" in os.environ
     if nodes > 1 and not node_task:
         if not in_slurm:
@@ -236,7 +241,7 @@ def launch(exp: ExperimentConfig, job: Job, *, node_task: bool) -> NoReturn:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
     key = shlex.join(job.argv)
     rdzv = slurm_rendezvous(nodes, key) if nodes > 1 else None
-    accelerate = exp.accelerate_config if job.stage == "train" else None
+    accelerate = exp.accelerate_config if trains else None
     argv = launcher_argv(job.argv, accelerate, port=rendezvous_port(key), rdzv=rdzv)
     where = f"node {rdzv.rank} of {rdzv.nodes}, master {rdzv.addr}:{rdzv.port}" if rdzv else "one node"
     shown = env.get("CUDA_VISIBLE_DEVICES", "(unset)")

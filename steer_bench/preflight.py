@@ -19,6 +19,7 @@ taken to cost what the measured wave cost — optimistic), the π_old pass, grad
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ def measure(exp: ExperimentConfig, method: str, out: Path) -> Measured:
     """Runs A and B in this process (every rank of the launch calls it); their phase tables from every rank."""
     from steer_bench.train import train
 
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    world = launch_world()
     seed = exp.seeds[0]
     shrunk = exp.train_config(seed, shrink(exp.train_config(seed), world))
     preset = exp.method(method)
@@ -87,6 +88,11 @@ def measure(exp: ExperimentConfig, method: str, out: Path) -> Measured:
              for name in ("last", "best")}  # fmt: skip
     steps = files.read_jsonl(run / "metrics.jsonl")[:2]
     return Measured(shrunk, steps, phases, a["startup"], sizes, _validation_problems(exp.train_config(seed)))
+
+
+def launch_world() -> int:
+    """The launch's processes, before any process group exists (the trainer makes it): the launcher's WORLD_SIZE."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _validation_problems(cfg: TrainConfig) -> int:
@@ -212,17 +218,23 @@ def preflight(exp: ExperimentConfig, method: str, out: Path) -> tuple[str, bool]
     ``out``. Returns (the report, whether every check passed)."""
     if out.exists():
         shutil.rmtree(out / "run", ignore_errors=True)  # a fresh measurement every time (it never resumes)
-    distributed = torch.distributed.is_initialized()
-    world = torch.distributed.get_world_size() if distributed else 1
+    world = launch_world()
     m = measure(exp, method, out)
+    distributed = world > 1  # the trainer's process group outlives its runs (the engines leave it up)
     nodes = max(1, world // max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1)
     plan = extrapolate(exp, m, world, nodes)
     verdicts = checks(exp, m, plan, out)
     text = report(exp, m, plan, verdicts)
+    if distributed:
+        torch.distributed.barrier()  # every rank is done with the run folder
     if not distributed or torch.distributed.get_rank() == 0:
+        shutil.rmtree(out / "run")  # its checkpoints are the size of the real ones: the numbers are all we keep
         files.write_text(out / "preflight.md", text)
-        record = {"plan": plan, "checks": [{"check": c, "passed": ok, "detail": d} for c, ok, d in verdicts],
-                  "phases": m.phases, "startup": m.startup, "checkpoint_bytes": m.checkpoint_bytes}  # fmt: skip
+        record = {
+            "plan": plan,
+            "checks": [{"check": c, "passed": ok, "detail": d} for c, ok, d in verdicts],
+            **{k: getattr(m, k) for k in ("phases", "startup", "checkpoint_bytes", "steps")},
+        }
         files.write_json(out / "preflight.json", record)
     failed = [c for c, ok, _ in verdicts if not ok]
     if failed:

@@ -69,8 +69,8 @@ def logs_tail(root: Path) -> str:
 
 
 def check_training(run: Path, ranks: int) -> None:
-    """A 2-step run of ``ranks`` ranks in sync, validated every step, weight syncs within bf16 rounding, bf16 logits, no
-    unsharded gradient, sharded (DCP) checkpoints."""
+    """A 2-step run of ``ranks`` ranks in sync, validated every step, weight syncs within bf16 rounding, bf16 logits,
+    no unsharded gradient, sharded (DCP) checkpoints."""
     done = read_json(run / "train.done")
     assert len(done["param_checksums"]) == ranks
     assert len(set(done["param_checksums"])) == 1  # every rank holds the same weights
@@ -90,6 +90,21 @@ def check_training(run: Path, ranks: int) -> None:
     assert {".metadata", *(f"__{r}_0.distcp" for r in range(ranks)), *(f"rank{r}.pt" for r in range(ranks))} <= (
         trainer_state
     )
+
+
+def check_preflight(root: Path, ranks: int) -> dict[str, Any]:
+    """steer-bench preflight ran first (the recipe's ``preflight: true``) on every rank, passed its checks, and left
+    only its numbers (its run folder holds checkpoints as large as the real ones)."""
+    record = read_json(root / "preflight" / "preflight.json")
+    assert [(c["check"], c["passed"]) for c in record["checks"]] == [("memory", True), ("disk", True),
+                                                                      ("timeout", True)]  # fmt: skip
+    assert len(record["phases"]) == ranks
+    assert all({"collect", "update", "validation", "checkpoint", "resume"} <= set(p) for p in record["phases"])
+    assert all(r["rollout/truncation_rate"] == 1.0 for r in record["steps"])  # the worst case: every response full
+    assert record["plan"]["runs"] == 1
+    assert record["plan"]["run_hours"] > 0
+    assert not (root / "preflight" / "run").exists()
+    return record
 
 
 def check_evaluation_and_report(root: Path, method: str) -> None:

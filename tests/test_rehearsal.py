@@ -17,6 +17,7 @@ from rehearsal import (
     REPO,
     SNAKEMAKE,
     check_evaluation_and_report,
+    check_preflight,
     check_training,
     logs_tail,
     slurm_cluster_up,
@@ -58,5 +59,6 @@ def test_trimmed_rehearsal_end_to_end(tmp_path: Path) -> None:
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=snakemake_env(tmp_path))
     root = tmp_path / "results" / "rehearsal_ci"
     assert run.returncode == 0, run.stderr[-3000:] + logs_tail(root)
+    check_preflight(root, ranks=2)
     check_training(root / "runs" / "steer" / "seed0", ranks=2)
     check_evaluation_and_report(root, "steer")

@@ -26,6 +26,7 @@ from rehearsal import (
     REPO,
     SNAKEMAKE,
     check_evaluation_and_report,
+    check_preflight,
     check_training,
     logs_tail,
     slurm_cluster_up,
@@ -142,12 +143,14 @@ def test_rehearsal_through_slurm_then_training_over_two_nodes(tmp_path: Path, sl
     run = run_with_profile(tmp_path, config)
     root = tmp_path / "results" / "rehearsal_slurm"
     assert run.returncode == 0, run.stderr[-4000:] + logs_tail(root)
+    check_preflight(root, ranks=2)
     check_training(root / "runs" / "steer" / "seed0", ranks=2)
     check_evaluation_and_report(root, "steer")
     jobs = {j["Comment"]: j for j in slurm_jobs(tmp_path)}
     datasets = ["dapo_math_17k", "aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench"]
-    assert set(jobs) == {*(f"rule_prepare_wildcards_{d}" for d in datasets), "rule_warmstart",
+    assert set(jobs) == {*(f"rule_prepare_wildcards_{d}" for d in datasets), "rule_warmstart", "rule_preflight",
                          "rule_train_wildcards_steer_0", "rule_eval_run_wildcards_steer_0"}  # fmt: skip
+    assert jobs["rule_preflight"]["tres-per-job"] == "gres:gpu:8"  # launched as the train job it measures
     assert {j["State"] for j in jobs.values()} == {"COMPLETED"}
     train = jobs["rule_train_wildcards_steer_0"]
     assert (train["NumNodes"], train["NumCPUs"], train["tres-per-job"]) == ("1", "64", "gres:gpu:8")

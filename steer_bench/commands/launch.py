@@ -5,6 +5,7 @@ same ``--config`` and ``--set``::
 
     steer-bench launch --config EXP.yaml --gpus 8 train --method steer --seed 0
     steer-bench launch --config EXP.yaml --gpus 1 eval --row base
+    steer-bench launch --config EXP.yaml --gpus 8 preflight         # launched as a train job
 
 ``--gpus`` is the job's ``gpu`` resource. Locally it takes that many free devices (``CUDA_VISIBLE_DEVICES``); under
 SLURM it checks that the allocation shows the job that many. With ``resources.train_nodes`` > 1 the train stage
@@ -23,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", type=int, default=0, help="GPUs the job holds (its gpu resource; all nodes)")
     parser.add_argument("--gpu-wait", type=float, default=300.0, help="seconds to wait for free local GPUs")
     parser.add_argument("--node-task", action="store_true", help=argparse.SUPPRESS)  # set by the srun it starts
-    parser.add_argument("stage", choices=["train", "eval"])
+    parser.add_argument("stage", choices=["train", "preflight", "eval"])
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the stage's options (e.g. --method grpo --seed 0)")
 
 

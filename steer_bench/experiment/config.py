@@ -94,6 +94,8 @@ class ExperimentConfig(StrictModel):
     reference: str | None = None
     """Paper table whose numbers are printed beside ours (see steer_bench.report)."""
     resources: ResourcesSection = ResourcesSection()
+    preflight: bool = False
+    """Run ``steer-bench preflight`` as the first job: every train job waits for it to pass (steer_bench.preflight)."""
     accelerate_config: str | None = None
     """configs/accelerate/*.yaml: train jobs run under `accelerate launch` with it (multi-GPU); None = one process."""
 
