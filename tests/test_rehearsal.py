@@ -44,6 +44,7 @@ def test_rehearsal_changes_only_the_scale() -> None:
     assert ours.accelerate_config == "configs/accelerate/cpu_2ranks.yaml"
     # the same sharding and precision code as the GPU recipe: FSDP2 by the trainer, bf16 policy, no autocast
     assert (a.shard, a.mixed_precision) == (b.shard, b.mixed_precision) == ("fsdp2", "bf16")
+    assert a.remove_padding is b.remove_padding is True  # packed micro-batches, as the release (docs/packing.md)
     # the release's engine layout, tensor parallel 4 on 8 ranks, scaled to the 2 ranks: one engine over both
     assert (a.rollout.vllm.tensor_parallel_size, b.rollout.vllm.tensor_parallel_size) == (4, 2)
 

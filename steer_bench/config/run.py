@@ -143,6 +143,10 @@ class TrainConfig(StrictModel):
     """Prompts per optimizer step; prompts_per_step / mini_batch_prompts optimizer steps per rollout."""
     micro_batch_size: int = Field(ge=1)
     """Sequences per forward/backward (gradient accumulation inside a mini-batch)."""
+    remove_padding: bool = False
+    """Each micro-batch's real tokens packed into one row, attention kept within each sequence
+    (``steer_bench.rollout.packing``; the release's ``use_remove_padding=True``): the same values to float rounding,
+    without the padding's compute. False: the padded (B, P+T) layout. docs/packing.md."""
     ppo_epochs: int = Field(1, ge=1)
     max_prompt_len: int = Field(ge=1)
     """Longer prompts are never silently cut: an error (named by problem id) or dropped (``on_long_prompt``)."""

@@ -177,6 +177,7 @@ def score_responses(model: torch.nn.Module, batch: PaddedRollout, *, temperature
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
+        use_cache=False,  # a training forward: no KV cache kept alive across the layers
         logits_to_keep=t + 1,
     ).logits
     logp, entropy = logprobs_and_entropy(

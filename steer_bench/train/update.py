@@ -15,14 +15,20 @@ from steer_bench.config.run import TrainConfig
 from steer_bench.errors import NonFiniteError, SteerBenchError
 from steer_bench.rollout.batch import PaddedRollout, RolloutBatch, score_responses
 from steer_bench.rollout.model import pad_to, select_rows
+from steer_bench.rollout.packing import pack_rows, padding_share, score_packed
 from steer_bench.sharding import reshard
 from steer_bench.train.batching import loss_factor, loss_totals
 from steer_bench.train.distributed import global_totals, rank_reduce
 from steer_bench.train.guards import check_token_values, check_weights
 
 
-def forward(model: Any, batch: PaddedRollout, rows: torch.Tensor, temperature: float) -> tuple[torch.Tensor, ...]:
-    """(logp, entropy), each (len(rows), T) of the full batch's T, for the sub-batch ``rows``."""
+def forward(
+    model: Any, batch: PaddedRollout, rows: torch.Tensor, temperature: float, *, packed: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """(logp, entropy), each (len(rows), T) of the full batch's T, for the sub-batch ``rows``: one forward of its
+    real tokens packed into one row (``packed``, ``train.remove_padding``) or of its padded layout (the reference)."""
+    if packed:
+        return score_packed(model, pack_rows(batch, rows), temperature=temperature)
     sub = select_rows(batch, rows)
     logp, entropy = score_responses(model, sub, temperature=temperature)
     t = batch.response_mask.shape[1]
@@ -35,7 +41,8 @@ def micro_batches(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
 
 def forward_rows(model: Any, batch: PaddedRollout, rows: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, ...]:
     """:func:`forward` over ``rows`` in the trainer's micro-batches, concatenated."""
-    parts = [forward(model, batch, r, cfg.rollout.temperature) for r in micro_batches(rows, cfg.micro_batch_size)]
+    temperature, packed = cfg.rollout.temperature, cfg.remove_padding
+    parts = [forward(model, batch, r, temperature, packed=packed) for r in micro_batches(rows, cfg.micro_batch_size)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -111,7 +118,10 @@ def policy_update(
                 if first:
                     probe.after(model, index)
     optimizer.zero_grad(set_to_none=True)  # the gradients are dead until the next update: not held during rollout
+    minis = micro_batches(torch.arange(len(mask)), mini)  # the update's mini-batches, as the loop above cuts them
+    real, positions = padding_share(batch, [m for index in minis for m in micro_batches(index, cfg.micro_batch_size)])
     return method.reduce_metrics(calls) | audit.metrics() | {
+        "train/padding_share": 1 - real / positions,  # of the padded layout's positions: what remove_padding saves
         "train/grad_norm": float(np.mean(grad_norms)),
         "train/grad_norm_max": float(np.max(grad_norms)),
         "train/lr": float(scheduler.get_last_lr()[0]),
@@ -141,7 +151,7 @@ def accumulate_gradients(
         # it would keep a whole unsharded gradient alive across micro-batches.
         accumulate = cfg.shard == "ddp" and j < len(micro) - 1
         with accelerator.no_sync(model) if accumulate else contextlib.nullcontext():
-            logp, entropy = forward(model, rows.batch, mrows, cfg.rollout.temperature)
+            logp, entropy = forward(model, rows.batch, mrows, cfg.rollout.temperature, packed=cfg.remove_padding)
             loss, metrics = method.loss(rows.tokens(mrows, logp, entropy), totals, stats, entropy_coef)
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"the loss is {loss.item()} (rows {mrows[0].item()}..{mrows[-1].item()})")
