@@ -123,6 +123,13 @@ def memory(m: Arch) -> dict[str, tuple[float, str]]:
             "one block recomputed (MLP and attention intermediates) + its unsharded bf16 gradient and fp32 copy "
             "for the reduce-scatter",
         ),
+        "packed_mask": (
+            (tokens**2 * 1 + tokens**2 * 2) / GB
+            if cfg.remove_padding and cfg.model.attn_implementation != "flash_attention_2"
+            else 0.0,
+            "rollout.packing (remove_padding) under sdpa: the packed row's (N, N) bool mask, and the bf16 copy the "
+            "kernel makes of it while a layer runs (none with flash_attention_2's varlen kernel)",
+        ),
         "engine": (
             vllm.gpu_memory_utilization * CARD_80 if vllm.gpu_memory_utilization else 0.0,
             f"vllm.LLM(gpu_memory_utilization={vllm.gpu_memory_utilization}): its weight slice (bf16 / TP "
@@ -141,7 +148,7 @@ def phases(m: Arch, card: float) -> dict[str, float]:
     _, cfg = recipe(m)
     engine = cfg.rollout.vllm.gpu_memory_utilization * card
     resident = q["master"] + q["adam"]  # update.policy_update frees the gradients after the last step
-    common = resident + q["grads"] + q["gathered"] + q["ckpt"] + q["head_grad"]
+    common = resident + q["grads"] + q["gathered"] + q["ckpt"] + q["head_grad"] + q["packed_mask"]
     update = common + max(q["logits"], q["layer"]) + ENGINE_ASLEEP + CUDA_OVERHEAD
     rollout = resident + engine + CUDA_OVERHEAD
     kv = engine - q["engine_weights"] - ENGINE_PROFILE
@@ -177,8 +184,11 @@ def response_lengths(count: int, max_len: int, seed: int = 0) -> np.ndarray:
 
 
 def padding_factor(cfg: TrainConfig, world: int) -> float:
-    """Tokens the update computes / real tokens: each micro-batch is padded to its longest row
-    (model.select_rows), rows in the config's batch order (release: balanced parts in row order)."""
+    """Tokens the update computes / real tokens: 1 with ``remove_padding`` (packed rows), else each micro-batch is
+    padded to its longest row (model.select_rows), rows in the config's batch order (release: balanced parts in
+    row order)."""
+    if cfg.remove_padding:
+        return 1.0
     rows = cfg.prompts_per_step * cfg.rollout.n
     lengths = response_lengths(rows, cfg.rollout.max_new_tokens) + PROMPT_MEAN
     order = release_order(lengths.tolist(), world) if cfg.batch_order == "release" else list(range(rows))
