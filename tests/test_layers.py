@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("evaluation", "analysis", "train"),
     ("tree",),
     ("experiment",),  # the study: what Snakemake runs
-    ("report", "preflight"),
+    ("report", "preflight", "launch"),  # above the study: they run it
     ("commands", "cli", "__main__", "__init__"),
 ]
 LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}
