@@ -10,11 +10,11 @@
 
 import os
 import sys
-import zlib
 from pathlib import Path
 
 from steer_bench.errors import SteerBenchError
 from steer_bench.experiment import load_experiment
+from steer_bench.launch import rule_resources
 
 CONFIG = str(workflow.configfiles[-1]) if workflow.configfiles else "configs/default.yaml"
 try:
@@ -24,16 +24,9 @@ except SteerBenchError as e:
 
 PY = sys.executable  # the interpreter running snakemake (the project's venv)
 SB = f"{PY} -m steer_bench"
-# Training runs under `accelerate launch` when the experiment names an accelerate config (multi-GPU, FSDP).
-def train_launcher(w):
-    """`accelerate launch` with the experiment's config, or one process. Each launch gets its own rendezvous port
-    (a stable hash of method/seed), so two multi-rank train jobs on one machine (configs/paper/rehearsal.yaml on
-    CPU) do not both bind accelerate's default 29500."""
-    if not EXP.accelerate_config:
-        return SB
-    port = 20000 + zlib.crc32(f"{w.method}/{w.seed}".encode()) % 20000
-    return f"{PY} -m accelerate.commands.launch --config_file {EXP.accelerate_config} --main_process_port {port} -m steer_bench"
-
+# Train and eval jobs go through `steer-bench launch`: it takes the job's GPUs (free local devices, or SLURM's),
+# its nodes, and runs `accelerate launch` when the experiment names an accelerate config (steer_bench/launch.py).
+LAUNCH = f"{SB} launch"
 
 ROOT = str(EXP.root)
 TREE = bool(EXP.tree)
@@ -99,23 +92,43 @@ rule warmstart:
         "{params.sb} warmstart --config {params.exp} > {log} 2>&1"
 
 
+rule preflight:
+    input:
+        train=f"{ROOT}/data/{EXP.data.train}.parquet",
+        val=[f"{ROOT}/data/{EXP.data.validation}.parquet"] if EXP.data.validation else [],
+        model=[f"{ROOT}/warmstart/warmstart.json"] if EXP.warmstart else [],
+    output:
+        f"{ROOT}/preflight/preflight.json",
+    log:
+        f"{ROOT}/logs/preflight.log",
+    threads: 1
+    params:
+        launch=LAUNCH,
+        exp=CONFIG,
+    resources:
+        **rule_resources(EXP, "train"),
+    shell:
+        "{params.launch} --config {params.exp} --gpus {resources.gpu} preflight > {log} 2>&1"
+
+
 rule train:
     input:
         train=f"{ROOT}/data/{EXP.data.train}.parquet",
         val=[f"{ROOT}/data/{EXP.data.validation}.parquet"] if EXP.data.validation else [],
         model=[f"{ROOT}/warmstart/warmstart.json"] if EXP.warmstart else [],
+        preflight=[f"{ROOT}/preflight/preflight.json"] if EXP.preflight else [],  # measured and passed first
     output:
         f"{ROOT}/runs/{{method}}/seed{{seed}}/train.done",
     log:
         f"{ROOT}/logs/train/{{method}}-seed{{seed}}.log",
     threads: 1
     params:
+        launch=LAUNCH,
         exp=CONFIG,
-        launcher=train_launcher,
     resources:
-        gpu=RES.train_gpus, mem_mb=RES.train_mem_mb, runtime=RES.train_minutes
+        **rule_resources(EXP, "train"),
     shell:
-        "{params.launcher} train --config {params.exp} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
+        "{params.launch} --config {params.exp} --gpus {resources.gpu} train --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
 
 
 if EXP.eval.jobs == "per_run":
@@ -130,12 +143,12 @@ if EXP.eval.jobs == "per_run":
             f"{ROOT}/logs/eval/{{method}}-seed{{seed}}.log",
         threads: 1
         resources:
-            gpu=RES.eval_gpus, mem_mb=RES.eval_mem_mb, runtime=RES.eval_minutes
+            **rule_resources(EXP, "eval"),
         params:
-            sb=SB,
+            launch=LAUNCH,
             exp=CONFIG,
         shell:
-            "{params.sb} eval --config {params.exp} --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
+            "{params.launch} --config {params.exp} --gpus {resources.gpu} eval --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
 
 else:  # eval.jobs: one — the eval-only rows and every trained run in one job, one engine loading each in turn
 
@@ -151,12 +164,12 @@ else:  # eval.jobs: one — the eval-only rows and every trained run in one job,
             f"{ROOT}/logs/eval/all.log",
         threads: 2
         resources:
-            gpu=RES.eval_gpus, mem_mb=RES.eval_mem_mb, runtime=RES.eval_minutes * (len(run_evals()) + len(ONLY))
+            **(rule_resources(EXP, "eval") | {"runtime": RES.eval_minutes * (len(run_evals()) + len(ONLY))}),
         params:
-            sb=SB,
+            launch=LAUNCH,
             exp=CONFIG,
         shell:
-            "{params.sb} eval --config {params.exp} --all > {log} 2>&1"
+            "{params.launch} --config {params.exp} --gpus {resources.gpu} eval --all > {log} 2>&1"
 
 
 if EXP.eval.jobs == "per_run":
@@ -173,12 +186,12 @@ if EXP.eval.jobs == "per_run":
             row="|".join(ONLY) if ONLY else "$^",
         threads: 1
         resources:
-            gpu=RES.eval_gpus, mem_mb=RES.eval_mem_mb, runtime=RES.eval_minutes
+            **rule_resources(EXP, "eval"),
         params:
-            sb=SB,
+            launch=LAUNCH,
             exp=CONFIG,
         shell:
-            "{params.sb} eval --config {params.exp} --row {wildcards.row} > {log} 2>&1"
+            "{params.launch} --config {params.exp} --gpus {resources.gpu} eval --row {wildcards.row} > {log} 2>&1"
 
 
 rule tree:

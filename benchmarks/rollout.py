@@ -73,7 +73,7 @@ def bench_engine(kind: str, model, tok, prompts: list[list[int]], args: argparse
         for mode in ("tensors", "disk"):
             engine.sync_mode = mode
             row[f"sync_{mode}_s"] = median_time(lambda: engine.sync_weights(model), args.repeats)
-        row["probe_check_s"] = median_time(lambda: engine.probe_gap(model), args.repeats)
+        row["probe_check_s"] = median_time(lambda: engine.probe_gap(model)[0], args.repeats)
     # With the vllm engine alive in this process: does it slow the trainer (vLLM binds CPU threads)?
     row["train_step_s"] = train_step_time(model, padded, args.repeats)
     row["tokens"] = tokens

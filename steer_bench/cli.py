@@ -19,12 +19,14 @@ SUBCOMMANDS: dict[str, str] = {
     "prepare": "normalise datasets into one parquet per dataset",
     "warmstart": "build tokenizer + tiny Qwen2 model and SFT it (CPU miniature)",
     "train": "RL training of one method and seed",
+    "preflight": "measure a launch (memory, time, disk) before the table runs",
     "eval": "evaluate a trained run or any HF model on benchmarks",
     "report": "tables and figures from MLflow",
     "analyze": "entropy-dynamics analysis of runs",
     "tree": "the reasoning-tree testbed",
     "validate-config": "validate an experiment config and print the resolved jobs",
     "methods": "list the methods, or print the metric table (--metrics)",
+    "launch": "run a train or eval job on its GPUs and nodes (what the Snakefile's train and eval rules call)",
 }
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
+import safetensors.torch
 import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -35,14 +37,16 @@ def sharded_resume(model: torch.nn.Module, tok: object, opt: torch.optim.Optimiz
 
     acc = Accelerator(cpu=True)  # MULTI_CPU: the checkpoint gathers the fully_shard shards itself
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    save_checkpoint(ckpt, acc, model, tok, TrainState(step=1), optimizer=opt, scheduler=sched)
+    # the HF folder in bf16, as under mixed_precision bf16: the float32 masters must come back from DCP, not from it
+    save_checkpoint(ckpt, acc, model, tok, TrainState(step=1), dtype=torch.bfloat16, optimizer=opt, scheduler=sched)
+    hf = safetensors.torch.load_file(str(ckpt / "model.safetensors"))
     again = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
     mesh = next(p for p in model.parameters()).device_mesh
     for layer in again.model.layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(again, mesh=mesh)
     opt2 = torch.optim.AdamW(again.parameters(), lr=1e-2)
-    state = load_trainer_state(ckpt, opt2, torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0))
+    state = load_trainer_state(ckpt, acc, again, opt2, torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0))
     pairs = list(zip(model.parameters(), again.parameters(), strict=True))
     saved, restored = opt.state_dict()["state"], opt2.state_dict()["state"]
     local = {i: {k: v.to_local() if hasattr(v, "to_local") else v for k, v in st.items()} for i, st in saved.items()}
@@ -57,8 +61,32 @@ def sharded_resume(model: torch.nn.Module, tok: object, opt: torch.optim.Optimiz
         "weights_equal": all(torch.equal(p.to_local(), q.to_local()) for p, q in pairs),
         "optimizer_equal": same,
         "states": len(saved),
+        "hf_dtypes": sorted({str(t.dtype) for t in hf.values()}),
+        "hf_config_dtype": json.loads((ckpt / "config.json").read_text())["dtype"],
         "exp_avg_shard_sum": float(sum(st["exp_avg"].double().sum() for st in local.values())),
     }
+
+
+def failing_sync(engine: VLLMEngine, model: torch.nn.Module, rank: int) -> dict:
+    """vLLM's reload raises on rank 1 after 3 tensors: every rank must fail at once with an error naming rank 1 (not
+    block in the next all-gather of the weights until the collective timeout)."""
+    real = engine.llm.collective_rpc
+
+    def failing(method: str, kwargs: dict) -> object:
+        for _ in zip(range(3), kwargs["weights_iterator"], strict=False):
+            pass
+        raise RuntimeError("injected: vLLM's reload failed")
+
+    if rank == 1:
+        engine.llm.collective_rpc = failing
+    t0 = time.perf_counter()
+    try:
+        engine.sync_weights(model)
+        error = None
+    except SteerBenchError as e:
+        error = str(e)
+    engine.llm.collective_rpc = real
+    return {"failing_error": error, "failing_seconds": time.perf_counter() - t0}
 
 
 def main() -> None:
@@ -80,19 +108,21 @@ def main() -> None:
         for layer in model.model.layers:
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)  # on the sharded parameters, before any forward
     sharded = [n for n, t in model.state_dict().items() if type(t).__name__ == "DTensor"]
     engine = VLLMEngine(model, tok, model_path=args.model, seed=rank, cpu_kvcache_gb=0.25, max_model_len=128,
                         sync_tol=1e-5)  # fmt: skip
-    start_gap = engine.probe_gap(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    start_gap = engine.probe_gap(model)[0]
     ids = torch.tensor([engine.probe_ids])
     model(input_ids=ids, labels=ids).loss.backward()
     opt.step()
-    stale_gap = engine.probe_gap(model)
+    stale_gap = engine.probe_gap(model)[0]
     result: dict = {"rank": rank, "world": world, "sharded_entries": len(sharded), "start_gap": start_gap,
                     "stale_gap": stale_gap}  # fmt: skip
     engine.sync_weights(model)
     result |= {"sync_gap": engine.last_sync_gap, "sync_stats": engine.last_sync_stats}
+    # the self-check's forward gathered the root (embeddings, LM head): given back before the rollout
+    result["sharded_after_sync"] = all(type(p).__name__ == "DTensor" for p in model.parameters())
     result["checksum"] = sum(float(t.double().abs().sum()) for _, t in full_weights(model))
     result["tensor_bytes"] = {n: t.numel() * t.element_size() for n, t in full_weights(model)}
     prompt = tok.apply_chat_template([{"role": "user", "content": "3+4"}], add_generation_prompt=True,
@@ -119,6 +149,7 @@ def main() -> None:
     result["resume"] = (
         sharded_resume(model, tok, opt, Path(args.out) / "ckpt", rank) if args.shard == "fsdp2" else None
     )
+    result |= failing_sync(engine, model, rank)
     Path(args.out, f"rank{rank}.json").write_text(json.dumps(result))
     engine.close()
     dist.barrier()

@@ -8,7 +8,8 @@ import pytest
 from steer_bench.cli import SUBCOMMANDS, build_parser
 from steer_bench.experiment import split_overrides
 
-REQUIRED = {"prepare": ["--dataset", "synth_test"], "train": ["--method", "grpo", "--seed", "0"]}
+REQUIRED = {"prepare": ["--dataset", "synth_test"], "train": ["--method", "grpo", "--seed", "0"],
+            "launch": ["train", "--method", "grpo", "--seed", "0"]}  # fmt: skip
 
 
 @pytest.mark.parametrize("command", sorted(set(SUBCOMMANDS) - {"methods"}))

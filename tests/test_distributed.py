@@ -84,14 +84,23 @@ def test_sleep_mode_and_memory_are_checked_on_cpu() -> None:
         check_memory(0.5, 100_000)
 
 
-def test_fsdp2_sharding_needs_the_vllm_engine_and_float32(model_dir: Path, tmp_path: Path) -> None:
+def test_sharding_and_precision_options_are_checked(model_dir: Path, tmp_path: Path) -> None:
+    """bf16 is FSDP2's policy (no autocast), so it needs shard: fsdp2; FSDP2 over several ranks needs the vllm
+    engine (hf generate runs a different number of forward passes per rank); HSDP's replicas divide the world."""
     from steer_bench.experiment import load_experiment
 
-    exp = load_experiment(_experiment(tmp_path, model_dir, shard="fsdp2"))
-    assert exp.train_config(0).shard == "fsdp2"
-    for override in ("rollout.engine=hf", "mixed_precision=bf16"):
-        with pytest.raises(SteerBenchError, match=r"shard: fsdp2 needs rollout\.engine: vllm and mixed_precision: no"):
-            exp.train_config(0, [override])
+    exp = load_experiment(_experiment(tmp_path, model_dir, shard="fsdp2", mixed_precision="bf16"))
+    cfg = exp.train_config(0)
+    assert (cfg.shard, cfg.mixed_precision) == ("fsdp2", "bf16")
+    with pytest.raises(SteerBenchError, match=r"mixed_precision: bf16 needs shard: fsdp2"):
+        exp.train_config(0, ["shard=ddp"])
+    with pytest.raises(SteerBenchError, match=r"hsdp_replicas > 1 needs shard: fsdp2"):
+        exp.train_config(0, ["shard=ddp", "mixed_precision=no", "hsdp_replicas=2"])
+    exp.train_config(0, ["rollout.engine=hf"]).check_world(1)  # one process: FSDP2 over a one-rank mesh
+    with pytest.raises(SteerBenchError, match=r"shard: fsdp2 over the 2 processes needs rollout\.engine: vllm"):
+        exp.train_config(0, ["rollout.engine=hf"]).check_world(2)
+    with pytest.raises(SteerBenchError, match=r"hsdp_replicas \(3\) must divide the 4 processes"):
+        exp.train_config(0, ["hsdp_replicas=3", "prompts_per_step=12", "mini_batch_prompts=4"]).check_world(4)
 
 
 def test_a_launch_the_engine_cannot_serve_fails_before_the_model_is_prepared(model_dir: Path, tmp_path: Path) -> None:
@@ -168,6 +177,7 @@ def test_fsdp2_sharded_sync_into_one_vllm_engine_per_rank(model_dir: Path, tmp_p
         assert r["start_gap"] <= GAP  # the engine started from the same weights
         assert r["stale_gap"] > 0.1  # after an AdamW step the engine lags behind ...
         assert r["sync_gap"] <= GAP  # ... and the gathered sync brings it back exactly
+        assert r["sharded_after_sync"] is (r["sharded_entries"] > 0)
         stats = r["sync_stats"]
         assert stats["tensors"] == len(sizes)
         assert stats["total_bytes"] == sum(sizes.values())
@@ -177,15 +187,21 @@ def test_fsdp2_sharded_sync_into_one_vllm_engine_per_rank(model_dir: Path, tmp_p
         assert stats["largest_bytes"] <= stats["peak_bytes"]
         assert stats["peak_bytes"] <= sizes["model.embed_tokens.weight"] + sizes["lm_head.weight"] + layer
         assert stats["peak_bytes"] < stats["total_bytes"]
-        assert "weight sync failed" in r["lossy_error"]  # the self-check catches a transfer that drops a tensor
+        # the self-check catches a transfer that drops a tensor, on every rank
+        assert "weight sync failed on rank(s) [0, 1] of 2: rank 0: the self-check" in r["lossy_error"]
     assert ranks[0]["checksum"] == ranks[1]["checksum"]
-    for r in ranks:  # sharded resume: each rank got its own optimizer shard back, bit for bit
-        assert r["resume"] == r["resume"] | {
+    for r in ranks:  # sharded resume: each rank got its float32 master shard and optimizer shard back, bit for bit,
+        assert r["resume"] == r["resume"] | {  # from DCP, while the HF folder holds the weights in bf16
             "step": 1,
             "world_size": 2,
             "weights_equal": True,
             "optimizer_equal": True,
+            "hf_dtypes": ["torch.bfloat16"],
+            "hf_config_dtype": "bfloat16",
         }
+        # a sync that failed on rank 1 only failed on both, naming rank 1, long before any collective timeout
+        assert "weight sync failed on rank(s) [1] of 2: rank 1: RuntimeError: injected" in r["failing_error"]
+        assert r["failing_seconds"] < 60
     assert ranks[0]["resume"]["exp_avg_shard_sum"] != ranks[1]["resume"]["exp_avg_shard_sum"]  # shards differ
     assert ranks[0]["samples_same_seed"] == ranks[1]["samples_same_seed"]  # identical engines, one request seed
     assert ranks[0]["samples_rank_seed"] != ranks[1]["samples_rank_seed"]  # per-rank seeds: different samples
@@ -263,7 +279,7 @@ def launch(config: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _deterministic(rows: list[dict[str, float]]) -> list[dict[str, float]]:
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/", "mem/"))} for r in rows]
 
 
 @pytest.fixture(scope="module")
@@ -296,10 +312,8 @@ def test_two_ranks_train_with_vllm_then_a_killed_run_resumes_exactly(
         assert r["rollout/logprob_gap"] <= GAP
         assert r["sync/peak_mb_max"] > 0
     assert all("val/avg_at_k" in rows[i] for i in (1, 3, 5))
-    assert sorted(p.name for p in (ref / "checkpoints" / "last" / "trainer_state").iterdir()) == [
-        "rank0.pt",
-        "rank1.pt",
-    ]
+    trainer_state = {p.name for p in (ref / "checkpoints" / "last" / "trainer_state").iterdir()}
+    assert {".metadata", "rank0.pt", "rank1.pt"} <= trainer_state  # DCP's index, each rank's scheduler and RNG
 
     # The killed run shards with FSDP2 (fully_shard over the 2 ranks; the reference is data parallel), so its
     # checkpoints hold each rank's own optimizer shard. Kill the whole launch (launcher and both ranks) once step 3
@@ -324,6 +338,7 @@ def test_two_ranks_train_with_vllm_then_a_killed_run_resumes_exactly(
     # engine-vs-trainer gaps, themselves float32 rounding noise of ~6e-7, by less than their size (abs 1e-6).
     got = _deterministic(read_jsonl(killed / "metrics.jsonl"))
     assert [r["step"] for r in got] == list(range(1, 7))
+    assert all(r.pop("train/unsharded_grad_mb_max") == 0 for r in got)  # FSDP2 only: no gradient left unsharded
     for g, w in zip(got, _deterministic(rows), strict=True):
         assert g == pytest.approx(w, rel=1e-5, abs=1e-6)
     assert any(r["train/grad_norm"] > 0 for r in rows)  # some step had a gradient to shard and reduce

@@ -15,14 +15,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "steer_bench"
 # Lowest first. A top-level package or root module of steer_bench belongs to exactly one layer.
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "files", "inputs"),  # no steer_bench imports beyond these
-    ("algos",),  # the objective library: pure torch
+    ("algos", "sharding"),  # pure torch: the objective library; FSDP2 as the trainer drives it
     ("config",),  # typed configs (a preset resolves into an algos.Method)
     ("data", "grading"),
     ("rollout", "tracking"),
     ("evaluation", "analysis", "train"),
     ("tree",),
     ("experiment",),  # the study: what Snakemake runs
-    ("report",),
+    ("report", "preflight", "launch"),  # above the study: they run it
     ("commands", "cli", "__main__", "__init__"),
 ]
 LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}

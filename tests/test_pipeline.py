@@ -91,7 +91,7 @@ def test_smoke_pipeline_end_to_end_rerun_and_partial_rerun(workdir: Path) -> Non
 def test_paper_config_job_graph_resolves(name: str, workdir: Path) -> None:
     config = yaml.safe_load((REPO / "configs" / "paper" / name).read_text())
     jobs = planned_jobs(workdir, "--configfile", str(REPO / "configs" / "paper" / name))
-    n_runs = len(config["methods"]) * 2  # every paper config inherits 2 seeds from the recipe
+    n_runs = len(config["methods"]) * len(config.get("seeds", [0, 1]))  # the recipe's 2 seeds unless overridden
     assert jobs["train"] == n_runs
     assert jobs["eval_run"] == n_runs
     assert jobs.get("eval_only", 0) == len(config.get("eval_only", []))

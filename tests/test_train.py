@@ -224,6 +224,6 @@ def test_old_logprobs_from_the_rollout_equal_the_recomputed_ones(
             # over ~100 tokens carry that error at most
             for key in ("rollout/entropy_mean", "loss/approx_kl", "steer/omega_abs_max"):
                 assert ours[key] == pytest.approx(ref[key], rel=1e-3, abs=1e-4), key
-    for bad in ({"rollout__top_p": 0.9}, {"rollout__engine": "vllm"}, {"mixed_precision": "bf16"}):
+    for bad in ({"rollout__top_p": 0.9}, {"rollout__engine": "vllm"}, {"mixed_precision": "bf16", "shard": "fsdp2"}):
         with pytest.raises(SteerBenchError, match=r"old_logprobs: rollout needs rollout\.engine: hf"):
             make_cfg(model_dir, data, old_logprobs="rollout", **bad)

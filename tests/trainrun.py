@@ -55,5 +55,5 @@ def experiment_yaml(tmp: Path, model_dir: Path, data: dict[str, Path], *, name: 
 
 
 def deterministic(rows: list[dict[str, float]]) -> list[dict[str, float]]:
-    """Metric rows without timings (which differ between any two runs)."""
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
+    """Metric rows without timings and memory readings (which differ between any two runs)."""
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/", "mem/"))} for r in rows]

