@@ -99,10 +99,14 @@ def test_paper_config_job_graph_resolves(name: str, workdir: Path) -> None:
     assert "warmstart" not in jobs
 
 
-def test_default_config_job_graph(workdir: Path) -> None:
-    jobs = planned_jobs(workdir)  # no --configfile: configs/default.yaml
-    assert jobs["train"] == 20
-    assert jobs["eval_all"] == 1  # eval.jobs: one — the base row and the 20 runs with one engine
+@pytest.mark.parametrize("name", ["default.yaml", "study.yaml"])
+def test_default_config_job_graph(name: str, workdir: Path) -> None:
+    args = () if name == "default.yaml" else ("--configfile", str(REPO / "configs" / name))
+    jobs = planned_jobs(workdir, *args)  # no --configfile: configs/default.yaml
+    config = yaml.safe_load((REPO / "configs" / name).read_text())
+    seeds = config.get("seeds") or yaml.safe_load((REPO / "configs" / "default.yaml").read_text())["seeds"]
+    assert jobs["train"] == len(config["methods"]) * len(seeds) == (9 if name == "default.yaml" else 30)
+    assert jobs["eval_all"] == 1  # eval.jobs: one — the base row and every run with one engine
     assert not {"eval_run", "eval_only"} & set(jobs)
     assert jobs["warmstart"] == 1
     assert jobs["tree"] == 1
