@@ -101,7 +101,7 @@ def _submit(workdir: Path, config: Path, log: Path, fault: str | None = None) ->
     return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def _wait(job: str, timeout_s: float = 300) -> tuple[str, float]:
+def _wait(job: str, timeout_s: float = 180) -> tuple[str, float]:
     """(final state, time.time() when the test first saw it); the job is cancelled if it outlives ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while (state := _state(job)) not in ENDED:
@@ -159,7 +159,8 @@ def test_a_killed_a_hung_rank_a_full_disk_then_a_preemption(
         log = (logs / "kill.log").read_text()
         assert state == "FAILED", log[-3000:]
         assert re.search(r"rank 1 \(pid \d+ on \S+\) died in step 2, phase 'update': its process is gone", log), log
-        assert ended - _fault_time(log) < 15
+        killed = ended - _fault_time(log)
+        assert killed < 15
         assert _job_processes(jobs[-1]) == []
         _intact_at_step_1(run)
 
@@ -201,6 +202,7 @@ def test_a_killed_a_hung_rank_a_full_disk_then_a_preemption(
         assert f"resuming {run} after step 1" in first
         assert f"resuming {run} after step {resumed}" in restarted  # nothing recomputed
         assert deterministic(read_jsonl(run / "metrics.jsonl")) == reference
+        print(f"\njob ended {killed:.1f} s after the kill, {waited:.1f} s after the stop; preempted in step {resumed}")
     finally:
         for job in jobs:
             if _state(job) not in ENDED:
