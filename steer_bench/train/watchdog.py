@@ -22,6 +22,7 @@ because a peer died (the agent stops the others) makes the thread look at once a
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -62,7 +63,11 @@ class Beat:
     phase: str
 
     def where(self) -> str:
-        return f"step {self.step}, phase {self.phase!r}" if self.step else f"phase {self.phase!r}"
+        return _where(self.step, self.phase)
+
+
+def _where(step: int, phase: str) -> str:
+    return f"step {step}, phase {phase!r}" if step else f"phase {phase!r}"
 
 
 def _stat(pid: int) -> tuple[str, str] | None:
@@ -89,6 +94,8 @@ class Watchdog:
 
     ``with Watchdog.start(timeout_s) as watchdog:`` in the main thread; the loop sets :attr:`step`, calls
     :meth:`follow` with the run's phase meter and :meth:`preempted` once per step on every rank."""
+
+    _runs = itertools.count()
 
     def __init__(self, timeout_s: float, *, rank: int = 0, world: int = 1, store: Any = None) -> None:
         self.timeout_s, self.rank, self.world, self.store = timeout_s, rank, world, store
@@ -119,11 +126,12 @@ class Watchdog:
             log.warning("%d ranks but no MASTER_ADDR/MASTER_PORT (not launched by torchrun): no heartbeats", world)
         elif world > 1 and timeout_s > 0:
             # A client of the store torchrun's agent serves at MASTER_ADDR:MASTER_PORT (the rendezvous's): it lives
-            # as long as the job, whichever rank dies; keys are per restart of the agent's worker group.
+            # as long as the job, whichever rank dies. Keys per restart of the agent's worker group and per run of
+            # this process (preflight trains twice; every rank starts the same runs in the same order).
             client = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                               timeout=timedelta(seconds=max(timeout_s, 30)))  # fmt: skip
             restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-            store = PrefixStore(f"steer-bench/heartbeat/{restart}", client)
+            store = PrefixStore(f"steer-bench/heartbeat/{restart}/{next(cls._runs)}", client)
         watchdog = cls(timeout_s, rank=rank, world=world, store=store)
         if threading.current_thread() is threading.main_thread():  # where Python runs signal handlers
             watchdog._previous = signal.signal(signal.SIGTERM, watchdog._on_sigterm)
@@ -164,7 +172,8 @@ class Watchdog:
     # ---- preemption ----------------------------------------------------------------------------------------
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         self.sigterm = True
-        log.warning("rank %d: SIGTERM in %s: stopping after this step, with a checkpoint", self.rank, self._where())
+        where = _where(self.step, self._phase())
+        log.warning("rank %d: SIGTERM in %s: stopping after this step, with a checkpoint", self.rank, where)
         self._tick.set()  # a peer that died makes the agent send SIGTERM: look now
 
     def preempted(self, accelerator: Any) -> bool:
@@ -176,9 +185,8 @@ class Watchdog:
         return reduce_across_ranks({"sigterm_max": float(self.sigterm)}, accelerator)["sigterm_max"] > 0
 
     # ---- heartbeats ----------------------------------------------------------------------------------------
-    def _where(self) -> str:
-        phase = self._meter.where if self._meter is not None else "set-up"
-        return f"step {self.step}, phase {phase!r}" if self.step else f"phase {phase!r}"
+    def _phase(self) -> str:
+        return self._meter.where if self._meter is not None else "set-up"
 
     def _write(self, phase: str) -> None:
         beat = Beat(count=self._count, step=self.step, phase=phase, **self._me)
@@ -188,7 +196,7 @@ class Watchdog:
     def _beat(self, phase: str | None = None) -> None:
         self._count += 1
         try:
-            self._write(phase or (self._meter.where if self._meter is not None else "set-up"))
+            self._write(phase or self._phase())
         except Exception as e:  # the store is unreachable: the agent is gone and the job with it
             self._store_failed(e)
 

@@ -58,7 +58,14 @@ class Server:
         cmd = [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{self.db}", "--host", "127.0.0.1",
                "--port", str(self.port), "--workers", "1",
                "--artifacts-destination", str(self.root / "artifacts")]  # fmt: skip
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # its job runners: not used here
+        # As docs/faults.md says to run it: no connection pool in front of the sqlite file (the default one, 5 + 10
+        # connections and a 30 s wait, answered some of 32 writers with HTTP 400, which the client does not retry);
+        # and without the job runners, which this server does not use.
+        env = {
+            **os.environ,
+            "MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }
         log = (self.root / "server.log").open("a")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, start_new_session=True)
