@@ -66,6 +66,9 @@ def train(cfg: TrainConfig, preset: MethodConfig, out_dir: str | Path) -> dict[s
     watchdog = Watchdog.start(cfg.heartbeat_timeout_s)  # before set-up: a rank stuck loading is named too
     try:
         return _train(cfg, preset, Path(out_dir), watchdog)
+    except Exception:
+        watchdog.check_now()  # a collective that failed because a peer died or stopped: end the job naming it
+        raise
     finally:
         watchdog.close()
 
@@ -114,9 +117,6 @@ def _train(cfg: TrainConfig, preset: MethodConfig, out_dir: Path, watchdog: Watc
             f"{run.out}: step {number}: {e}. Stopped; last good checkpoint: "
             f"{f'{run.last_dir} (step {kept})' if kept is not None else 'none yet'}"
         ) from None
-    except Exception:
-        watchdog.check_now()  # a collective that failed because a peer died or stopped: end the job naming it
-        raise
     finally:
         run.engine.close()
         run.tracker.finish(status)
