@@ -132,6 +132,8 @@ class Tracker:
     locked, full) does not stop the job: the first failure is logged as a warning and kept in :attr:`error`,
     and every later call is skipped. The job's files hold every number; the caller records ``error`` in its
     done-file so that ``steer-bench report`` re-mirrors the run from the files (:func:`mirror_metrics`).
+    :attr:`seconds` counts the time spent in store calls: a tracking server that restarts mid-run (the client
+    retries while it is away) or a locked store shows there, and the done-files record it (``tracking_s``).
     """
 
     def __init__(
@@ -147,6 +149,7 @@ class Tracker:
         self.enabled = enabled
         self.run_id: str | None = None
         self.error: str | None = None
+        self.seconds = 0.0
         self.uri = uri
         if enabled:
             self._guard(self._open, experiment, run_name, run_id, tags)
@@ -158,15 +161,29 @@ class Tracker:
             self.run_id = run_id
         else:
             exp = self.client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment, _artifact_root(self.uri))
+            exp_id = exp.experiment_id if exp else self._create_experiment(experiment)
             if exp is None or exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
                 self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             tag_dict = {k: str(v) for k, v in (tags or {}).items()}
             self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tag_dict).info.run_id
 
+    def _create_experiment(self, name: str) -> str:
+        """Create the experiment; when another job created it since we looked (jobs of a fresh experiment start
+        together on a cluster), use theirs."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.create_experiment(name, _artifact_root(self.uri))
+        except MlflowException as e:
+            exp = self.client.get_experiment_by_name(name) if e.error_code == "RESOURCE_ALREADY_EXISTS" else None
+            if exp is None:
+                raise
+            return exp.experiment_id
+
     def _guard(self, fn: Any, *args: Any) -> None:
         if not self.enabled or self.error is not None:
             return
+        start = time.perf_counter()
         try:
             fn(*args)
         except Exception as e:  # MLflow, SQLAlchemy (locked/full sqlite) and HTTP errors: many types, one handling
@@ -177,6 +194,8 @@ class Tracker:
                 self.uri or os.environ.get("MLFLOW_TRACKING_URI"),
                 self.error,
             )
+        finally:
+            self.seconds += time.perf_counter() - start
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         def log_params() -> None:

@@ -182,6 +182,10 @@ class TrainConfig(StrictModel):
     """Timeout of the trainer's process group (Accelerate's default for NCCL is 600 s). Ranks wait this long in a
     barrier while the main process writes the HF folder of a checkpoint: size it for the save
     (docs/scaling.md, "Checkpoints and disk"); the trainer logs the bandwidth the save needs to fit it."""
+    heartbeat_timeout_s: float = Field(300, ge=0)
+    """Several ranks: a rank whose heartbeat has not moved for this long (stopped, frozen, stuck in the kernel) or
+    whose process is gone ends the job, named with its step and phase (steer_bench.train.watchdog); 0 = off. A
+    healthy rank beats from a thread, whatever its main thread waits for, so this need not cover a checkpoint."""
     save_every: int = Field(10, ge=1)
     log_rollouts_every: int = Field(10, ge=0)
     """Dump sample rollouts as JSONL every N steps (0 = never)."""

@@ -71,14 +71,19 @@ class EvalJob:
     checkpoint_step: int | None = None
     train_run_id: str | None = None
 
-    def tags(self, protocol: Protocol, engine: str) -> dict[str, Any]:
+    @property
+    def run_name(self) -> str:
+        return f"eval-{self.row}" + ("" if self.seed is None else f"-seed{self.seed}")
+
+    def tags(self, protocol: str, engine: str) -> dict[str, Any]:
+        """The MLflow run's tags (``protocol``: its name)."""
         return {
             "kind": "eval",
             "row": self.row,
             "method": self.method,
             "seed": "" if self.seed is None else self.seed,
             "model": self.model,
-            "protocol": protocol.name,
+            "protocol": protocol,
             "checkpoint": self.checkpoint,
             "checkpoint_used": self.checkpoint_used,
             "checkpoint_step": "" if self.checkpoint_step is None else self.checkpoint_step,
@@ -214,8 +219,8 @@ def evaluate(
 
     from steer_bench.tracking import Tracker
 
-    run_name = f"eval-{job.row}" + ("" if job.seed is None else f"-seed{job.seed}")
-    tracker = Tracker(job.experiment, run_name=run_name, tags=job.tags(protocol, settings.engine), uri=tracking_uri,
+    tags = job.tags(protocol.name, settings.engine)
+    tracker = Tracker(job.experiment, run_name=job.run_name, tags=tags, uri=tracking_uri,
                       enabled=track)  # fmt: skip
     status = "FAILED"
     try:
@@ -228,7 +233,7 @@ def evaluate(
             context = _Context(job, settings, protocol, problems, prompts, requests, fingerprint, tokenizer)
             summaries |= _run_benchmarks(context, todo, open_engine, tracker)
         summaries = {b: summaries[b] for b in problems}  # the job's order
-        done = _finish(job, protocol, summaries, tracker, track=track, tracking_uri=tracking_uri)
+        done = _finish(job, protocol.name, summaries, tracker, track=track, tracking_uri=tracking_uri)
         status = "FINISHED"
     finally:
         tracker.finish(status)
@@ -315,7 +320,7 @@ AVG_KEYS = ("acc", "math_verify_acc", "strict_acc", "grader_agreement", "truncat
 
 def _finish(
     job: EvalJob,
-    protocol: Protocol,
+    protocol: str,
     summaries: dict[str, dict[str, Any]],
     tracker: Any,
     *,
@@ -340,9 +345,9 @@ def _finish(
     done = {
         "row": job.row, "method": job.method, "seed": job.seed, "model": job.model, "checkpoint": job.checkpoint,
         "checkpoint_used": job.checkpoint_used, "checkpoint_step": job.checkpoint_step,
-        "protocol": protocol.name,
+        "protocol": protocol,
         "acc": {b: m["acc"] for b, m in per_bench.items()}, "avg_acc": avg.get("acc"),
-        "mlflow_run_id": tracker.run_id, "train_run_id": job.train_run_id,
+        "mlflow_run_id": tracker.run_id, "train_run_id": job.train_run_id, "tracking_s": round(tracker.seconds, 3),
     }  # fmt: skip
     if error:  # the files are complete; the condition is recorded and was logged as a warning
         done["tracking_error"] = error
@@ -367,3 +372,30 @@ def _log_into_training_run(
             f"logging into training run {job.train_run_id} failed (is MLFLOW_TRACKING_URI its store?): {train.error}"
         )
     return None
+
+
+def remirror(out_dir: Path, experiment: str, uri: str, *, train_run_id: str | None = None) -> dict[str, Any]:
+    """Log a finished evaluation into the MLflow store at ``uri`` from its files (``eval.done`` and each benchmark's
+    ``summary.json``): what :func:`evaluate` logged, for a job whose store failed (``tracking_error``). The run is
+    re-attached by id, or created when the store never had it (its params then hold only the protocol and engine:
+    the files do not keep the other settings); ``train_run_id`` (the training run as it is now, perhaps
+    re-mirrored itself) gets the copy. Rewrites ``eval.done``; the mark stays when the store still fails."""
+    from steer_bench.tracking import Tracker
+
+    done = files.read_json(out_dir / "eval.done")
+    summaries = {b: files.read_json(out_dir / b / "summary.json") for b in done["acc"]}
+    first = next(iter(summaries.values()))
+    job = EvalJob(
+        model=done["model"], row=done["row"], out_dir=out_dir, benchmarks={b: Path(s["data"]) for b, s in
+        summaries.items()}, experiment=experiment, method=done["method"], seed=done["seed"],
+        checkpoint=done["checkpoint"], checkpoint_used=done["checkpoint_used"],
+        checkpoint_step=done["checkpoint_step"], train_run_id=train_run_id or done.get("train_run_id"),
+    )  # fmt: skip
+    tracker = Tracker(experiment, run_name=job.run_name, run_id=done.get("mlflow_run_id"),
+                      tags=job.tags(done["protocol"], first["engine"]), uri=uri)  # fmt: skip
+    tracker.log_params({"protocol": first["protocol"], "settings": {"engine": first["engine"]}})
+    for b, s in summaries.items():
+        tracker.log_metrics(_prefixed(b, s["metrics"]), step=0)
+    done = _finish(job, done["protocol"], summaries, tracker, track=True, tracking_uri=uri)
+    tracker.finish("FINISHED")
+    return done

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import multiprocessing as mp
+import signal
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -35,12 +36,19 @@ _READY = "ready"
 
 def _worker_main(conn: Connection, timeout: float) -> None:
     """Worker loop: receive chunks of (index, response, gold), send back (index, MVResult) per item."""
+    # A preemption sends SIGTERM to every process of the job; the parent finishes its step first, so a worker that
+    # died of it mid-grade would turn a verdict into an error. The parent ends the worker (None, or SIGKILL), and
+    # when the parent is gone the worker's recv() ends on EOF.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     cache: dict[str, list] = {}
     check_math_verify("\\boxed{1}", "1", timeout=None, cache={})  # warm-up: regex and ANTLR set-up
-    conn.send(_READY)
-    while (chunk := conn.recv()) is not None:
-        for index, response, gold in chunk:
-            conn.send((index, check_math_verify(response, gold, timeout=timeout, cache=cache)))
+    try:
+        conn.send(_READY)
+        while (chunk := conn.recv()) is not None:
+            for index, response, gold in chunk:
+                conn.send((index, check_math_verify(response, gold, timeout=timeout, cache=cache)))
+    except (EOFError, BrokenPipeError):  # the parent died (killed with its job): nobody is left to answer
+        return
 
 
 class _Worker:

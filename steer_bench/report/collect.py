@@ -25,6 +25,7 @@ from typing import Any
 
 from steer_bench import tracking
 from steer_bench.errors import SteerBenchError
+from steer_bench.evaluation import runner
 from steer_bench.experiment import ExperimentConfig
 from steer_bench.files import read_json, read_jsonl, write_json
 
@@ -79,8 +80,26 @@ def expected_rows(exp: ExperimentConfig) -> dict[str, list[int | None]]:
 
 # ---------------------------------------------------------------------------------------------- MLflow
 def remirror_failed_runs(exp: ExperimentConfig, uri: str) -> list[str]:
-    """Re-mirror into MLflow every training run whose store failed while it ran (``tracking_error`` in its
-    ``train.done``) from its ``metrics.jsonl``, then clear the mark; returns the run folders mirrored."""
+    """Re-mirror into MLflow every training run and evaluation whose store failed while it ran (``tracking_error``
+    in its ``train.done`` or ``eval.done``) from its files, then clear the mark; returns the folders mirrored.
+    Training runs go first: an evaluation is nested under its training run as that run is now."""
+    done_runs = _remirror_training(exp, uri)
+    for row, seeds in expected_rows(exp).items():
+        for seed in seeds:
+            folder = exp.eval_dir(row, seed)
+            done_file = folder / "eval.done"
+            if not done_file.is_file() or not read_json(done_file).get("tracking_error"):
+                continue
+            train_done = exp.run_dir(row, seed) / "train.done" if seed is not None else None
+            train_run = read_json(train_done).get("mlflow_run_id") if train_done and train_done.is_file() else None
+            done = runner.remirror(folder, exp.name, uri, train_run_id=train_run)
+            _still_failing(folder, uri, done.get("tracking_error"))
+            log.info("%s: re-mirrored into MLflow run %s from its summaries", folder, done["mlflow_run_id"])
+            done_runs.append(str(folder))
+    return done_runs
+
+
+def _remirror_training(exp: ExperimentConfig, uri: str) -> list[str]:
     done_runs = []
     for method in exp.methods:
         for seed in exp.seeds:
@@ -99,16 +118,20 @@ def remirror_failed_runs(exp: ExperimentConfig, uri: str) -> list[str]:
             tracking.mirror_metrics(tracker, read_jsonl(run_dir / "metrics.jsonl"))
             tracking.mirror_metrics(tracker, [{"step": done.get("steps", 0)} | tracking.headline_metrics(done)])
             tracker.finish("FINISHED")
-            if tracker.error:
-                raise SteerBenchError(
-                    f"{run_dir}: its MLflow mirror is incomplete and the store {uri} still fails ({tracker.error}); "
-                    "fix the store, or build the report from the files: steer-bench report --source files"
-                )
+            _still_failing(run_dir, uri, tracker.error)
             done.pop("tracking_error")
             write_json(done_file, done | {"mlflow_run_id": tracker.run_id})
             log.info("%s: re-mirrored into MLflow run %s from metrics.jsonl", run_dir, tracker.run_id)
             done_runs.append(str(run_dir))
     return done_runs
+
+
+def _still_failing(folder: Path, uri: str, error: str | None) -> None:
+    if error:
+        raise SteerBenchError(
+            f"{folder}: its MLflow mirror is incomplete and the store {uri} still fails ({error}); fix the store, "
+            "or build the report from the files: steer-bench report --source files"
+        )
 
 
 def from_mlflow(exp: ExperimentConfig, uri: str) -> Results:

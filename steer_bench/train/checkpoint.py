@@ -163,11 +163,19 @@ def save_checkpoint(
     except (OSError, SafetensorError, CheckpointException) as e:  # ENOSPC / EFBIG / EDQUOT, wrapped by safetensors
         # and by torch.distributed.checkpoint (which gathers every rank's write errors into one)
         raise SteerBenchError(
-            f"{path}: cannot write the checkpoint of step {state.step} ({e}): is the disk full, or a file-size "
-            f"or quota limit reached? The previous checkpoint in {path} is intact; free space and run again "
-            "to resume from it"
+            f"{path}: cannot write the checkpoint of step {state.step} ({_one_line(e)}): is the disk full, or a "
+            f"file-size or quota limit reached? The previous checkpoint in {path} is intact; free space and run "
+            "again to resume from it"
         ) from e
     accelerator.wait_for_everyone()
+
+
+def _one_line(error: BaseException) -> str:
+    """A failed save's cause, one line per rank: DCP's exception names every rank whose write failed, and its own
+    text is their tracebacks."""
+    if isinstance(error, CheckpointException):
+        return "; ".join(f"rank {r}: {type(x).__name__}: {x}" for r, (x, _) in sorted(error.failures.items()))
+    return str(error)
 
 
 def _set_config_dtype(folder: Path, dtype: torch.dtype) -> None:

@@ -6,6 +6,8 @@ One code path for the CPU miniature and the paper recipe; methods differ only in
 :class:`~steer_bench.algos.Method` (advantages, optional mini-batch statistics, per-micro-batch loss).
 Reproducibility: every random draw of step s comes from generators seeded by (seed, s), so a run resumed
 from its step-k checkpoint replays steps k+1.. exactly as an uninterrupted run would (on CPU).
+A watchdog (:mod:`steer_bench.train.watchdog`) ends the job naming a rank that stops or dies, and turns a
+preemption's SIGTERM into a checkpoint of the step in progress.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from steer_bench.train.probeset import ProbeSet, load_probe_set, measure
 from steer_bench.train.setup import Run, prompt_order, rollout_seed, seed_everything, set_up, step_seed
 from steer_bench.train.stepstats import dump_rollouts, rollout_metrics
 from steer_bench.train.update import UpdateRows, engine_logprobs, forward, policy_update, rollout_logprobs
+from steer_bench.train.watchdog import Preempted, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,19 @@ class Step:
 
 def train(cfg: TrainConfig, preset: MethodConfig, out_dir: str | Path) -> dict[str, Any]:
     """Run (or resume) one training run into ``out_dir``; returns the summary also written to ``train.done``."""
-    run = set_up(cfg, preset, Path(out_dir))
+    watchdog = Watchdog.start(cfg.heartbeat_timeout_s)  # before set-up: a rank stuck loading is named too
+    try:
+        return _train(cfg, preset, Path(out_dir), watchdog)
+    except Exception:
+        watchdog.check_now()  # a collective that failed because a peer died or stopped: end the job naming it
+        raise
+    finally:
+        watchdog.close()
+
+
+def _train(cfg: TrainConfig, preset: MethodConfig, out_dir: Path, watchdog: Watchdog) -> dict[str, Any]:
+    run = set_up(cfg, preset, out_dir)
+    watchdog.follow(run.phases)
     probe = load_probe_set(cfg, run.tokenizer)  # fixed held-out prompts whose entropy is measured (None: off)
     if run.state.step:
         log.info("resuming %s after step %d", run.out, run.state.step)
@@ -78,6 +93,7 @@ def train(cfg: TrainConfig, preset: MethodConfig, out_dir: str | Path) -> dict[s
                 desc=run.name,
             )
             for number in bar:
+                watchdog.step = number
                 with run.phases.phase("collect"):
                     step = collect(run, grader, number)
                 with run.phases.phase("update"):
@@ -87,9 +103,18 @@ def train(cfg: TrainConfig, preset: MethodConfig, out_dir: str | Path) -> dict[s
                     reward=f"{step.metrics['rollout/reward_mean']:.3f}",
                     entropy=f"{step.metrics['rollout/entropy_mean']:.3f}",
                 )
-                checkpoint(run, step)
+                stop = watchdog.preempted(run.accelerator)  # SIGTERM on any rank: checkpoint this step, stop
+                checkpoint(run, step, now=stop)
                 final = step.metrics
+                if stop and number < cfg.steps:
+                    raise Preempted(
+                        f"{run.out}: SIGTERM (a preemption or requeue): stopped after step {number}, checkpointed in "
+                        f"{run.last_dir}; the next run resumes from it"
+                    )
         status = "FINISHED"
+    except Preempted:
+        status = "KILLED"
+        raise
     except NonFiniteError as e:
         kept = files.read_json(run.last_dir / "state.json")["step"] if is_resumable(run.last_dir) else None
         raise NonFiniteError(
@@ -207,7 +232,8 @@ def log_step(run: Run, step: Step, grader: Grader, probe: ProbeSet | None) -> No
             metrics |= validate(run.engine, run.tokenizer, run.validation, cfg, grader, seed)
         metrics |= reduce_across_ranks(run.phases.step_metrics(), acc)
     if probe is not None and step.number % cfg.probe.every_n_steps == 0:
-        metrics |= measure(run, probe, grader)
+        with run.phases.phase("probe", step_metric=False):
+            metrics |= measure(run, probe, grader)
     metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}  # absent = undefined this step
     step.metrics = metrics
     state.step = step.number
@@ -237,8 +263,9 @@ def _is_best(value: float | None, state: TrainState) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- checkpoint, finish
-def checkpoint(run: Run, step: Step) -> None:
-    if step.number % run.cfg.save_every == 0 or step.number == run.cfg.steps:
+def checkpoint(run: Run, step: Step, *, now: bool = False) -> None:
+    """Every ``save_every`` steps, at the last one, and ``now`` (a preemption)."""
+    if now or step.number % run.cfg.save_every == 0 or step.number == run.cfg.steps:
         with run.phases.phase("checkpoint", step_metric=False):
             save_checkpoint(
                 run.last_dir, run.accelerator, run.model, run.tokenizer, run.state, dtype=hf_dtype(run.cfg),
@@ -264,6 +291,7 @@ def finish(run: Run, final: dict[str, float]) -> dict[str, Any]:
         "phases": run.phases.summary(),  # this process's (the main one's, in train.done)
     }
     run.tracker.log_metrics(headline_metrics(summary), step=run.state.step)  # the runs table's columns
+    summary["tracking_s"] = round(run.tracker.seconds, 3)  # this process's time in MLflow calls (a slow server)
     if run.tracker.error:  # the files are complete; `steer-bench report` re-mirrors them into MLflow
         summary["tracking_error"] = run.tracker.error
         log.warning("%s: finished, but MLflow mirroring failed: %s", run.out, run.tracker.error)

@@ -13,7 +13,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -49,6 +49,10 @@ class PhaseMeter:
         self.interval_s = interval_s
         self.stats: dict[str, PhaseStats] = {}
         self.last: dict[str, float] = {}  # this step's peaks per phase, for the step's metrics
+        self.where = "set-up"
+        """The phase this process is in (``after <phase>`` between two): what a rank's heartbeat reports
+        (:mod:`steer_bench.train.watchdog`), which sets ``on_move`` to hear of every change at once."""
+        self.on_move: Callable[[str], None] | None = None
 
     @contextlib.contextmanager
     def phase(self, name: str, *, step_metric: bool = True) -> Iterator[None]:
@@ -67,9 +71,11 @@ class PhaseMeter:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         t0 = time.perf_counter()
+        self._move(name)
         try:
             yield
         finally:
+            self._move(f"after {name}")
             done.set()
             sampler.join()
             peak[0] = max(peak[0], _in_use_bytes())
@@ -82,6 +88,11 @@ class PhaseMeter:
                 self.last[f"mem/{name}_mb_max"] = peak[0] / 2**20
                 if cuda:
                     self.last[f"mem/{name}_torch_mb_max"] = torch_peak
+
+    def _move(self, where: str) -> None:
+        self.where = where
+        if self.on_move is not None:
+            self.on_move(where)
 
     def step_metrics(self) -> dict[str, float]:
         """This step's peaks (maxima over ranks once reduced), then cleared."""

@@ -1,6 +1,7 @@
-"""The MLflow store failing (down from the start, or locked by another process mid-run): training finishes
-with its files complete, the condition is in ``train.done`` and a warning, and the report re-mirrors the run
-into MLflow from the files afterwards (so curves from MLflow equal those from the files)."""
+"""The MLflow store failing (down from the start, or locked by another process mid-run): training (and evaluation)
+finishes with its files complete, the condition is in ``train.done`` (``eval.done``) and a warning, and the report
+re-mirrors the run and its evaluation into MLflow from the files afterwards (so curves and accuracies from MLflow
+equal those from the files)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from trainrun import experiment_yaml
 
+from steer_bench.cli import main as cli
 from steer_bench.config.method import load_method
 from steer_bench.experiment import load_experiment
 from steer_bench.files import read_json, read_jsonl
@@ -31,18 +34,27 @@ time.sleep(300)
 
 
 def _experiment(tmp: Path, model_dir: Path, data: dict[str, Path]) -> Path:
-    return experiment_yaml(tmp, model_dir, data, name="store", steps=STEPS, track=True)
+    path = experiment_yaml(tmp, model_dir, data, name="store", steps=STEPS, track=True)
+    exp = yaml.safe_load(path.read_text())  # evaluation: greedy, 24 new tokens, the tiny model's last checkpoint
+    greedy = {"name": "greedy", "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 24, "default_k": 1, "seed": 0,
+              "chat_template": True, "grader": "math_verify"}  # fmt: skip
+    exp["eval"] = {"engine": "hf", "checkpoint": "last", "workers": 1, "protocol": greedy}
+    path.write_text(yaml.safe_dump(exp))
+    return path
 
 
 def _check_rebuilt(config: Path, uri: str) -> None:
-    """The report re-mirrors the run; MLflow's curves then equal the files' and train.done is clean again."""
+    """The report re-mirrors the run (and its evaluation, if any); MLflow's curves and accuracies then equal the
+    files' and train.done (eval.done) is clean again."""
     exp = load_experiment(config)
     build_report(exp, uri=uri)
     done = read_json(exp.run_dir("grpo", 0) / "train.done")
     assert "tracking_error" not in done
     entropy = metric_history(done["mlflow_run_id"], "rollout/entropy_mean", uri=uri)
     assert [s for s, _ in entropy] == list(range(1, STEPS + 1))
-    assert collect.from_mlflow(exp, uri).curves == collect.from_files(exp).curves
+    from_mlflow, from_files = collect.from_mlflow(exp, uri), collect.from_files(exp)
+    assert from_mlflow.curves == from_files.curves
+    assert from_mlflow.acc == from_files.acc
 
 
 def test_a_store_locked_mid_run(
@@ -92,7 +104,18 @@ def test_a_store_down_from_the_start(
     done = read_json(exp.run_dir("grpo", 0) / "train.done")
     assert done["mlflow_run_id"] is None
     assert "Connection" in done["tracking_error"] or "refused" in done["tracking_error"]
+    assert cli(["eval", "--config", str(config), "--method", "grpo", "--seed", "0"]) == 0  # its evaluation too
+    evaluated = read_json(exp.eval_dir("grpo", 0) / "eval.done")
+    assert "Connection" in evaluated["tracking_error"] or "refused" in evaluated["tracking_error"]
     uri = f"sqlite:///{tmp_path / 'later.db'}"  # the store is back (here: a new one)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     _check_rebuilt(config, uri)
-    assert len(search_runs("store", filter_string="tags.kind = 'train'", uri=uri)) == 1
+    (train_run,) = search_runs("store", filter_string="tags.kind = 'train'", uri=uri)
+    (eval_run,) = search_runs("store", filter_string="tags.kind = 'eval'", uri=uri)
+    evaluated = read_json(exp.eval_dir("grpo", 0) / "eval.done")
+    assert "tracking_error" not in evaluated
+    assert evaluated["mlflow_run_id"] == eval_run.info.run_id
+    assert eval_run.info.status == "FINISHED"
+    assert eval_run.data.tags["train_run_id"] == train_run.info.run_id  # nested under the re-mirrored training run
+    assert eval_run.data.metrics["eval/synth_test/acc"] == evaluated["acc"]["synth_test"]
+    assert train_run.data.metrics["eval/avg/acc"] == evaluated["avg_acc"]  # and copied into it
