@@ -11,6 +11,9 @@ Both readers return the same :class:`Results`, so a test can check that MLflow a
   histories of the newest ``kind=train`` run per (method, seed), or ``runs/<method>/seed<k>/metrics.jsonl``
   (the last line of a step wins, as MLflow keeps a re-logged step's latest value; non-finite values are skipped,
   as the tracker skips them).
+- Per-problem accuracy (``per_problem_accuracy``, for the single-seed paired bootstrap): the fraction of each
+  problem's samples graded correct, from ``eval/<row>[/seed<k>]/<b>/samples.jsonl`` of a complete evaluation (the
+  files, whichever source the rest came from: MLflow holds no per-problem rows).
 """
 
 from __future__ import annotations
@@ -233,6 +236,20 @@ def from_files(exp: ExperimentConfig) -> Results:
                 out.curves[(method, seed)] = curves_from_jsonl(path)
                 out.train_info[(method, seed)] = {"source": str(path.parent), "versions": _env_versions(path.parent)}
     return out
+
+
+def per_problem_accuracy(exp: ExperimentConfig, row: str, seed: int | None, bench: str) -> dict[Any, float] | None:
+    """``{problem_id: fraction of its samples correct}`` in file order; None if the evaluation is incomplete."""
+    folder = exp.eval_dir(row, seed) / bench
+    path = folder / "samples.jsonl"
+    if _read_summary(folder / "summary.json") is None or not path.is_file():
+        return None
+    counts: dict[Any, list[int]] = {}
+    for line in read_jsonl(path):
+        c = counts.setdefault(line["problem_id"], [0, 0])
+        c[0] += bool(line["correct"])
+        c[1] += 1
+    return {pid: right / total for pid, (right, total) in counts.items()}
 
 
 def _pass_at(metrics: dict[str, Any]) -> dict[int, float]:

@@ -4,13 +4,15 @@
   SE = √(SE_run² + SE_base²) from the two evaluations' standard errors over problems and z = Δ / SE. Both
   evaluations score the same problems, whose shared difficulty makes the two accuracies positively correlated,
   so this SE over-states the SE of the difference: z is conservative.
-- **paired against the baseline method over seeds** (:mod:`steer_bench.report.paired`): accuracy (Avg, points)
-  and the final probe-set entropy (all tokens and the strategy-fork tokens, nats; :mod:`steer_bench.train.probeset`),
-  mean difference, standard error, paired t-test p and confidence interval.
+- **paired against the baseline method** (:mod:`steer_bench.report.paired_table`): accuracy per benchmark and on
+  the Avg (points) and the final probe-set entropy (all tokens and the strategy-fork tokens, nats;
+  :mod:`steer_bench.train.probeset`): over seeds (paired t-test), or with one seed a paired bootstrap over
+  problems; Holm-corrected significance across the methods; the seeds a gap on the Avg needs.
 - **the entropy on the probe set, first → last measurement**, per method (mean over seeds) and the ratio
   last / first (min–max over seeds): whether the entropy collapsed, and at which tokens.
 
-A section is left out when its inputs are absent (no base row, a single seed, no probe metrics).
+A section is left out when its inputs are absent (no base row, no probe metrics); the paired section stays
+without runs, for its line on the seeds a gap needs (from a prior).
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ import statistics
 
 from steer_bench.evaluation.metrics import combined_se
 from steer_bench.experiment import ExperimentConfig
+from steer_bench.report import paired_table
 from steer_bench.report.collect import Results
-from steer_bench.report.paired import Paired, paired_against
 
-CONFIDENCE = 0.95
 PASS_AT_K_TITLE = "pass@k on the held-out problems"
 PROBE = (("probe/entropy", "all tokens"), ("probe/entropy_fork", "fork tokens"))
 
@@ -35,11 +36,6 @@ def avg_accuracy(exp: ExperimentConfig, results: Results, row: str, seed: int | 
         return None
     acc = statistics.fmean(results.acc[k] for k in keys)
     return acc, combined_se([results.acc_se.get(k, math.nan) for k in keys])
-
-
-def final_value(results: Results, method: str, seed: int, key: str) -> float | None:
-    curve = results.curves.get((method, seed), {}).get(key)
-    return curve[-1][1] if curve else None
 
 
 def vs_base_section(exp: ExperimentConfig, results: Results, labels: dict[str, str], *, base: str) -> list[str]:
@@ -64,44 +60,6 @@ def vs_base_section(exp: ExperimentConfig, results: Results, labels: dict[str, s
         "problems)."
     )
     return [*out, "", note, ""]
-
-
-def paired_section(exp: ExperimentConfig, results: Results, labels: dict[str, str], *, baseline: str) -> list[str]:
-    if baseline not in exp.methods or len(exp.seeds) < 2 or len(exp.methods) < 2:
-        return []
-    values: dict[str, dict[str, dict[int, float]]] = {"acc": {}}
-    for m in exp.methods:
-        values["acc"][m] = {s: 100 * r[0] for s in exp.seeds if (r := avg_accuracy(exp, results, m, s))}
-        for key, _ in PROBE:
-            values.setdefault(key, {})[m] = {
-                s: v for s in exp.seeds if (v := final_value(results, m, s, key)) is not None
-            }
-    stats = {what: paired_against(v, baseline=baseline, confidence=CONFIDENCE, methods=exp.methods)
-             for what, v in values.items()}  # fmt: skip
-    cols = [("acc", "Δ accuracy (points)")] + [(k, f"Δ final entropy, {name} (nats)") for k, name in PROBE]
-    cols = [(k, title) for k, title in cols if any(p.n for p in stats[k].values())]
-    out = [f"### Paired against `{baseline}` (same seed, mean over seeds)", ""]
-    out += ["| Method | " + " | ".join(t for _, t in cols) + " |", "|---" + "|---:" * len(cols) + "|"]
-    for m in exp.methods:
-        if m != baseline:
-            out.append(f"| {labels[m]} | " + " | ".join(_cell(stats[k][m], k == "acc") for k, _ in cols) + " |")
-    note = (
-        f"Per cell: mean of the per-seed differences method − `{baseline}` ± its standard error (s_d/√n), "
-        f"[{100 * CONFIDENCE:.0f}% CI], paired t-test p, (n seeds). Accuracy: the benchmarks' Avg; entropy: the "
-        "last probe-set measurement (steer_bench.train.probeset)."
-    )
-    return [*out, "", note, ""]
-
-
-def _cell(p: Paired, points: bool) -> str:
-    if p.n == 0:
-        return "—"
-    f = "{:+.1f}" if points else "{:+.4f}"
-    if p.n < 2 or math.isnan(p.se):
-        return f"{f.format(p.mean)} (n {p.n})"
-    ci = f"[{f.format(p.ci_low)}, {f.format(p.ci_high)}]"
-    pv = "<0.001" if p.p < 0.001 else f"{p.p:.3f}"
-    return f"{f.format(p.mean)} ± {f.format(p.se).lstrip('+')} {ci} p {pv} (n {p.n})"
 
 
 def collapse_section(exp: ExperimentConfig, results: Results, labels: dict[str, str]) -> list[str]:
@@ -137,7 +95,7 @@ def sections(exp: ExperimentConfig, results: Results, labels: dict[str, str], pa
     base = next((r.name for r in exp.eval_only if r.name == "base"), None)
     body = [
         *(vs_base_section(exp, results, labels, base=base) if base else []),
-        *paired_section(exp, results, labels, baseline="grpo"),
+        *paired_table.section(exp, results, labels, baseline="grpo"),
         *collapse_section(exp, results, labels),
         *([f"### {PASS_AT_K_TITLE}", "", f"![{PASS_AT_K_TITLE}]({pass_at_k})", ""] if pass_at_k else []),
     ]

@@ -13,6 +13,10 @@ With n < 2 (no spread to measure) or s_d = 0 the SE-based fields are undefined (
 d̄ ≠ 0 gives t = ±inf and p = 0 (every seed moved the same way by the same amount). Missing seeds on either
 side are left out (the pairing never borrows an unmatched run). The numbers are plain floats so a caller can
 format them, mark them or correct them for multiple comparisons.
+
+Several methods compared against one baseline are several tests: ``holm`` adjusts their p-values with Holm's
+step-down procedure, which bounds the family-wise error rate at α (the chance that any of the family's true-null
+differences is called significant) without assuming the tests independent.
 """
 
 from __future__ import annotations
@@ -78,3 +82,20 @@ def paired_against(
         raise KeyError(f"paired: no values for the baseline {baseline!r}")
     names = [m for m in (methods if methods is not None else values) if m != baseline]
     return {m: paired(values.get(m, {}), values[baseline], confidence=confidence) for m in names}
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values, in the input's order; NaN stays NaN and is not counted in the family.
+
+    With the m defined p-values sorted p_(1) ≤ … ≤ p_(m), the adjusted p_(k) is max_{j ≤ k} min(1, (m − j + 1) p_(j));
+    a difference is significant at level α after the correction iff its adjusted p ≤ α, which is the step-down rule
+    "reject p_(1), p_(2), … while p_(k) ≤ α / (m − k + 1)".
+    """
+    defined = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    m = len(defined)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for k, (p, i) in enumerate(defined):
+        running = max(running, min(1.0, (m - k) * p))
+        out[i] = running
+    return out

@@ -1,13 +1,14 @@
-"""Paired differences against a baseline: hand-checked numbers, the t-test against scipy's, the edge cases."""
+"""Paired differences against a baseline: hand-checked numbers, the t-test against scipy's, the edge cases; Holm."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from scipy import stats
 
-from steer_bench.report.paired import paired, paired_against
+from steer_bench.report.paired import holm, paired, paired_against
 
 
 def test_hand_checked_three_seeds() -> None:
@@ -74,3 +75,40 @@ def test_paired_against_every_method_but_the_baseline() -> None:
     assert ordered["absent"].n == 0
     with pytest.raises(KeyError, match="baseline"):
         paired_against(values, baseline="opo", confidence=0.95)
+
+
+def test_holm_hand_worked() -> None:
+    # p = (0.01, 0.04, 0.03, 0.005), m = 4. Sorted 0.005, 0.01, 0.03, 0.04 times m − k + 1 = 4, 3, 2, 1:
+    # 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06. At α = 0.05 the step-down rejects 0.005
+    # (≤ 0.0125) and 0.01 (≤ 0.0167), then stops at 0.03 (> 0.025): 0.04 is not significant though alone it would be.
+    adjusted = holm([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == [pytest.approx(x, rel=1e-12) for x in (0.03, 0.06, 0.06, 0.02)]
+    assert [a <= 0.05 for a in adjusted] == [True, False, False, True]
+    # NaN (no p-value: a method without two seeds) stays NaN and is not in the family: m = 2
+    out = holm([math.nan, 0.01, 0.04])
+    assert math.isnan(out[0])
+    assert out[1:] == [pytest.approx(0.02, rel=1e-12), pytest.approx(0.04, rel=1e-12)]
+    assert holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
+    assert holm([]) == []
+
+
+def _step_down(pvalues: list[float], alpha: float) -> set[int]:
+    """Holm's procedure as stated: reject in ascending order while p_(k) ≤ α / (m − k + 1), k = 1..m."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    rejected: set[int] = set()
+    for k, i in enumerate(order, start=1):
+        if pvalues[i] > alpha / (len(pvalues) - k + 1):
+            break
+        rejected.add(i)
+    return rejected
+
+
+def test_holm_agrees_with_the_step_down_rule_on_random_data() -> None:
+    rng = np.random.default_rng(25)
+    for _ in range(300):
+        m = int(rng.integers(1, 8))
+        p = list(rng.uniform(0, 0.1, size=m) ** rng.uniform(0.5, 2))  # many near the thresholds
+        adjusted = holm(p)
+        assert all(a >= x for a, x in zip(adjusted, p, strict=True))  # never below the raw p
+        for alpha in (0.01, 0.05, 0.1):
+            assert {i for i, a in enumerate(adjusted) if a <= alpha} == _step_down(p, alpha)

@@ -20,7 +20,7 @@ from steer_bench import cli
 from steer_bench.config import validate
 from steer_bench.experiment import ExperimentConfig
 from steer_bench.files import write_json, write_jsonl
-from steer_bench.report import build_report, collect, document, figures, reference, tables
+from steer_bench.report import build_report, collect, document, figures, power, reference, tables
 from steer_bench.tracking import Tracker
 
 BENCHES = ["math500", "aime24", "synth_test"]  # deliberately not in the paper's order
@@ -292,12 +292,26 @@ def test_comparisons(report) -> None:
     t = 9.0 / (26 / 6)
     p = 1 - 2 / math.pi * math.atan(t)
     paired = text.split("### Paired against `grpo`")[1].split("###")[0]
-    steer = next(line for line in paired.splitlines() if line.startswith("| STEER |"))
-    assert steer.split(" | ")[1] == f"+9.0 ± 4.3 [-46.1, +64.1] p {p:.3f} (n 2)"
+    head = "| Method | Δ AIME24 (points) | Δ MATH500 (points) | Δ Synthetic (points) | Δ Avg (points) | Δ final"
+    assert head in paired  # one column per benchmark (the paper's order) and the Avg
+    steer = next(line for line in paired.splitlines() if line.startswith("| STEER |")).split(" | ")
+    assert steer[4] == f"+9.0 ± 4.3 [-46.1, +64.1] p {p:.3f} (n 2)"
+    # AIME24: 40 − 25, 30 − 35 -> +15, −5: mean 5, SE 10, t = 0.5: p = 1 − (2/π)·atan(0.5) = 0.705. MATH500: +20, +14:
+    # mean 17, SE 3, t = 17/3: p = 0.111. Synthetic: +5 both seeds (to rounding: 100·0.55 − 100·0.50 and
+    # 100·0.45 − 100·0.40 differ in the last bits), so SE ≈ 0 and p ≈ 0: the only p in its column, Holm starts it.
+    assert steer[1] == f"+5.0 ± 10.0 [-122.1, +132.1] p {1 - 2 / math.pi * math.atan(0.5):.3f} (n 2)"
+    assert steer[2] == f"+17.0 ± 3.0 [-21.1, +55.1] p {1 - 2 / math.pi * math.atan(17 / 3):.3f} (n 2)"
+    assert steer[3] == "+5.0 ± 0.0 [+5.0, +5.0] p <0.001* (n 2)"
     # probe entropy, all tokens: 0.30 − 0.20, 0.28 − 0.21 -> mean 0.085, SE 0.015; fork: 0.30, 0.24 -> 0.27, 0.03
-    assert steer.split(" | ")[2].startswith("+0.0850 ± 0.0150 ")
-    assert steer.split(" | ")[3].startswith("+0.2700 ± 0.0300 ")
-    assert "| Clip-Higher | -1.7 (n 1) | — | — |" in paired  # one evaluated seed: no spread; no probe metrics
+    assert steer[5].startswith("+0.0850 ± 0.0150 ")
+    assert steer[6].startswith("+0.2700 ± 0.0300 ")
+    # one evaluated seed: no spread; no probe metrics
+    assert "| Clip-Higher | -5.0 (n 1) | -10.0 (n 1) | +10.0 (n 1) | -1.7 (n 1) | — | — |" in paired
+    assert "Holm's step-down correction" in paired
+    # Seeds a gap needs: s_d of STEER's Avg differences (13.33, 4.67) = 4.33·√2 = 6.13, the only method with 2 seeds
+    sd = 26 / 6 * math.sqrt(2)
+    needs = [power.seeds_needed(g, sd) for g in (1, 2, 4)]
+    assert f"1 point: {needs[0]}; 2 points: {needs[1]}; 4 points: {needs[2]} (s_d = {sd:.2f} points, " in paired
     # collapse: GRPO 0.40 -> (0.20 + 0.21) / 2, ratios 0.50 and 0.21/0.40 (0.52499… in floats); fork 0.70 -> 0.11,
     # ratios 0.143 and 0.171
     assert "| GRPO | 0.4000 → 0.2050 (×0.50–0.52) | 0.7000 → 0.1100 (×0.14–0.17) |" in text
