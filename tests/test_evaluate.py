@@ -21,6 +21,7 @@ from steer_bench.data import load_prepared
 from steer_bench.data.prepare import prepare_dataset
 from steer_bench.errors import SteerBenchError
 from steer_bench.evaluation.engines import open_engine
+from steer_bench.evaluation.metrics import SampleCountError
 from steer_bench.evaluation.protocol import Protocol, benchmark_seed, load_protocol, pass_ks
 from steer_bench.evaluation.runner import EvalJob, evaluate, render_prompts
 from steer_bench.evaluation.schema import EvalSection
@@ -83,8 +84,11 @@ def write_problems(path: Path, dataset: str, items: list[tuple[str, str]]) -> Pa
 class Scripted:
     """A model with fixed responses: ``script[problem] = [response | (response, finished)]`` (one per sample)."""
 
-    def __init__(self, tokenizer: Any, script: dict[str, list], fail_on: str | None = None) -> None:
+    def __init__(
+        self, tokenizer: Any, script: dict[str, list], fail_on: str | None = None, *, exact_n: bool = True
+    ) -> None:
         self.tok, self.script, self.fail_on, self.calls = tokenizer, script, fail_on, []
+        self.exact_n = exact_n  # False: return the script's samples even where they are not n (a faulty engine)
         self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def opener(self, kind, model, tokenizer, settings, *, seed, max_model_len):
@@ -98,7 +102,7 @@ class Scripted:
             problem = next(p for p in self.script if f"user\n{p}<" in text)
             if problem == self.fail_on:
                 raise RuntimeError("engine died")
-            assert len(self.script[problem]) == params.n
+            assert len(self.script[problem]) == params.n or not self.exact_n
             for item in self.script[problem]:
                 response, finished = item if isinstance(item, tuple) else (item, True)
                 ids = self.tok(response, add_special_tokens=False)["input_ids"] + ([self.eos] if finished else [])
@@ -214,6 +218,19 @@ def test_scripted_model_metrics_end_to_end(tmp_path: Path, tiny: Path, mlflow_ur
     for key, value in EXPECTED.items():
         assert run.data.metrics[f"eval/synth_test/{key}"] == pytest.approx(value), key
     assert run.data.metrics["eval/avg/acc"] == pytest.approx(EXPECTED["acc"])
+
+
+def test_an_engine_short_of_k_samples_fails_naming_the_problem(tmp_path: Path, tiny: Path) -> None:
+    """An engine that returns k − 1 samples for one problem: a SampleCountError naming the benchmark, the problem
+    and the counts, and no summary (its metrics would silently use another n)."""
+    bench = write_problems(tmp_path / "a.parquet", "synth_test", [("2+5", "7"), ("3+4", "7")])
+    script = {"2+5": ["\\boxed{7}"] * 2, "3+4": ["\\boxed{7}"]}
+    engine = Scripted(AutoTokenizer.from_pretrained(tiny), script, exact_n=False)
+    job = scripted_job(tmp_path, tiny, {"synth_test": bench})
+    protocol = Protocol(name="p", temperature=1.0, max_new_tokens=8, k={"synth_test": 2})
+    with pytest.raises(SampleCountError, match=r"benchmark 'synth_test'.*k = 2.*'synth_test/1' has 1"):
+        evaluate(job, HF, protocol, track=False, open_engine=engine.opener)
+    assert not (job.out_dir / "synth_test" / "summary.json").exists()
 
 
 def test_failure_midway_then_resume_with_timeouts(tmp_path: Path, tiny: Path, mlflow_uri: str) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from steer_bench.errors import SteerBenchError
 from steer_bench.evaluation.metrics import (
+    SampleCountError,
     average_over_benchmarks,
     avg_at_k,
     benchmark_metrics,
@@ -18,6 +19,8 @@ from steer_bench.evaluation.metrics import (
     maj_at_k,
     pass_at_k,
 )
+from steer_bench.evaluation.scoring import score
+from steer_bench.grading import Verdict
 
 
 def _brute_pass_at_k(n: int, c: int, k: int) -> float:
@@ -78,7 +81,7 @@ def test_benchmark_metrics_hand_checked():
             "pred": ["7", "7", "3", None, "5", "5", "5", "6"],
         }
     )
-    m = benchmark_metrics(df, ks=(1, 2, 8))
+    m = benchmark_metrics(df, ks=(1, 2, 8), k=4, benchmark="b")
     assert m["n_problems"] == 2
     assert m["n_samples"] == 4
     assert m["avg_at_4"] == m["accuracy"] == pytest.approx((1 / 4 + 3 / 4) / 2)
@@ -105,7 +108,7 @@ def test_standard_errors_hand_checked():
             "pred": ["1", "1", "1", "2", "2", "2"],
         }
     )
-    m = benchmark_metrics(df, ks=(1, 2))
+    m = benchmark_metrics(df, ks=(1, 2), k=2, benchmark="b")
     assert m["accuracy_se"] == m["avg_at_2_se"] == pytest.approx(1 / (2 * math.sqrt(3)), rel=1e-12)
     assert m["pass_at_1_se"] == pytest.approx(1 / (2 * math.sqrt(3)), rel=1e-12)
     assert m["pass_at_2"] == pytest.approx(2 / 3)
@@ -113,7 +116,7 @@ def test_standard_errors_hand_checked():
     # maj@2 per problem: a "1" wrong -> 0; b tie "1"/"2" -> (0 + 1)/2; c "2" right -> 1: SE as avg@2's
     assert m["maj_at_2_se"] == pytest.approx(1 / (2 * math.sqrt(3)), rel=1e-12)
     assert correct_counts(df) == {"a": 0, "b": 1, "c": 2}
-    one = benchmark_metrics(df[df["problem_id"] == "a"], ks=(1,))
+    one = benchmark_metrics(df[df["problem_id"] == "a"], ks=(1,), k=2, benchmark="b")
     assert math.isnan(one["accuracy_se"])  # one problem: no spread to estimate
 
 
@@ -125,10 +128,42 @@ def test_combined_se_of_a_mean_over_benchmarks():
 
 
 def test_benchmark_metrics_errors():
-    with pytest.raises(SteerBenchError, match="different sample counts"):
-        benchmark_metrics(pd.DataFrame({"problem_id": ["a", "a", "b"], "correct": [1, 0, 1], "pred": ["1"] * 3}))
+    df = pd.DataFrame({"problem_id": ["a", "a", "b"], "correct": [1, 0, 1], "pred": ["1"] * 3})
+    with pytest.raises(SampleCountError, match="'b' has 1"):
+        benchmark_metrics(df, k=2, benchmark="x")
     with pytest.raises(SteerBenchError, match="missing column"):
-        benchmark_metrics(pd.DataFrame({"problem_id": ["a"], "correct": [True]}))
+        benchmark_metrics(pd.DataFrame({"problem_id": ["a"], "correct": [True]}), k=1, benchmark="x")
+
+
+def _scored(counts: dict[str, int], k: int, problem_ids: list[str]) -> dict[str, float]:
+    """:func:`score` (the runner's scoring point) of samples with ``counts[pid]`` rows per problem, the first
+    ``i + 1`` of problem i's correct."""
+    rows, verdicts = [], []
+    for i, (pid, n) in enumerate(counts.items()):
+        for j in range(n):
+            ok = j <= i
+            rows.append({"problem_id": pid, "correct": ok, "pred": "1", "truncated": False, "response_len": 3})
+            verdicts.append(Verdict(correct=ok, math_verify=ok, strict=ok, pred="1", status="ok"))
+    return score(rows, verdicts, k, benchmark="synth_test", problem_ids=problem_ids)
+
+
+def test_sample_counts_must_equal_the_protocols_k():
+    """One problem with k − 1 samples, a problem with none, or every problem with k − 1 (which a check of equal
+    counts alone lets through, scoring avg@(k−1) as if it were avg@k) is a SampleCountError naming the
+    benchmark, the problem and the counts; k samples each score as worked out by hand."""
+    ids = ["p1", "p2", "p3"]
+    with pytest.raises(SampleCountError) as err:
+        _scored({"p1": 4, "p2": 3, "p3": 4}, 4, ids)
+    want = "benchmark 'synth_test': 1 problem(s) do not have the protocol's k = 4 samples: 'p2' has 3"
+    assert str(err.value) == want
+    with pytest.raises(SampleCountError, match="'p3' has 0"):
+        _scored({"p1": 4, "p2": 4}, 4, ids)
+    with pytest.raises(SampleCountError, match=r"3 problem.*k = 4.*'p1' has 3, 'p2' has 3, 'p3' has 3"):
+        _scored({"p1": 3, "p2": 3, "p3": 3}, 4, ids)
+    m = _scored({"p1": 4, "p2": 4, "p3": 4}, 4, ids)  # 1, 2, 3 of 4 correct
+    assert m["acc"] == m["avg_at_4"] == pytest.approx((1 + 2 + 3) / 12, rel=1e-15)
+    # pass@2 = 1 − C(4−c, 2)/C(4, 2): c = 1 → 1/2, c = 2 → 5/6, c = 3 → 1
+    assert m["pass_at_2"] == pytest.approx((1 / 2 + 5 / 6 + 1) / 3, rel=1e-15)
 
 
 def test_average_over_benchmarks_is_unweighted():

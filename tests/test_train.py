@@ -25,7 +25,7 @@ from steer_bench.train import prompt_order, train
 REPO = Path(__file__).resolve().parents[1]
 # Keys every step must log, whatever the method.
 CORE_KEYS = {
-    "rollout/reward_mean", "rollout/accuracy", "rollout/entropy_mean", "rollout/entropy_p50",
+    "rollout/reward_mean", "rollout/accuracy", "rollout/entropy_mean", "rollout/entropy_p50", "rollout/surprisal_mean",
     "rollout/response_len_mean", "rollout/truncation_rate", "rollout/all_equal_groups", "loss/clipfrac_high",
     "loss/clipfrac_low", "loss/approx_kl", "train/grad_norm", "time/rollout", "time/update", "time/step",
 }  # fmt: skip

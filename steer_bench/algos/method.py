@@ -54,15 +54,20 @@ SHARED_METRICS: dict[str, Metric] = {
     "loss/pg": Metric(
         "the policy-gradient part of the returned loss (this call's share of the mini-batch loss)", "sum"
     ),
-    "loss/entropy_bonus": Metric("β·agg(H), subtracted from the loss (only when β ≠ 0)", "sum"),
+    "loss/entropy_bonus": Metric(
+        "β·agg(H), H the full-vocabulary entropy at τ, subtracted from the loss (only when β ≠ 0)", "sum"
+    ),
     "loss/clipfrac": Metric("fraction where the PPO clip binds (L2 > L1), verl's pg_clipfrac"),
     "loss/clipfrac_high": Metric("fraction with r > 1 + ε_high and A > 0"),
     "loss/clipfrac_low": Metric("fraction with r < 1 − ε_low and A < 0"),
     "loss/clipfrac_dual": Metric("fraction where the dual clip binds (A < 0 and −A·r > −A·c)"),
     "loss/approx_kl": Metric("mean(log π_old − log π) (verl's ppo_kl)"),
     "loss/ratio_max": Metric("the largest ratio r", "max"),
-    "loss/entropy": Metric("mean current-policy token entropy (when given)"),
-    "loss/old_entropy": Metric("mean old-policy token entropy (when given)"),
+    "loss/entropy": Metric(
+        "token mean of the current policy's full-vocabulary entropy H (the trainer's: softmax(logits/τ) at the "
+        "sampling temperature τ) over valid tokens (when given)"
+    ),
+    "loss/old_entropy": Metric("the same of π_old's full-vocabulary entropy at τ (when given)"),
 }
 
 

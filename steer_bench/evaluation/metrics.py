@@ -20,6 +20,10 @@ matters when comparing methods on one benchmark (Miller 2024, "Adding Error Bars
 samples per problem the within-problem sampling noise is included, since each x_i carries it). Undefined
 (NaN, written as null) with a single problem.
 
+**Sample counts**: every problem must have exactly the protocol's k samples, checked where samples are grouped per
+problem (:func:`check_sample_counts`, a :class:`SampleCountError` naming the benchmark, the problems and their
+counts); otherwise every per-problem mean would silently use another n.
+
 Metric keys are MLflow-safe: ``avg_at_32``, ``pass_at_8``, ``maj_at_32``.
 """
 
@@ -67,31 +71,60 @@ def maj_at_k(preds: Sequence[str | None], correct: Sequence[bool], k: int) -> fl
     return sum(tied) / len(tied)
 
 
-def benchmark_metrics(samples: pd.DataFrame, ks: Iterable[int] = (1,)) -> dict[str, float]:
+class SampleCountError(SteerBenchError):
+    """A benchmark's samples per problem differ from the protocol's k: every per-problem mean would silently
+    use another n (lighteval/open-r1 shipped pass@1 over n samples falling as 1/n)."""
+
+
+def check_sample_counts(
+    samples: pd.DataFrame, *, k: int, benchmark: str, problem_ids: Iterable[str] | None = None
+) -> None:
+    """Every problem in ``samples`` has exactly ``k`` rows, and every one of ``problem_ids`` (the benchmark's
+    problems, when given) has rows; a :class:`SampleCountError` naming the benchmark, the problems and their
+    counts otherwise."""
+    counts = {str(pid): int(n) for pid, n in samples.groupby("problem_id", sort=False).size().items()}
+    bad = {pid: n for pid, n in counts.items() if n != k}
+    if problem_ids is not None:
+        bad |= {str(pid): 0 for pid in problem_ids if str(pid) not in counts}
+    if bad:
+        listed = ", ".join(f"{pid!r} has {n}" for pid, n in list(bad.items())[:10])
+        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+        raise SampleCountError(
+            f"benchmark {benchmark!r}: {len(bad)} problem(s) do not have the protocol's k = {k} samples: "
+            f"{listed}{more}"
+        )
+
+
+def benchmark_metrics(
+    samples: pd.DataFrame,
+    ks: Iterable[int] = (1,),
+    *,
+    k: int,
+    benchmark: str,
+    problem_ids: Iterable[str] | None = None,
+) -> dict[str, float]:
     """Metrics of one benchmark from per-sample rows (``problem_id``, ``correct``, ``pred``; rows of a problem
-    in sample order). Every problem must have the same number of samples n; ``pass_at_k``/``maj_at_k`` are
-    given for each k in ``ks`` with k <= n, plus ``avg_at_<n>``, ``accuracy`` (= avg@n), ``maj_at_<n>``, and
-    for each of them its standard error over problems, ``<key>_se`` (see the module docstring)."""
+    in sample order). Every problem must have the protocol's ``k`` samples (and every one of ``problem_ids``
+    some: :func:`check_sample_counts`); ``pass_at_j``/``maj_at_j`` are given for each j in ``ks`` with j <= k,
+    plus ``avg_at_<k>``, ``accuracy`` (= avg@k), ``maj_at_<k>``, and for each of them its standard error over
+    problems, ``<key>_se`` (see the module docstring)."""
     missing = [c for c in ("problem_id", "correct", "pred") if c not in samples.columns]
     if missing:
         raise SteerBenchError(f"benchmark_metrics: missing column(s) {missing}")
     if samples.empty:
-        raise SteerBenchError("benchmark_metrics: no samples")
+        raise SteerBenchError(f"benchmark_metrics: no samples for benchmark {benchmark!r}")
+    check_sample_counts(samples, k=k, benchmark=benchmark, problem_ids=problem_ids)
     groups = list(samples.groupby("problem_id", sort=False))
-    sizes = {len(g) for _, g in groups}
-    if len(sizes) != 1:
-        uneven = [pid for pid, g in groups if len(g) != len(groups[0][1])][:5]
-        raise SteerBenchError(f"benchmark_metrics: problems have different sample counts {sorted(sizes)}: {uneven}")
-    n = sizes.pop()
-    ks = sorted({k for k in ks if 1 <= k <= n} | {n})
+    n = k
+    ks = sorted({j for j in ks if 1 <= j <= n} | {n})
     correct = [g["correct"].astype(bool).tolist() for _, g in groups]
     preds = [[None if pd.isna(p) else str(p) for p in g["pred"]] for _, g in groups]
     out: dict[str, float] = {"n_problems": len(groups), "n_samples": n}
     _put(out, f"avg_at_{n}", [avg_at_k(c) for c in correct])
     out["accuracy"], out["accuracy_se"] = out[f"avg_at_{n}"], out[f"avg_at_{n}_se"]
-    for k in ks:
-        _put(out, f"pass_at_{k}", [pass_at_k(n, sum(c), k) for c in correct])
-        _put(out, f"maj_at_{k}", [maj_at_k(p, c, k) for p, c in zip(preds, correct, strict=True)])
+    for j in ks:
+        _put(out, f"pass_at_{j}", [pass_at_k(n, sum(c), j) for c in correct])
+        _put(out, f"maj_at_{j}", [maj_at_k(p, c, j) for p, c in zip(preds, correct, strict=True)])
     return out
 
 

@@ -287,7 +287,7 @@ def _run_one(c: _Context, b: str, engine: Any, grader: Any, info: dict[str, Any]
     verdicts = grader.grade(texts, [problems["answer"].iat[i] for i in batch.prompt_index])
     t2 = time.perf_counter()
     rows = sample_rows(problems, batch, texts, verdicts, grader=grader.primary)
-    metrics = score(rows, verdicts, params.n)
+    metrics = score(rows, verdicts, params.n, benchmark=b, problem_ids=problems["problem_id"])
     if metrics["timeouts"]:
         log.warning("%s: %d of %d samples timed out in grading (counted wrong)", b, metrics["timeouts"], len(rows))
     engine_info = {k: v for k, v in info.items() if k != "versions"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
@@ -32,12 +33,16 @@ def sample_rows(
     return rows
 
 
-def score(rows: list[dict[str, Any]], verdicts: list[Any], k: int) -> dict[str, float]:
+def score(
+    rows: list[dict[str, Any]], verdicts: list[Any], k: int, *, benchmark: str, problem_ids: Iterable[str]
+) -> dict[str, float]:
     """avg@k (= ``acc``), pass@j and maj@j for j in :func:`pass_ks`, each with its standard error over
     problems (``acc_se``, ``pass_at_<j>_se``, ...: :func:`steer_bench.evaluation.metrics.benchmark_metrics`), and the
-    grading/length statistics."""
+    grading/length statistics. Every one of the benchmark's ``problem_ids`` must have exactly k rows
+    (:class:`~steer_bench.evaluation.metrics.SampleCountError` otherwise)."""
     df = pd.DataFrame(rows)
-    m = benchmark_metrics(df[["problem_id", "correct", "pred"]], pass_ks(k))
+    cols = df[["problem_id", "correct", "pred"]]
+    m = benchmark_metrics(cols, pass_ks(k), k=k, benchmark=benchmark, problem_ids=problem_ids)
     g = summarize_verdicts(verdicts)
     counts = ("n_problems", "n_samples")  # in the summary itself (n_problems, k)
     return {

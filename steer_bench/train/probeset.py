@@ -7,7 +7,8 @@ problems of a held-out set, sampled with the same seed at step 0 (the starting p
 
 Metrics of one measurement (``probe/*``, in ``metrics.jsonl`` and MLflow at that step):
 
-- ``entropy``: token-mean entropy (nats) of the policy's full next-token distribution at temperature τ along its
+- ``entropy``: token-mean full-vocabulary entropy (nats, not the sampled token's surprisal) of softmax(logits/τ),
+  τ = ``probe.temperature`` or else ``rollout.temperature`` (the probe's sampling temperature), along its
   own ``probe.n`` samples per prompt, from a teacher-forced forward of the trainer's model (the same number
   whatever the rollout engine); ``avg_at_k`` the share of samples the reward's grader scores correct (truncated
   ones as the reward does); ``response_len`` the mean response length (tokens).

@@ -27,8 +27,13 @@ def rollout_metrics(
 ) -> dict[str, float]:
     """Metrics of one rollout batch (B sequences, T response tokens).
 
-    ``rollout/entropy_*`` are over response tokens of the rollout policy (the old-log-prob pass), token-weighted;
-    ``_adv_pos``/``_adv_neg`` restrict to tokens of responses with A > 0 / A < 0. ``rollout/all_equal_groups`` is the
+    ``old_logp``/``old_entropy`` (B, T) are π_old's (the distribution the rollout sampled from, at the sampling
+    temperature τ: softmax(logits/τ), :func:`steer_bench.rollout.batch.score_responses`, or the engine's processed
+    distribution with ``train.old_logprobs: rollout``). ``rollout/entropy_*`` are its full-vocabulary entropy
+    H = −Σ_v p_v log p_v (nats) over valid response tokens (mean token-weighted, p10/p50/p90 quantiles over tokens);
+    ``rollout/surprisal_mean`` the sampled token's surprisal −log p_y, token-mean with the same mask (its expectation
+    over the sampling is the entropy). ``_adv_pos``/``_adv_neg`` restrict the entropy mean to tokens of responses
+    with A > 0 / A < 0. ``rollout/all_equal_groups`` is the
     fraction of prompts whose responses all got the same score (zero GRPO signal). ``rollout/logprob_gap`` is
     the mean |logπ_engine − logπ_trainer| over response tokens (only when the engine returns log-probs).
     """
@@ -51,7 +56,7 @@ def rollout_metrics(
         "rollout/entropy_p90": q90,
         "rollout/entropy_adv_pos": float(masked_mean(old_entropy, pos)) if pos.any() else float("nan"),
         "rollout/entropy_adv_neg": float(masked_mean(old_entropy, neg)) if neg.any() else float("nan"),
-        "rollout/nll_mean": float(masked_mean(-old_logp, mask)),
+        "rollout/surprisal_mean": float(masked_mean(-old_logp, mask)),
         "rollout/adv_abs_mean": float(masked_mean(adv.abs(), mask)),
         "grading/timeouts": float(g["n_timeout"]),
         "grading/errors": float(g["n_error"]),

@@ -51,7 +51,9 @@ class Stare(Intervention):
     needs_old_entropy = True
     metrics = {
         "stare/gate_on": Metric("1 if H̄ < H_tgt (the reweighting acts), else 0"),
-        "stare/gate_entropy": Metric("H̄, the mean π_old entropy the gate compared with H_tgt"),
+        "stare/gate_entropy": Metric(
+            "H̄, the token-mean π_old full-vocabulary entropy (at τ) the gate compared with H_tgt"
+        ),
         "stare/frac_pos_selected": Metric("fraction of the valid tokens in L+ (weight W when the gate is on)"),
         "stare/frac_neg_selected": Metric("fraction of the valid tokens in L− (C2: weight M when the gate is on)"),
         "stare/weight_mean": Metric("mean ω over the valid tokens"),
