@@ -5,10 +5,11 @@ A preset resolves once into a :class:`Method` (:func:`make_method`; the config l
 dry run — uses the same way, per rollout and per mini-batch / micro-batch (gradient accumulation)::
 
     adv = m.advantages(scores, group_ids, mask, old_entropy=old_entropy)         # (B, T)
+    step = m.step_stats(old_entropy, mask, reduce)    # once per step, all ranks; None unless m.needs.step_stats
     stats = m.mini_batch_stats(TokenBatch(logp_nograd, old_logp, adv, mask, entropy, old_entropy),
                                reduce)              # whole mini-batch, all ranks; None unless m.needs.mini_batch_stats
     loss, metrics = m.loss(TokenBatch(logp, old_logp, adv, mask, entropy, old_entropy),
-                           Totals(batch_tokens, batch_seqs, max_response_len), stats)   # per micro-batch
+                           Totals(batch_tokens, batch_seqs, max_response_len), step if m.needs.step_stats else stats)
     m.reduce_metrics([metrics, ...])                  # combine the micro-batches' metrics by declared rules
 
 Modules: ``base`` (what a method file defines: :class:`Intervention`, :class:`TokenBatch`, metrics,

@@ -88,7 +88,9 @@ class Intervention:
 
     Subclasses set ``name`` (the preset's ``loss.name``), ``metrics`` and the ``needs_*`` flags, define
     :meth:`token_loss` and, if they normalise over the whole mini-batch, :attr:`uses_mini_batch_stats` and
-    :meth:`mini_batch_stats`. ``__post_init__`` is the place to reject bad hyperparameter values.
+    :meth:`mini_batch_stats`; if they need a statistic of π_old's values over the whole step batch (known before
+    the update, no extra pass), :attr:`uses_step_stats` and :meth:`step_stats`. ``__post_init__`` is the place
+    to reject bad hyperparameter values.
     """
 
     name: ClassVar[str]
@@ -117,8 +119,18 @@ class Intervention:
         micro-batch's :meth:`token_loss` as ``stats``. ``batch`` carries no gradient."""
         raise NotImplementedError(f"{self.name} has no mini-batch statistics")
 
+    @property
+    def uses_step_stats(self) -> bool:
+        """Whether the trainer must call :meth:`step_stats` once per step, before the update."""
+        return False
+
+    def step_stats(self, old_entropy: Tensor, mask: Tensor, reduce: Reduce) -> Any:
+        """Statistics of π_old's entropy (B, T) over the step batch (every rank's rows: combine with ``reduce``),
+        passed to every call's :meth:`token_loss` as ``stats``. At most one of step / mini-batch statistics."""
+        raise NotImplementedError(f"{self.name} has no step statistics")
+
     def token_loss(self, surrogate: Surrogate, batch: TokenBatch, stats: Any) -> tuple[Tensor, Metrics]:
-        """The per-token loss (B, T) and this call's metrics; ``stats`` is None unless mini-batch statistics."""
+        """The per-token loss (B, T) and this call's metrics; ``stats`` is None unless step / mini-batch statistics."""
         raise NotImplementedError
 
 

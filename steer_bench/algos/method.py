@@ -80,6 +80,7 @@ class Needs:
     entropy_grad: bool  # ... with gradient (the entropy bonus)
     old_entropy: bool  # π_old's entropy (STEER's Ω, entropy-shaped advantages)
     mini_batch_stats: bool  # one no-grad pass over each mini-batch for :meth:`Method.mini_batch_stats`
+    step_stats: bool  # :meth:`Method.step_stats` once per step from π_old's entropy (no extra pass)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class Method:
             entropy_grad=self._has_bonus,
             old_entropy=iv.needs_old_entropy or estimator_needs_entropy(self.estimator),
             mini_batch_stats=iv.uses_mini_batch_stats,
+            step_stats=iv.uses_step_stats,
         )
 
     @property
@@ -148,13 +150,22 @@ class Method:
         with torch.no_grad():
             return self.intervention.mini_batch_stats(batch.detached(), reduce)
 
+    def step_stats(self, old_entropy: Tensor, mask: Tensor, reduce: Reduce = local_reduce) -> Any:
+        """The intervention's statistics of π_old's entropy over the step batch (all ranks, through ``reduce``),
+        or None when the method has none. Call it once per step, before the update; pass it as ``stats``."""
+        if not self.needs.step_stats:
+            return None
+        with torch.no_grad():
+            return self.intervention.step_stats(old_entropy.detach(), mask.bool(), reduce)
+
     def loss(
         self, batch: TokenBatch, totals: Totals | None = None, stats: Any = None, entropy_coef: float | None = None
     ) -> tuple[Tensor, Metrics]:
         """The scalar loss of one call (a micro-batch) and its metrics (0-d tensors without gradient).
 
         ``totals``: the mini-batch's counts for exact gradient accumulation (default: this call's own).
-        ``stats``: :meth:`mini_batch_stats` of the mini-batch (None: the intervention's per-call statistics).
+        ``stats``: :meth:`step_stats` of the step or :meth:`mini_batch_stats` of the mini-batch (None: the
+        intervention's per-call statistics).
         ``entropy_coef``: this step's coefficient from :meth:`entropy_coef_step` (None: β, or c_0 with a controller).
         """
         self._check(batch)
@@ -312,7 +323,8 @@ def dry_run(method: Method) -> None:
     adv = method.advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), mask, old_entropy=entropy.detach())
     rollout = logp.detach() - torch.tensor([[0.05, -0.3, 0.0], [0.2, 0.0, 0.0]])  # some ratios off 1
     batch = TokenBatch(logp, logp.detach() - 0.1, adv, mask, entropy, entropy.detach(), None, rollout)
-    loss, metrics = method.loss(batch, stats=method.mini_batch_stats(batch))
+    stats = method.step_stats(entropy, mask) if method.needs.step_stats else method.mini_batch_stats(batch)
+    loss, metrics = method.loss(batch, stats=stats)
     loss.backward()
     undeclared = sorted(set(metrics) - set(method.metrics))
     if undeclared:

@@ -4,12 +4,18 @@ rollout engine's log-probs and the trainer's π_old (``docs/methods_2026.md`` §
     ρ_t = exp(clamp(log π_old − log π_rollout, −20, 20))                   token level
     ρ_i = exp(clamp(Σ_t M·(log π_old − log π_rollout), −20, 20))           sequence level (the product)
     truncate (TIS):  w = min(ρ, high)                                      (Yao et al. 2025; verl tis_imp_ratio_cap)
-    mask:            w = 1[low ≤ ρ ≤ high]                                 (IcePop / TRL *_mask; low None: no bound)
+    mask:            w = ρ · 1[low ≤ ρ ≤ high]                             (TRL *_mask; low None: no bound)
+    reject:          w = 1[low ≤ ρ ≤ high]                                 (our option: a plain 0/1 filter, no source)
     L_method ← L_method ⊙ w      (w without gradient, (B, T); sequence level: w_i broadcast over the row)
 
+``mask`` is TRL's (huggingface/trl ``trl/trainer/grpo_trainer.py``, ``GRPOTrainer``): the ratio is kept and
+zeroed outside the band, ``vllm_importance_sampling_ratio.masked_fill(invalid_mis_mask, value=0.0)``, then
+``per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]``. ``reject`` drops ρ from the weight
+(what ``grpo_seq_mask`` did before issue 27); kept as an option, no preset uses it.
+
 Decision (our choice): a masked token keeps its place in the aggregation's denominator, as every other
-weight of the library (TRL multiplies its loss by the mask the same way; verl's rejection sampling instead
-drops the token from the denominator).
+weight of the library (TRL multiplies its loss by the masked ratio the same way; verl's rejection sampling
+instead drops the token from the denominator).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from steer_bench.algos.base import Metric, Metrics, frac
 from steer_bench.algos.stats import masked_mean
 
 LEVELS = ("token", "sequence")
-MODES = ("truncate", "mask")
+MODES = ("truncate", "mask", "reject")
 
 METRICS: dict[str, Metric] = {
     "rollout_corr/ratio_mean": Metric("mean ρ over the valid tokens (sequence level: each token carries ρ_i)"),
@@ -41,9 +47,9 @@ class RolloutCorrection:
     """The preset's ``loss.rollout_correction`` (module docstring)."""
 
     level: str  # token | sequence
-    mode: str  # truncate | mask
-    low: float | None  # mask: lower bound of the band (None: none); truncate: must be None
-    high: float  # truncate: the cap C; mask: upper bound of the band
+    mode: str  # truncate | mask (TRL: ρ kept inside the band) | reject (0/1)
+    low: float | None  # mask / reject: lower bound of the band (None: none); truncate: must be None
+    high: float  # truncate: the cap C; mask / reject: upper bound of the band
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -73,7 +79,7 @@ class RolloutCorrection:
                 keep = ratio <= self.high
                 if self.low is not None:
                     keep = keep & (ratio >= self.low)
-                w = keep.to(ratio.dtype)
+                w = ratio * keep if self.mode == "mask" else keep.to(ratio.dtype)
                 corrected = ~keep
             w = w * m
             valid = ratio[mask] if mask.any() else torch.ones(1, dtype=ratio.dtype)

@@ -91,11 +91,14 @@ def policy_update(
     calls: list[dict[str, Any]] = []
     grad_norms: list[float] = []
     model.train()
+    step_stats = None  # STARE's gate: π_old's entropy over the step batch, all ranks, before the update
+    if method.needs.step_stats:
+        step_stats = method.step_stats(rows.old_entropy, mask, rank_reduce(accelerator))
     with MemoryAudit(model, sharded=cfg.shard == "fsdp2") as audit:
         for epoch in range(cfg.ppo_epochs):
             for start in range(0, len(mask), mini):
                 index = torch.arange(start, min(start + mini, len(mask)))
-                stats = None
+                stats = step_stats
                 if method.needs.mini_batch_stats:  # STEER scope=mini / fork tokens: one no-grad pass, all ranks
                     with torch.no_grad():
                         logp, entropy = forward_rows(model, batch, index, cfg)

@@ -79,12 +79,13 @@ def update(
     mask = torch.ones_like(adv, dtype=torch.bool)
     m = method.resolve()
     calls = []
+    step_stats = m.step_stats(batch.old_entropy, mask)  # STARE's gate over the step batch; None for the others
     for rows in order.chunk(minibatches):
         logits = policy.table[batch.state_ids[rows]]
         logp, entropy = logprobs_and_entropy(logits, batch.responses[rows], temperature=1.0)
         old = batch.old_logp[rows]  # the sampler is π_old itself: rollout log-probs = π_old's (ρ = 1 exactly)
         tokens = TokenBatch(logp, old, adv[rows], mask[rows], entropy, batch.old_entropy[rows], gen, old)
-        stats = m.mini_batch_stats(tokens)  # one call per mini-batch: the same numbers as the call's own
+        stats = step_stats if m.needs.step_stats else m.mini_batch_stats(tokens)  # one call per mini-batch
         loss, metrics = m.loss(tokens, Totals(max_response_len=policy.task.D), stats, entropy_coef)
         if not torch.isfinite(loss):
             raise SteerBenchError(f"method {method.name!r}: the loss is {loss.item()}")

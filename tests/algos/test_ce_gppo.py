@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
+from steer_bench.algos import TokenBatch
 from steer_bench.algos.surrogates import ce_gppo
+from steer_bench.config.method import load_method
 
 TOL = {"rtol": 1e-6, "atol": 1e-6}  # float32, values of order 1
 
@@ -38,3 +41,22 @@ def test_beta_zero_recovers_ppo_gradients() -> None:
                 beta_low=0.0, beta_high=0.0)  # fmt: skip
     (g,) = torch.autograd.grad(s.loss.sum(), logp)
     assert (g == 0).all()  # PPO: clipped tokens get no gradient
+
+
+def test_the_preset_dual_clip_is_the_release_scripts_c_10() -> None:
+    """A < 0 at r = 5 (inside 1 − ε_low, between 3 and 10): c = 10 keeps −r·A = 5 and its gradient; the loss
+    signature's c = 3 would cap it at 3 with no gradient. Token-mean over the one valid token (the other pads)."""
+    old = torch.zeros(1, 2)
+    logp = torch.tensor([[math.log(5.0), 2.0]], requires_grad=True)
+    adv = torch.tensor([[-1.0, -1.0]])
+    mask = torch.tensor([[True, False]])
+    m = load_method("ce_gppo").resolve()
+    assert m.clip_c == 10.0
+    loss, metrics = m.loss(TokenBatch(logp, old, adv, mask))
+    assert loss.item() == pytest.approx(5.0, rel=1e-6)
+    (g,) = torch.autograd.grad(loss, logp)
+    torch.testing.assert_close(g, torch.tensor([[5.0, 0.0]]), **TOL)  # −A·r on the valid token
+    assert metrics["loss/clipfrac_dual"].item() == 0.0
+    s3 = ce_gppo(logp, old, adv, mask, clip_low=0.2, clip_high=0.28, clip_c=3.0, beta_low=0.75, beta_high=1.0)
+    assert s3.loss[0, 0].item() == pytest.approx(3.0)  # c = 3: min(−A·c, −r·A) = 3, the dual clip binds
+    assert bool(s3.clipped_dual[0, 0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from steer_bench.algos import TokenBatch
@@ -48,15 +49,31 @@ def test_gate_off_at_or_above_the_target_is_grpo() -> None:
     b = _batch(old_entropy=0.3)  # H̄ = H_tgt: off (strictly below turns it on)
     grpo, stare = load_method("grpo", ["loss.clip_high=0.28"]).resolve(), load_method("stare_c2").resolve()
     lg, _ = grpo.loss(b)
-    ls, metrics = stare.loss(b, stats=stare.mini_batch_stats(b))
+    ls, metrics = stare.loss(b, stats=stare.step_stats(b.old_entropy, b.mask))
     assert metrics["stare/gate_on"] == 0.0
     assert ls.item() == lg.item()
 
 
-def test_mini_batch_gate_uses_every_valid_token() -> None:
-    b = _batch(old_entropy=0.0)
+def test_step_gate_uses_every_valid_token_of_every_rank() -> None:
     ent = torch.tensor([[0.2, 0.2, 0.2, 50.0], [0.8, 0.8, 50.0, 50.0]])  # padding's 50 must not count
-    b = TokenBatch(b.log_probs, b.old_log_probs, b.advantages, b.mask, ent, ent)
-    stare = Stare(variant="O1", top_frac=0.1, weight_pos=1.1, weight_neg=0.9, target_entropy=0.3, gate_scope="mini")
-    h = stare.mini_batch_stats(b, lambda x, op: x)
-    assert abs(h - (0.6 + 1.6) / 5) < 1e-7  # float32 inputs (0.2 is not exact), summed in float64
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    stare = Stare(variant="O1", top_frac=0.1, weight_pos=1.1, weight_neg=0.9, target_entropy=0.3, gate_scope="step")
+    assert abs(stare.step_stats(ent, mask, lambda x, op: x) - (0.6 + 1.6) / 5) < 1e-7  # float32 0.2, float64 sums
+    # two ranks: the other holds 3 valid tokens of entropy 1.0 → (2.2 + 3) / (5 + 3)
+    other = torch.tensor([3.0, 3.0], dtype=torch.float64)
+    assert abs(stare.step_stats(ent, mask, lambda x, op: x + other) - 5.2 / 8) < 1e-7
+
+
+def test_the_presets_gate_on_the_step_without_a_mini_batch_pass() -> None:
+    """The release's gate (stare_ray_trainer.py): π_old's entropy over the step batch, known before the update;
+    the trainer runs its extra no-grad forward per mini-batch only when ``needs.mini_batch_stats``."""
+    for preset in ("stare", "stare_c2"):
+        needs = load_method(preset).resolve().needs
+        assert needs.step_stats
+        assert not needs.mini_batch_stats
+    with pytest.raises(ValueError, match="gate_scope must be one of"):
+        _stare_scope("mini")
+
+
+def _stare_scope(scope: str) -> Stare:
+    return Stare(variant="O1", top_frac=0.1, weight_pos=1.1, weight_neg=0.9, target_entropy=0.3, gate_scope=scope)

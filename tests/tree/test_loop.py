@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -111,3 +112,20 @@ def test_crossing_interpolates_the_first_time_accuracy_reaches_a_level() -> None
     idx, value = crossing(acc, ent, 0.95)
     assert idx != idx
     assert value != value
+
+
+def test_stare_gates_every_mini_batch_on_the_step_batch_entropy() -> None:
+    """Two mini-batches with π_old entropy 0.1 and 1.0 (mean 0.55 < H_tgt 0.6): the release's step gate is on
+    for both; a per-mini-batch gate would be off on the second (1.0 ≥ 0.6)."""
+    method = load_method("stare", ["loss.params.target_entropy=0.6"])
+    task = make_task(tiny_setting().task, 0)
+    policy = TabularPolicy(task, init_std=1.0, seed=0)
+    problems = torch.arange(3).repeat_interleave(4)
+    batch = rollout(policy, task, problems, torch.Generator().manual_seed(0))
+    ent = torch.full_like(batch.old_entropy, 0.1)
+    ent[6:] = 1.0
+    batch = dataclasses.replace(batch, old_entropy=ent)
+    adv = method.resolve().advantages(batch.scores, problems, torch.ones_like(ent), old_entropy=ent)
+    metrics = update(policy, 3.0, batch, adv, method, torch.arange(12), 2, torch.Generator().manual_seed(5))
+    assert [float(c["stare/gate_on"]) for c in metrics] == [1.0, 1.0]
+    assert [float(c["stare/gate_entropy"]) for c in metrics] == pytest.approx([0.55, 0.55])

@@ -9,10 +9,13 @@
     L_method = ω ⊙ L                                                              (all (B, T))
 
 Selection is over the tokens of one call (the release computes it inside the per-micro-batch policy loss).
-``gate_scope: mini`` takes H̄ over the whole mini-batch and every rank (the release's "batch mean entropy" of
-its on-policy single mini-batch; one extra no-grad pass per mini-batch here); ``micro`` over the call's own
-tokens (our option, no extra pass). Decision (our reading): H̄ is π_old's entropy; the release's controller
-(``recipe/STARE/stare_ray_trainer.py``) was not read.
+``gate_scope: step`` (the release) takes H̄ over every valid token of the step batch on every rank, from
+π_old's entropy, once before the update (no extra pass): hp-luo/STARE ``recipe/STARE/stare_ray_trainer.py``
+``compute_kl_related_metrics`` — ``entropy_agg = agg_loss(loss_mat=entropys, ...)`` over the old-log-prob
+pass's entropies, then ``self._update_stare_controller(batch, metrics, entropy_agg...)`` sets
+``gate_on = 1[H_bar_k < H_tgt]`` for the step. The release aggregates with the run's ``loss_agg_mode``
+(token-mean in its script); we take the token mean whatever the preset's ``agg`` (our choice).
+``micro`` takes H̄ over the call's own tokens (our option).
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from steer_bench.algos.base import Intervention, Metric, Metrics, Reduce, TokenBatch, check_scope, frac
+from steer_bench.algos.base import Intervention, Metric, Metrics, Reduce, TokenBatch, frac
 from steer_bench.algos.stats import masked_mean
 from steer_bench.algos.surrogate import Surrogate
 
 VARIANTS = ("O1", "C2")
+GATE_SCOPES = ("step", "micro")  # H̄ over the step batch before the update (release) | over each call
 
 
 def top_surprisal(surprisal: Tensor, candidates: Tensor, top_frac: float) -> Tensor:
@@ -63,7 +67,7 @@ class Stare(Intervention):
     weight_pos: float  # W > 0 (release 1.1)
     weight_neg: float  # M > 0, used by C2 only (release 0.9)
     target_entropy: float  # H_tgt (release 0.3)
-    gate_scope: str  # mini (release) | micro
+    gate_scope: str  # step (release) | micro
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -72,17 +76,17 @@ class Stare(Intervention):
             raise ValueError(f"STARE top_frac must be in [0, 1], got {self.top_frac}")
         if not (self.weight_pos > 0 and self.weight_neg > 0):
             raise ValueError(f"STARE weights must be > 0, got W={self.weight_pos}, M={self.weight_neg}")
-        check_scope(self.name, self.gate_scope)
+        if self.gate_scope not in GATE_SCOPES:
+            raise ValueError(f"STARE gate_scope must be one of {GATE_SCOPES}, got {self.gate_scope!r}")
 
     @property
-    def uses_mini_batch_stats(self) -> bool:
-        return self.gate_scope == "mini"
+    def uses_step_stats(self) -> bool:
+        return self.gate_scope == "step"
 
-    def mini_batch_stats(self, batch: TokenBatch, reduce: Reduce) -> float:
-        assert batch.old_entropy is not None
-        m = batch.mask.to(torch.float64)
-        totals = torch.stack([(batch.old_entropy.to(torch.float64) * m).sum(), m.sum()])
-        totals = reduce(totals, "sum")
+    def step_stats(self, old_entropy: Tensor, mask: Tensor, reduce: Reduce) -> float:
+        """H̄: π_old's mean entropy over the valid tokens of the step batch, every rank (sums in float64)."""
+        m = mask.to(torch.float64)
+        totals = reduce(torch.stack([(old_entropy.to(torch.float64) * m).sum(), m.sum()]), "sum")
         return float(totals[0] / totals[1].clamp(min=1))
 
     def token_loss(self, surrogate: Surrogate, batch: TokenBatch, stats: float | None) -> tuple[Tensor, Metrics]:
