@@ -13,8 +13,9 @@ from torch import Tensor
 
 from steer_bench.algos.stats import masked_mean
 
-# Ω variants: the current release, the other stored release version (labelled by its commit), our p·Ω.
-OMEGA_FORMS = ("paper", "release_bfc8d2e", "first_order")
+# Ω variants: the current release, the other stored release version (labelled by its commit), our p·Ω, and the
+# importance-ratio factor of the paper's Theorem 1 (r·A instead of A/π_old; STEER adds the clipping indicator).
+OMEGA_FORMS = ("paper", "release_bfc8d2e", "first_order", "theorem")
 
 # Elements per chunk of rows (a few chunk-sized temporaries live at once: 64 MiB each in float32).
 CHUNK_ELEMENTS = 2**24
@@ -118,8 +119,12 @@ def omega(advantages: Tensor, old_log_probs: Tensor, log_probs: Tensor, entropy:
     paper (the released code):  Ω = (A / π_old) · p(1 − p) · (ln p + H)        (release commit b31df71)
     release_bfc8d2e:             Ω = (A / π_old) · p(1 − p)² · (ln p + H)       (release commit bfc8d2e)
     first_order:                 p · Ω_paper
+    theorem:                     Ω = (A · r) · p(1 − p) · (ln p + H),  r = exp(clamp(log p − log π_old, −20, 20))
     with p = exp(log_probs) clamped to [1e-8, 1 − 1e-8] (current policy), π_old = exp(old_log_probs) clamped
     to [1e-8, 1], H the old policy's entropy. Non-finite values become 0 (as released).
+    ``theorem`` is the factor of the paper's Theorem 1 (the importance ratio times A, as the clipped surrogate's
+    gradient carries it) without its clipping indicator: :class:`~steer_bench.algos.interventions.steer.Steer`
+    multiplies by the indicator, which needs the surrogate's clip state (our ablation, docs/methods.md §M22).
 
     The first-order entropy change of one SGD step of size η on a token's surrogate −A·π/π_old that moves
     only the sampled logit (the paper's Assumption 1) is ΔH ≈ −(η/L)·p·Ω_paper = −(η/L)·Ω_first_order: the
@@ -129,6 +134,10 @@ def omega(advantages: Tensor, old_log_probs: Tensor, log_probs: Tensor, entropy:
         raise ValueError(f"omega form must be one of {OMEGA_FORMS}, got {form!r}")
     with torch.no_grad():
         p = log_probs.detach().exp().clamp(1e-8, 1 - 1e-8)
+        if form == "theorem":  # r as the surrogate computes it (surrogate.clipped_surrogate)
+            ratio = (log_probs.detach() - old_log_probs.detach()).clamp(-20.0, 20.0).exp()
+            out = advantages.detach() * ratio * p * (1 - p) * (p.log() + entropy.detach())
+            return torch.where(torch.isfinite(out), out, torch.zeros_like(out))
         old_p = old_log_probs.detach().exp().clamp(1e-8, 1.0)
         out = advantages.detach() / old_p * p * (1 - p) * (p.log() + entropy.detach())
         if form == "first_order":

@@ -44,6 +44,9 @@ PRESETS = {
     "grpo_tis",
     "grpo_seq_mask",
     "steer_signed",
+    # issue 27 item 4: STEER ablations after an independent reproduction (docs/methods.md §M22, §M23)
+    "steer_theorem",
+    "steer_rank",
 }
 
 
@@ -62,7 +65,7 @@ def test_every_preset_exists_and_loads() -> None:
 
 def test_our_ablations_are_labelled_as_such() -> None:
     ablations = {n for n in PRESETS if load_method(n).ablation}
-    assert ablations == {"steer_first_order", "steer_quantile_k", "steer_signed"}
+    assert ablations == {"steer_first_order", "steer_quantile_k", "steer_signed", "steer_theorem", "steer_rank"}
     for name in ablations:
         m = load_method(name)
         assert "ablation" in m.label.lower()
@@ -96,6 +99,9 @@ def test_steer_preset_matches_the_release() -> None:
     assert load_method("steer_first_order").loss.params["form"] == "first_order"
     assert load_method("steer_release_bfc8d2e").loss.params["form"] == "release_bfc8d2e"
     assert load_method("steer_quantile_k").loss.params["k_norm"] == "quantile:0.99"
+    steer = load_method("steer").loss.params
+    for name, key, value in [("steer_theorem", "form", "theorem"), ("steer_rank", "mapping", "rank")]:
+        assert load_method(name).loss.params == {**steer, key: value}  # one knob away from steer.yaml
     assert load_method("rloo_steer").advantage.estimator == "rloo"
     assert load_method("opo_steer").advantage.estimator == "opo"
 
@@ -158,7 +164,7 @@ def test_overrides_and_paths(tmp_path: Path) -> None:
         ),
         (
             ["loss.params.mapping=expo"],
-            r"method 'steer' does not run: STEER mapping must be one of \('exp', 'linear'\)",
+            r"method 'steer' does not run: STEER mapping must be one of \('exp', 'linear', 'rank'\)",
         ),
         (["loss.params.scope=macro"], r"scope must be one of \('micro', 'mini'\), got 'macro'"),
         (["loss.clip_c=1.0"], r"clip_c must be > 1"),

@@ -25,6 +25,9 @@ def per_key_metrics(b: TokenBatch, om: torch.Tensor, lam: torch.Tensor, scale: f
         "steer/lambda_max": valid_lam.max(),
         "steer/frac_lambda_below_099": frac(lam < 0.99, mask),
         "steer/frac_lambda_at_min": frac(lam <= weight_min + 1e-6, mask),
+        # issue 27 item 4 (added after issue 14): the share at the upper bound (1 for exp) and at either bound
+        "steer/frac_lambda_at_max": frac(lam >= 1.0 - 1e-6, mask),
+        "steer/frac_lambda_at_bound": frac((lam <= weight_min + 1e-6) | (lam >= 1.0 - 1e-6), mask),
         "steer/floor_active": torch.tensor(float(scale < 0.02)),
         "steer/omega_scale": torch.tensor(scale),
         "steer/omega_abs_p50": abs_q[0],

@@ -4,12 +4,31 @@
     exp:      k = −ln λ_min / max(S, floor);  λ = clamp(exp(−k·|Ω|), λ_min, 1)          (the method; release)
     linear:   λ = w_max − (|Ω| − min|Ω|)(w_max − w_min)/(S − min|Ω|), clamped to [w_min, w_max];
               (w_min + w_max)/2 when S ≤ min|Ω|                                          (release variant)
-    L_method  = λ ⊙ L,  λ without gradient, 0 on padding                                  (all (B, T))
+    rank:     λ = 1 − (1 − λ_min)·u,  u = (R − 1)/(n − 1) ∈ [0, 1]  (u = 0 if n = 1)        (our ablation)
+              R = the average rank (1 = smallest, ties averaged) of |Ω_t| among the n valid tokens of the
+              micro-batch; λ = 1 on padding, which takes no part in the ranks
+    L_method  = λ ⊙ L,  λ without gradient, 0 on padding (exp, linear)                    (all (B, T))
 
 S normalises |Ω| over a group of valid tokens: its max (the release's ``compute_token_weights``) or, as **our
 ablation not in the paper** (``k_norm="quantile:<q>"``), its q-quantile. The release normalises over each
 micro-batch (``scope: micro``); ``scope: mini`` computes (min|Ω|, S) once over the whole mini-batch and
 all ranks (min of minima, max of maxima: exact for ``k_norm: max``; for a quantile, the max over ranks).
+
+Two **ablations not in the paper** (docs/methods.md §M22, §M23) answer an independent 1.5B reproduction
+(Parkdev22222/entropy_collapse: its omega_forms.json and STEERF_method.md §3, in its docs folder), which found the
+released Ω correlating 0.26 with the measured one-step entropy change and the theorem's form 0.39, and 75–83% of
+the weights at a bound because one 1/π_old outlier per micro-batch sets the max:
+
+- ``form: theorem`` (§M22): Ω_t = I_t · (A_t · r_t) · p(1 − p)(ln p + H_t) with r = π_θ/π_old, the factor of the
+  paper's Theorem 1 (clipped-surrogate gradient r·A, then Assumption 1), and I_t = 0 where the token gets no
+  gradient from the clipped surrogate (``Surrogate.clipped``: A > 0, r > 1 + ε_high or A < 0, r < 1 − ε_low,
+  the theorem's indicator as that reproduction writes it; and, **our choice**, ``Surrogate.clipped_dual``:
+  the dual clip binds), 1 elsewhere. Needs the surrogate, hence ``scope: micro`` only (our choice).
+- ``mapping: rank`` (§M23): λ from the rank of |Ω| instead of its min–max, so one outlier moves one token; the
+  map is invariant to any strictly increasing transform of |Ω| (a rescaling included). ``weight_max``,
+  ``omega_floor`` and ``k_norm`` are unused. ``scope: micro`` only (the ranks over a mini-batch would need every
+  rank's |Ω|: not implemented, our choice). Zero-advantage tokens (Ω = 0, tied at the bottom) get their tie
+  group's average rank and so λ < 1, which changes nothing: their surrogate loss is 0.
 """
 
 from __future__ import annotations
@@ -25,7 +44,8 @@ from steer_bench.algos.entropy import OMEGA_FORMS, QUADRANTS, omega
 from steer_bench.algos.stats import masked_quantile
 from steer_bench.algos.surrogate import Surrogate
 
-MAPPINGS = ("exp", "linear")
+MAPPINGS = ("exp", "linear", "rank")
+SCOPE_MICRO_ONLY = "needs each micro-batch's own tokens (docs/methods.md §M22, §M23): use scope micro"
 
 
 def parse_k_norm(k_norm: str) -> float | None:
@@ -63,7 +83,11 @@ def lambda_map(
     mapping: str,
     omega_floor: float,
 ) -> Tensor:
-    """λ (B, T) from |Ω| and its range (lo, scale); 0 on padding (as released). No gradient."""
+    """λ (B, T) from |Ω| and its range (lo, scale); 0 on padding (as released). No gradient.
+
+    ``mapping="rank"`` ignores (lo, scale), weight_max and omega_floor and puts λ = 1 on padding (module doc)."""
+    if mapping == "rank":
+        return 1.0 - (1.0 - weight_min) * rank_fraction(abs_omega, response_mask)
     mask = response_mask.to(abs_omega.dtype)
     if mapping == "exp":
         # weight_max is unused: the release clamps the exponential map at 1.
@@ -76,6 +100,23 @@ def lambda_map(
             lam = torch.full_like(abs_omega, (weight_min + weight_max) / 2)
         lam = lam.clamp(weight_min, weight_max)
     return lam * mask
+
+
+def rank_fraction(abs_omega: Tensor, response_mask: Tensor) -> Tensor:
+    """u (B, T) = (R − 1)/(n − 1): R the average rank (1 = smallest, ties averaged) of |Ω| among the n valid
+    tokens; 0 where n ≤ 1 and on padding. Our ablation's rank map (module doc). No gradient."""
+    with torch.no_grad():
+        mask = response_mask.bool()
+        out = torch.zeros_like(abs_omega)
+        valid = abs_omega[mask]
+        n = valid.numel()
+        if n <= 1:
+            return out
+        _, inverse, counts = torch.unique(valid, sorted=True, return_inverse=True, return_counts=True)
+        first = torch.cumsum(counts, 0) - counts  # 0-based rank of each distinct value's first occurrence
+        avg_rank0 = first.to(abs_omega.dtype) + (counts.to(abs_omega.dtype) - 1) / 2  # R − 1
+        out[mask] = avg_rank0[inverse] / (n - 1)
+        return out
 
 
 def steer_weights(
@@ -95,6 +136,7 @@ def steer_weights(
     """STEER's λ (B, T) treating the whole input as one normalisation group; 0 on padding, no gradient.
 
     All inputs (B, T): A, log π_old, log π_θ (current), H of the old policy, mask. Hyperparameters: :class:`Steer`.
+    ``form="theorem"`` here lacks the clipping indicator, which needs the surrogate (:meth:`Steer.token_loss`).
     """
     abs_omega = omega(advantages, old_log_probs, log_probs, entropy, form=form).abs()
     lo, scale = omega_range(abs_omega, response_mask, k_norm=k_norm)
@@ -122,6 +164,8 @@ class Steer(Intervention):
         "steer/lambda_max": Metric("largest λ", "max"),
         "steer/frac_lambda_below_099": Metric("fraction with λ < 0.99 (tokens STEER visibly down-weights)"),
         "steer/frac_lambda_at_min": Metric("fraction with λ ≤ λ_min + 1e-6"),
+        "steer/frac_lambda_at_max": Metric("fraction with λ ≥ the upper bound − 1e-6 (1; weight_max for linear)"),
+        "steer/frac_lambda_at_bound": Metric("fraction at either bound (λ_min or the upper bound), ± 1e-6"),
         "steer/floor_active": Metric("1 if S < omega_floor, i.e. the floor set k (exp map only), else 0"),
         "steer/omega_scale": Metric("S, the |Ω| normaliser (max or quantile) used for this call"),
         "steer/omega_abs_p50": Metric("median |Ω|"),
@@ -136,11 +180,11 @@ class Steer(Intervention):
     }
     weight_min: float  # λ_min (release run/run_exp.sh token_weight_min=0.8)
     weight_max: float  # the linear map's upper end (unused by exp, which clamps at 1)
-    mapping: str  # exp | linear
+    mapping: str  # exp | linear | rank (our ablation)
     scope: str  # micro (release) | mini
     omega_floor: float  # the release's floor on S: torch.maximum(metric_max, 0.02)
     k_norm: str  # max (release) | quantile:<q> (our ablation)
-    form: str  # Ω's form: see steer_bench.algos.entropy.OMEGA_FORMS
+    form: str  # Ω's form: see steer_bench.algos.entropy.OMEGA_FORMS; theorem adds the clipping indicator here
 
     def __post_init__(self) -> None:
         check_scope(self.name, self.scope)
@@ -153,6 +197,9 @@ class Steer(Intervention):
             raise ValueError(f"weight_max ({self.weight_max}) must be >= weight_min ({self.weight_min})")
         if self.form not in OMEGA_FORMS:
             raise ValueError(f"STEER form must be one of {OMEGA_FORMS}, got {self.form!r}")
+        if self.scope != "micro" and (self.mapping == "rank" or self.form == "theorem"):
+            what = "mapping rank" if self.mapping == "rank" else "form theorem"
+            raise ValueError(f"STEER {what} {SCOPE_MICRO_ONLY}, got scope {self.scope!r}")
 
     @property
     def uses_mini_batch_stats(self) -> bool:
@@ -176,6 +223,9 @@ class Steer(Intervention):
         self, surrogate: Surrogate, batch: TokenBatch, stats: tuple[float, float] | None
     ) -> tuple[Tensor, Metrics]:
         om = self._omega(batch)
+        if self.form == "theorem":  # Theorem 1's clipping indicator: no gradient from L, no entropy change
+            no_grad = surrogate.clipped | surrogate.clipped_dual
+            om = torch.where(no_grad, torch.zeros_like(om), om)
         abs_om = om.abs()
         lo, scale = omega_range(abs_om, batch.mask, k_norm=self.k_norm) if stats is None else stats
         lam = lambda_map(
@@ -204,8 +254,10 @@ class Steer(Intervention):
         s = (b.log_probs.detach() + b.old_entropy).sign()
         pos, neg, high, low = a > 0, a < 0, s > 0, s < 0
         quads = torch.stack([pos & high, pos & low, neg & high, neg & low]) & mask  # QUADRANTS order 1..4
+        upper = self.weight_max if self.mapping == "linear" else 1.0
+        at_min, at_max = lam <= self.weight_min + 1e-6, lam >= upper - 1e-6
         shares = torch.cat(
-            [torch.stack([lam.float(), lam < 0.99, lam <= self.weight_min + 1e-6]).float(), quads.float()]
+            [torch.stack([lam.float(), lam < 0.99, at_min, at_max, at_min | at_max]).float(), quads.float()]
         )
         fracs = (shares * maskf).sum(dim=(1, 2)) / maskf.sum().clamp(min=1)
         sums = (om * quads).sum(dim=(1, 2)) / n
@@ -215,6 +267,8 @@ class Steer(Intervention):
             "steer/lambda_max": valid_lam.max(),
             "steer/frac_lambda_below_099": fracs[1],
             "steer/frac_lambda_at_min": fracs[2],
+            "steer/frac_lambda_at_max": fracs[3],
+            "steer/frac_lambda_at_bound": fracs[4],
             "steer/floor_active": torch.tensor(float(self.mapping == "exp" and scale < self.omega_floor)),
             "steer/omega_scale": torch.tensor(scale),
             "steer/omega_abs_p50": abs_q[0],
@@ -223,6 +277,6 @@ class Steer(Intervention):
             "steer/omega_abs_max": abs_q[3],
         }
         for i, qname in enumerate(QUADRANTS.values()):
-            out[f"steer/frac_{qname}"] = fracs[3 + i]
+            out[f"steer/frac_{qname}"] = fracs[5 + i]
             out[f"steer/omega_sum_{qname}"] = sums[i]
         return out

@@ -83,6 +83,8 @@ class SteerSigned(Intervention):
             raise ValueError(f"steer_signed mapping must be one of {MAPPINGS}, got {self.mapping!r}")
         if self.form not in OMEGA_FORMS:
             raise ValueError(f"steer_signed form must be one of {OMEGA_FORMS}, got {self.form!r}")
+        if self.form == "theorem":  # the clipping indicator that completes it is applied by STEER only
+            raise ValueError("steer_signed does not support form 'theorem' (its clipping indicator is STEER's)")
         if not self.omega_floor > 0:
             raise ValueError(f"steer_signed omega_floor must be > 0, got {self.omega_floor}")
 
