@@ -44,6 +44,9 @@ PRESETS = {
     "grpo_tis",
     "grpo_seq_mask",
     "steer_signed",
+    # issue 27: advantage shaping (docs/methods_2026.md §N10–N11)
+    "entrocraft",
+    "a_grae",
 }
 
 
@@ -141,7 +144,7 @@ def test_overrides_and_paths(tmp_path: Path) -> None:
     [
         (
             ["advantage.estimator=gae"],
-            r"advantage\.estimator: .*unknown advantage estimator 'gae'; valid: entropy_adv, grpo",
+            r"advantage\.estimator: .*unknown advantage estimator 'gae'; valid: a_grae, entropy_adv, grpo",
         ),
         (
             ["loss.name=vanilla"],
@@ -174,7 +177,7 @@ def test_bad_configs_fail_naming_the_file_and_the_valid_names(overrides: list[st
 
 def test_unknown_method_lists_the_presets() -> None:
     with pytest.raises(
-        SteerBenchError, match=r"unknown method 'stear'; valid methods: adaptive_entropy, ce_gppo, .*steer,"
+        SteerBenchError, match=r"unknown method 'stear'; valid methods: a_grae, adaptive_entropy, ce_gppo, .*steer,"
     ):
         load_method("stear")
     with pytest.raises(SteerBenchError, match="config file not found"):
