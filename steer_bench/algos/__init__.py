@@ -19,7 +19,13 @@ token-level intervention), ``advantages`` (estimators), ``surrogate`` (dual-clip
 reductions), ``registry`` (hyperparameter checks).
 """
 
-from steer_bench.algos.advantages import ADVANTAGES, GROUP_ESTIMATORS, compute_advantages, estimator_needs_entropy
+from steer_bench.algos.advantages import (
+    ADVANTAGES,
+    GROUP_ESTIMATORS,
+    compute_advantages,
+    estimator_needs_entropy,
+    estimator_needs_step,
+)
 from steer_bench.algos.base import (
     INTERVENTIONS,
     Intervention,
@@ -64,6 +70,7 @@ __all__ = [
     "discover",
     "entropy_from_logits",
     "estimator_needs_entropy",
+    "estimator_needs_step",
     "intervention_class",
     "local_reduce",
     "logprobs_and_entropy",

@@ -13,7 +13,7 @@ and the score is kept (GRPO additionally divides by std 1 + eps), so ``A = s``.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -131,9 +131,119 @@ def entropy_adv(
     return adv + bonus
 
 
+@estimator(groups=True)
+def a_grae(
+    scores: Tensor,
+    group_ids: Tensor,
+    response_mask: Tensor,
+    *,
+    positive_alpha: float,
+    norm_by_std: bool,
+    eps: float,
+) -> Tensor:
+    """A-GRAE (arXiv 2602.05548): asymmetric GRPO advantage, shifted towards hard problems, positives shrunk.
+
+    With the GRPO advantage a_i (:func:`grpo`, a group of one: mean 0, std 1), the group mean μ_g and μ̄ the
+    plain mean of the groups' means (one per group of the batch, a group of one counting μ_g = 0):
+
+        d_i  = 0.5·a_i / (√μ_g + eps)            (weight on hard problems, small μ_g)
+        e_i  = 0.5·a_i / (1 − √μ_g + eps)        (weight on easy problems, large μ_g)
+        a'_i = (1 − μ̄)·e_i + μ̄·d_i
+        a'_i ← a'_i · min(1, μ̄ / positive_alpha)    if a'_i > 0   (early, when μ̄ is small: shrink positives)
+
+    Source: Yu7-code/A-GRAE ``verl/trainer/ppo/core_algos.py`` ``compute_grpo_outcome_advantage``, the
+    ``grpo_weight == 2.0`` branch (``scores_difffouces``, ``scores_easyfouces``, ``overall_mean``,
+    ``alpha = 1 #0.5 for geo3k and med, 1 for math``), every step above as written there, including the std
+    (``torch.std``, unbiased) and a group of one (mean 0 in μ̄ too, so its d_i is 0.5·a_i/eps: the official
+    code's behaviour, kept; the trainer always has n ≥ 2). All-equal groups get a_i = 0, so a'_i = 0.
+    Our choice: scores must lie in [0, 1] (√μ_g needs μ_g ≥ 0; the official reward is 0/1) — else ValueError.
+    μ̄ is taken over the groups of the call's batch (verl: the driver's whole step batch; here the rank's).
+    Shapes: scores (B,), group_ids (B,), returns (B,) float64.
+    """
+    if ((scores < 0) | (scores > 1)).any():
+        bad = ((scores < 0) | (scores > 1)).nonzero()[0]
+        raise ValueError(f"a_grae needs scores in [0, 1]; got {scores[bad].item()!r} at row {int(bad)}")
+    adv = grpo(scores, group_ids, response_mask, norm_by_std=norm_by_std, eps=eps)
+    _, inv = torch.unique(group_ids, return_inverse=True)
+    n = torch.bincount(inv).to(torch.float64)
+    group_mean = torch.zeros_like(n).index_add_(0, inv, scores.to(torch.float64)) / n
+    group_mean = torch.where(n == 1, torch.zeros_like(group_mean), group_mean)  # verl: a group of one has mean 0
+    overall = group_mean.mean()
+    root = group_mean[inv].sqrt()
+    hard = 0.5 * adv / (root + eps)
+    easy = 0.5 * adv / (1 - root + eps)
+    shaped = (1 - overall) * easy + overall * hard
+    weight = torch.clamp(overall / positive_alpha, max=1.0)
+    return torch.where(shaped > 0, shaped * weight, shaped)
+
+
+def range_linear_bounds(
+    step: int, total_steps: int, lower_bound_range: Sequence[float], upper_bound_range: Sequence[float]
+) -> tuple[float, float]:
+    """Entrocraft's entropy bounds at step k of T (1-based, as verl's ``global_steps``): linear from the first
+    value of each range (k = 0) to the second (k = T). A function of (k, T) alone, so a resumed run gets the
+    bound of an uninterrupted one. Source: lblaoke/entrocraft ``verl/trainer/ppo/core_algos.py``
+    ``compute_grpo_range_linear_outcome_advantage`` (``range[0] + (range[1] - range[0]) * step / total_steps``)."""
+    if total_steps <= 0:
+        raise ValueError(f"grpo_range_linear needs total_steps > 0, got {total_steps}")
+    lo = lower_bound_range[0] + (lower_bound_range[1] - lower_bound_range[0]) * step / total_steps
+    hi = upper_bound_range[0] + (upper_bound_range[1] - upper_bound_range[0]) * step / total_steps
+    return lo, hi
+
+
+@estimator(groups=True)
+def grpo_range_linear(
+    scores: Tensor,
+    group_ids: Tensor,
+    response_mask: Tensor,
+    entropy: Tensor,
+    step: int,
+    total_steps: int,
+    step_entropy: float | None,
+    *,
+    lower_bound_range: Sequence[float],
+    upper_bound_range: Sequence[float],
+    norm_by_std: bool,
+    eps: float,
+) -> Tensor:
+    """Entrocraft (arXiv 2604.26326): switch the advantage on the batch entropy H against annealed bounds.
+
+        (l_k, u_k) = :func:`range_linear_bounds` (k, T)
+        a_i = max(s_i, 0)   if H > u_k          (RAFT++: positives only, entropy too high → sharpen)
+              min(s_i, 0)   if H < l_k          (NSR: negatives only, entropy too low → spread)
+              GRPO a_i      otherwise           (:func:`grpo`)
+
+    H is the mean π_old token entropy over every valid token of the step batch (verl ``agg_loss`` of the
+    ``entropys`` under the default ``loss_agg_mode`` token-mean, passed as ``current_entropy``);
+    ``step_entropy`` gives it (the trainer reduces it over ranks), else the masked mean of ``entropy`` (B, T).
+    Sources: lblaoke/entrocraft ``verl/trainer/ppo/core_algos.py`` ``compute_grpo_range_linear_outcome_advantage``
+    → ``compute_grpo_range_outcome_advantage`` (``>`` upper → ``compute_raftpp_outcome_advantage``, ``<`` lower →
+    ``compute_nsr_outcome_advantage``, else ``compute_grpo_outcome_advantage``) and ``ray_trainer.py``
+    ``compute_advantage`` (``step=global_steps``, 1-based; ``total_steps=self.total_training_steps``). RAFT++
+    and NSR use the raw score: with 0/1 rewards NSR's advantage is 0 (no update), as in the official code.
+    Returns (B,) float64.
+    """
+    h = step_entropy
+    if h is None:
+        m = response_mask.to(torch.float64)
+        h = float((entropy.detach().to(torch.float64) * m).sum() / m.sum().clamp(min=1))
+    lo, hi = range_linear_bounds(step, total_steps, lower_bound_range, upper_bound_range)
+    s = scores.to(torch.float64)
+    if h > hi:
+        return s.clamp(min=0)
+    if h < lo:
+        return s.clamp(max=0)
+    return grpo(scores, group_ids, response_mask, norm_by_std=norm_by_std, eps=eps)
+
+
 def estimator_needs_entropy(name: str) -> bool:
     """Whether the estimator takes the old policy's token entropy (B, T)."""
     return "entropy" in inspect.signature(lookup("advantage estimator", ADVANTAGES, name)).parameters
+
+
+def estimator_needs_step(name: str) -> bool:
+    """Whether the estimator takes the training step k of T (a schedule, e.g. ``grpo_range_linear``)."""
+    return "step" in inspect.signature(lookup("advantage estimator", ADVANTAGES, name)).parameters
 
 
 def compute_advantages(
@@ -143,12 +253,18 @@ def compute_advantages(
     response_mask: Tensor,
     *,
     entropy: Tensor | None = None,
+    step: int | None = None,
+    total_steps: int | None = None,
+    step_entropy: float | None = None,
     **params: object,
 ) -> Tensor:
     """Token-level advantages (B, T) from scores (B,), group ids (B,) and the response mask (B, T).
 
     ``entropy`` (B, T) is the rollout policy's token entropy, used only by estimators that take it
-    (``entropy_adv``) and ignored by the others. ``params`` are the estimator's keyword-only hyperparameters.
+    (``entropy_adv``, ``grpo_range_linear``) and ignored by the others. ``step`` / ``total_steps``: the training
+    step k (1-based: the first update is step 1, as verl's ``global_steps``) of T, for estimators with a schedule
+    (``grpo_range_linear``); ``step_entropy``: the step batch's mean π_old token entropy over every rank (None:
+    the estimator's masked mean of ``entropy``). ``params`` are the estimator's keyword-only hyperparameters.
     Returns float32 (B, T), 0 on padding.
     """
     fn = lookup("advantage estimator", ADVANTAGES, name)
@@ -160,12 +276,16 @@ def compute_advantages(
     check_params("advantage estimator", name, fn, params)
     mask = response_mask.to(torch.float64)
     with torch.no_grad():
+        args: list[object] = []
         if estimator_needs_entropy(name):
             if entropy is None:
                 raise ValueError(f"advantage estimator {name!r} needs the rollout entropy (entropy=...)")
-            adv = fn(scores, group_ids, response_mask, entropy, **params)
-        else:
-            adv = fn(scores, group_ids, response_mask, **params)
+            args.append(entropy)
+        if estimator_needs_step(name):
+            if step is None or total_steps is None:
+                raise ValueError(f"advantage estimator {name!r} needs the training step (step=..., total_steps=...)")
+            args += [step, total_steps, step_entropy]
+        adv = fn(scores, group_ids, response_mask, *args, **params)
         if adv.dim() == 1:
             adv = adv[:, None]
         return (adv * mask).to(torch.float32)

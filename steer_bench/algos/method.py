@@ -134,11 +134,28 @@ class Method:
 
     # ------------------------------------------------------------------------------------- the three calls
     def advantages(
-        self, scores: Tensor, group_ids: Tensor, response_mask: Tensor, *, old_entropy: Tensor | None
+        self,
+        scores: Tensor,
+        group_ids: Tensor,
+        response_mask: Tensor,
+        *,
+        old_entropy: Tensor | None,
+        step: int | None = None,
+        total_steps: int | None = None,
+        step_entropy: float | None = None,
     ) -> Tensor:
-        """Token-level advantages (B, T), float32, 0 on padding (:func:`compute_advantages`)."""
+        """Token-level advantages (B, T), float32, 0 on padding (:func:`compute_advantages`); ``step`` (1-based)
+        of ``total_steps`` and ``step_entropy`` only for estimators with a schedule (``grpo_range_linear``)."""
         return compute_advantages(
-            self.estimator, scores, group_ids, response_mask, entropy=old_entropy, **self.estimator_params
+            self.estimator,
+            scores,
+            group_ids,
+            response_mask,
+            entropy=old_entropy,
+            step=step,
+            total_steps=total_steps,
+            step_entropy=step_entropy,
+            **self.estimator_params,
         )
 
     def mini_batch_stats(self, batch: TokenBatch, reduce: Reduce = local_reduce) -> Any:
@@ -320,7 +337,9 @@ def dry_run(method: Method) -> None:
     mask = torch.tensor([[True, True, True], [True, True, False]])
     logp = torch.tensor([[-0.1, -2.0, -0.5], [-1.0, -0.3, 0.0]], requires_grad=True)
     entropy = torch.full((2, 3), 0.7, requires_grad=True)
-    adv = method.advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), mask, old_entropy=entropy.detach())
+    adv = method.advantages(  # step 1 of 1: only estimators with a schedule read it
+        torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), mask, old_entropy=entropy.detach(), step=1, total_steps=1
+    )
     rollout = logp.detach() - torch.tensor([[0.05, -0.3, 0.0], [0.2, 0.0, 0.0]])  # some ratios off 1
     batch = TokenBatch(logp, logp.detach() - 0.1, adv, mask, entropy, entropy.detach(), None, rollout)
     stats = method.step_stats(entropy, mask) if method.needs.step_stats else method.mini_batch_stats(batch)

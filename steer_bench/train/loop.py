@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from steer_bench import files
+from steer_bench.algos import estimator_needs_step
 from steer_bench.config.method import MethodConfig
 from steer_bench.config.run import TrainConfig
 from steer_bench.errors import NonFiniteError
@@ -162,7 +163,11 @@ def collect(run: Run, grader: Grader, number: int) -> Step:
     else:
         old_logp, old_entropy = rollout_logprobs(run.model, batch, cfg)
     group_ids = torch.as_tensor(rollout.prompt_index, device=acc.device)
-    adv = run.method.advantages(scores, group_ids, batch.response_mask, old_entropy=old_entropy)
+    schedule: dict[str, Any] = {}  # a schedule (grpo_range_linear): step k of T, H over every rank's tokens
+    if estimator_needs_step(run.method.estimator):
+        h = mean_entropy(run, old_entropy, batch.response_mask)
+        schedule = {"step": number, "total_steps": cfg.steps, "step_entropy": h}
+    adv = run.method.advantages(scores, group_ids, batch.response_mask, old_entropy=old_entropy, **schedule)
     t3 = time.perf_counter()
     times = {"rollout": t1 - t0, "grading": t2 - t1, "old_logprobs": t3 - t2, "start": t0}
     return Step(number, idx, rollout, texts, verdicts, scores, batch, old_logp, old_entropy, group_ids, adv, times)
@@ -197,11 +202,16 @@ def entropy_coef(run: Run, step: Step) -> float | None:
     checkpoint) from the step's mean π_old entropy over every rank's valid tokens; None without a controller."""
     if run.method.entropy_control is None:
         return None
-    mask = step.batch.response_mask
-    totals = torch.stack([(step.old_entropy * mask).sum(), mask.sum()]).double()
-    totals = rank_reduce(run.accelerator)(totals, "sum")
-    coef, run.state.entropy_coef = run.method.entropy_coef_step(run.state.entropy_coef, float(totals[0] / totals[1]))
+    h = mean_entropy(run, step.old_entropy, step.batch.response_mask)
+    coef, run.state.entropy_coef = run.method.entropy_coef_step(run.state.entropy_coef, h)
     return coef
+
+
+def mean_entropy(run: Run, old_entropy: torch.Tensor, mask: torch.Tensor) -> float:
+    """The step's mean π_old token entropy over every rank's valid tokens (sum and count reduced over ranks)."""
+    totals = torch.stack([(old_entropy * mask).sum(), mask.sum()]).double()
+    totals = rank_reduce(run.accelerator)(totals, "sum")
+    return float(totals[0] / totals[1])
 
 
 # ---------------------------------------------------------------------------------------------- log

@@ -144,7 +144,9 @@ def train_run(
         problems = torch.randperm(task.P, generator=gen)[: cfg.problems_per_step].repeat_interleave(n)
         batch = rollout(policy, task, problems, gen)
         mask = torch.ones_like(batch.old_logp)
-        adv = method.resolve().advantages(batch.scores, problems, mask, old_entropy=batch.old_entropy)
+        adv = method.resolve().advantages(  # step + 1: the first update is step 1 (verl's global_steps)
+            batch.scores, problems, mask, old_entropy=batch.old_entropy, step=step + 1, total_steps=cfg.steps
+        )
         order = torch.randperm(len(problems), generator=gen) if cfg.shuffle else torch.arange(len(problems))
         if cfg.analysis_every and step % cfg.analysis_every == 0:
             metrics, points = analyse(policy, batch, adv, order.chunk(cfg.minibatches)[0], lr)

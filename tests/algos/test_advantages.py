@@ -120,7 +120,8 @@ def test_entropy_adv_needs_entropy() -> None:
 
 
 def test_unknown_estimator_and_parameters_list_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match="unknown advantage estimator 'gae'; valid: entropy_adv, grpo, opo"):
+    valid = "a_grae, entropy_adv, grpo, grpo_range_linear, opo"
+    with pytest.raises(ValueError, match=f"unknown advantage estimator 'gae'; valid: {valid}"):
         compute_advantages("gae", SCORES, GROUPS, MASK)
     with pytest.raises(ValueError, match=r"unknown \['norm'\].*missing \['norm_by_std'\].*: norm_by_std, eps"):
         compute_advantages("grpo", SCORES, GROUPS, MASK, norm=True, eps=1e-6)
@@ -134,9 +135,16 @@ def test_every_estimator_is_float32_finite_and_zero_on_padding(name: str) -> Non
         "opo": {},
         "w_reinforce": {"positive_weight": 0.1},
         "entropy_adv": {"alpha": 0.4, "kappa": 2.0, "norm_by_std": True, "eps": 1e-6},
+        "a_grae": {"positive_alpha": 1.0, "norm_by_std": True, "eps": 1e-6},
+        "grpo_range_linear": {
+            "lower_bound_range": [0.6, 0.4],
+            "upper_bound_range": [0.7, 0.5],
+            "norm_by_std": True,
+            "eps": 1e-6,
+        },
     }[name]
     scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
-    adv = compute_advantages(name, scores, GROUPS, MASK, entropy=torch.rand(6, 3), **params)
+    adv = compute_advantages(name, scores, GROUPS, MASK, entropy=torch.rand(6, 3), step=1, total_steps=2, **params)
     assert adv.dtype == torch.float32
     assert adv.shape == MASK.shape
     assert torch.isfinite(adv).all()

@@ -47,6 +47,9 @@ PRESETS = {
     # issue 27 item 4: STEER ablations after an independent reproduction (docs/methods.md §M22, §M23)
     "steer_theorem",
     "steer_rank",
+    # issue 27: advantage shaping (docs/methods_2026.md §N10–N11)
+    "entrocraft",
+    "a_grae",
 }
 
 
@@ -147,7 +150,7 @@ def test_overrides_and_paths(tmp_path: Path) -> None:
     [
         (
             ["advantage.estimator=gae"],
-            r"advantage\.estimator: .*unknown advantage estimator 'gae'; valid: entropy_adv, grpo",
+            r"advantage\.estimator: .*unknown advantage estimator 'gae'; valid: a_grae, entropy_adv, grpo",
         ),
         (
             ["loss.name=vanilla"],
@@ -180,7 +183,7 @@ def test_bad_configs_fail_naming_the_file_and_the_valid_names(overrides: list[st
 
 def test_unknown_method_lists_the_presets() -> None:
     with pytest.raises(
-        SteerBenchError, match=r"unknown method 'stear'; valid methods: adaptive_entropy, ce_gppo, .*steer,"
+        SteerBenchError, match=r"unknown method 'stear'; valid methods: a_grae, adaptive_entropy, ce_gppo, .*steer,"
     ):
         load_method("stear")
     with pytest.raises(SteerBenchError, match="config file not found"):
