@@ -193,14 +193,21 @@ def update(run: Run, step: Step) -> None:
 
 
 def entropy_coef(run: Run, step: Step) -> float | None:
-    """This step's entropy-bonus coefficient and the controller's next state (kept in ``run.state``, so in the
-    checkpoint) from the step's mean π_old entropy over every rank's valid tokens; None without a controller."""
-    if run.method.entropy_control is None:
+    """This step's controller value (the entropy-bonus coefficient; EntroPIC: α) and the controller's next state
+    (kept in ``run.state``, so in the checkpoint) from the step's mean π_old entropy over every rank's valid tokens
+    and the step number (an entropy schedule: a function of the step alone); None without a controller."""
+    method = run.method
+    if not method.has_controller:
         return None
-    mask = step.batch.response_mask
-    totals = torch.stack([(step.old_entropy * mask).sum(), mask.sum()]).double()
-    totals = rank_reduce(run.accelerator)(totals, "sum")
-    coef, run.state.entropy_coef = run.method.entropy_coef_step(run.state.entropy_coef, float(totals[0] / totals[1]))
+    entropy = None
+    if method.entropy_control is not None or method.entropic is not None:
+        mask = step.batch.response_mask
+        totals = torch.stack([(step.old_entropy * mask).sum(), mask.sum()]).double()
+        totals = rank_reduce(run.accelerator)(totals, "sum")
+        entropy = float(totals[0] / totals[1])
+    coef, run.state.entropy_coef = method.entropy_coef_step(
+        run.state.entropy_coef, entropy, step=step.number - 1, total_steps=run.cfg.steps
+    )
     return coef
 
 

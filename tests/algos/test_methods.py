@@ -44,6 +44,9 @@ PRESETS = {
     "grpo_tis",
     "grpo_seq_mask",
     "steer_signed",
+    # issue 27
+    "entropic",
+    "entropy_loss_linear",
 }
 
 
@@ -62,7 +65,7 @@ def test_every_preset_exists_and_loads() -> None:
 
 def test_our_ablations_are_labelled_as_such() -> None:
     ablations = {n for n in PRESETS if load_method(n).ablation}
-    assert ablations == {"steer_first_order", "steer_quantile_k", "steer_signed"}
+    assert ablations == {"steer_first_order", "steer_quantile_k", "steer_signed", "entropy_loss_linear"}
     for name in ablations:
         m = load_method(name)
         assert "ablation" in m.label.lower()
