@@ -8,17 +8,21 @@
 H_k is the mean token entropy of step k's rollout under π_old over every valid token of every rank (Skywork's
 e_k, the current policy's entropy on the batch, known before the update). TRL's trainer instead measures the
 entropy during the loss passes and applies the new coefficient from the next step on (one step of lag).
+The module also holds :class:`EntropySchedule`, β as a function of the step (constant, linear, cosine).
 The trainer keeps c in its checkpointed state (``TrainState.entropy_coef``), so a resumed run continues it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from steer_bench.algos.base import Metric
 
 METRICS: dict[str, Metric] = {
-    "loss/entropy_coef": Metric("the entropy-bonus coefficient applied in the call (adaptive entropy only)"),
+    "loss/entropy_coef": Metric(
+        "the entropy-bonus coefficient applied in the call (adaptive entropy and entropy_schedule only)"
+    ),
 }
 
 
@@ -47,3 +51,49 @@ class AdaptiveEntropy:
         below = entropy <= self.target
         nxt = min(max(c + self.delta if below else c - self.delta, self.coef_min), self.coef_max)
         return (c if below else 0.0), nxt
+
+
+SCHEDULE_KINDS = ("constant", "linear", "cosine")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntropySchedule:
+    """The preset's ``loss.entropy_schedule``: the entropy-bonus coefficient β as a function of the step
+    (TRL users asked for it, trl#5584; verl and TRL keep β constant)::
+
+        p_k  = min(k / N, 1)          k = the steps done before this one (0, 1, ...), N = the run's steps
+        β_k  = β_0                                            constant
+               β_0 + (β_1 − β_0) · p_k                        linear
+               β_1 + (β_0 − β_1) · (1 + cos(π · p_k)) / 2     cosine
+
+    Our choice: progress k / N as transformers' ``get_linear_schedule_with_warmup`` /
+    ``get_cosine_schedule_with_warmup`` (without warm-up): the first step applies β_0, and β_1 is reached at
+    k = N (the last step applies the value at (N − 1)/N). β_k is a function of the step number alone, so a
+    resumed run applies exactly the uninterrupted run's coefficient (no state to keep).
+    Without ``entropy_schedule`` the preset's constant ``entropy_coef`` applies, as before.
+    """
+
+    kind: str  # constant | linear | cosine
+    coef_init: float  # β_0, the coefficient of the first step
+    coef_final: float  # β_1, the coefficient at the end of training (constant: must equal β_0)
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULE_KINDS:
+            raise ValueError(f"entropy_schedule kind must be one of {', '.join(SCHEDULE_KINDS)}, got {self.kind!r}")
+        if self.kind == "constant" and self.coef_final != self.coef_init:
+            raise ValueError(
+                f"entropy_schedule kind 'constant' needs coef_final == coef_init, "
+                f"got {self.coef_init}, {self.coef_final}"
+            )
+
+    def at(self, step: int, total_steps: int) -> float:
+        """β_k for k = ``step`` steps done out of N = ``total_steps``."""
+        if step < 0 or total_steps < 1:
+            raise ValueError(f"entropy_schedule needs step >= 0 and total_steps >= 1, got {step}, {total_steps}")
+        p = min(step / total_steps, 1.0)
+        b0, b1 = self.coef_init, self.coef_final
+        if self.kind == "constant":
+            return b0
+        if self.kind == "linear":
+            return b0 + (b1 - b0) * p
+        return b1 + (b0 - b1) * (1.0 + math.cos(math.pi * p)) / 2.0

@@ -40,8 +40,10 @@ from steer_bench.algos.base import (
     intervention_class,
     local_reduce,
 )
+from steer_bench.algos.entropic import METRICS as ENTROPIC_METRICS
+from steer_bench.algos.entropic import EntroPIC
 from steer_bench.algos.entropy_control import METRICS as ENTROPY_CONTROL_METRICS
-from steer_bench.algos.entropy_control import AdaptiveEntropy
+from steer_bench.algos.entropy_control import AdaptiveEntropy, EntropySchedule
 from steer_bench.algos.registry import check_params, lookup
 from steer_bench.algos.rollout_correction import METRICS as ROLLOUT_CORRECTION_METRICS
 from steer_bench.algos.rollout_correction import RolloutCorrection
@@ -100,6 +102,8 @@ class Method:
     surrogate_params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     rollout_correction: RolloutCorrection | None = None  # weight from π_old / π_rollout
     entropy_control: AdaptiveEntropy | None = None  # the adaptive entropy coefficient
+    entropy_schedule: EntropySchedule | None = None  # β as a function of the step (replaces ``entropy_coef``)
+    entropic: EntroPIC | None = None  # EntroPIC's PI controller and its loss term (steer_bench.algos.entropic)
 
     @property
     def needs(self) -> Needs:
@@ -115,22 +119,40 @@ class Method:
 
     @property
     def _has_bonus(self) -> bool:
-        return self.entropy_coef != 0 or self.entropy_control is not None
+        return self.entropy_coef != 0 or self.entropy_control is not None or self.entropy_schedule is not None
+
+    @property
+    def has_controller(self) -> bool:
+        """The caller must call :meth:`entropy_coef_step` every step and pass its value to :meth:`loss`."""
+        return self.entropy_control is not None or self.entropy_schedule is not None or self.entropic is not None
 
     @property
     def metrics(self) -> dict[str, Metric]:
         """Every key :meth:`loss` can return, with its meaning and reduction."""
         extra = dict(ROLLOUT_CORRECTION_METRICS) if self.rollout_correction is not None else {}
-        if self.entropy_control is not None:
+        if self.entropy_control is not None or self.entropy_schedule is not None:
             extra |= ENTROPY_CONTROL_METRICS
+        if self.entropic is not None:
+            extra |= ENTROPIC_METRICS
         return SHARED_METRICS | dict(self.intervention.metrics) | extra
 
-    def entropy_coef_step(self, state: float | None, entropy: float) -> tuple[float, float | None]:
-        """(the bonus coefficient of this step, the controller state to keep) from the kept state (None at the
-        start) and this step's mean π_old entropy over all ranks; without a controller: (β, state)."""
-        if self.entropy_control is None:
-            return self.entropy_coef, state
-        return self.entropy_control.step(state, entropy)
+    def entropy_coef_step(
+        self, state: float | None, entropy: float | None, *, step: int = 0, total_steps: int = 1
+    ) -> tuple[float, float | None]:
+        """(this step's controller value, the controller state to keep) from the kept state (None at the start),
+        this step's mean π_old entropy over all ranks, the steps done before this one and the run's steps.
+
+        The value is the bonus coefficient (adaptive entropy: c_k; entropy_schedule: β_k, no state), or EntroPIC's
+        α_k (state: the integral); without any of them: (β, state)."""
+        if self.entropic is not None:
+            assert entropy is not None
+            return self.entropic.step(state, entropy)
+        if self.entropy_control is not None:
+            assert entropy is not None
+            return self.entropy_control.step(state, entropy)
+        if self.entropy_schedule is not None:
+            return self.entropy_schedule.at(step, total_steps), state
+        return self.entropy_coef, state
 
     # ------------------------------------------------------------------------------------- the three calls
     def advantages(
@@ -183,7 +205,8 @@ class Method:
         ``totals``: the mini-batch's counts for exact gradient accumulation (default: this call's own).
         ``stats``: :meth:`step_stats` of the step or :meth:`mini_batch_stats` of the mini-batch (None: the
         intervention's per-call statistics).
-        ``entropy_coef``: this step's coefficient from :meth:`entropy_coef_step` (None: β, or c_0 with a controller).
+        ``entropy_coef``: this step's value from :meth:`entropy_coef_step` (None: β, c_0 with the adaptive
+        controller, β_0 with a schedule); with ``entropic`` it is α (None: 0) and the bonus stays β.
         """
         self._check(batch)
         b = TokenBatch(
@@ -220,8 +243,19 @@ class Method:
         with torch.no_grad():
             metrics = _shared_metrics(surr, b, pg)
         coef = self.entropy_coef
-        if self.entropy_control is not None:
+        if self.entropic is not None:
+            alpha = 0.0 if entropy_coef is None else entropy_coef
+            share = torch.ones(()) if t.batch_tokens is None else b.mask.sum() / t.batch_tokens
+            adj, ent_metrics = self.entropic.adjust(
+                b.log_probs, b.old_log_probs, b.advantages, b.mask, alpha=alpha, share=share
+            )
+            loss = loss + adj
+            metrics.update(ent_metrics)
+        elif self.entropy_control is not None:
             coef = self.entropy_control.coef_init if entropy_coef is None else entropy_coef
+            metrics["loss/entropy_coef"] = torch.tensor(float(coef))
+        elif self.entropy_schedule is not None:
+            coef = self.entropy_schedule.coef_init if entropy_coef is None else entropy_coef
             metrics["loss/entropy_coef"] = torch.tensor(float(coef))
         elif entropy_coef is not None:
             coef = entropy_coef
@@ -280,11 +314,14 @@ def make_method(
     surrogate_params: Mapping[str, Any] | None = None,
     rollout_correction: Mapping[str, Any] | None = None,
     adaptive_entropy: Mapping[str, Any] | None = None,
+    entropy_schedule: Mapping[str, Any] | None = None,
+    entropic: Mapping[str, Any] | None = None,
 ) -> Method:
     """Resolve a preset's names and hyperparameters (ValueError naming any unknown or missing one) and run the
     method once on a tiny batch, so that a preset that resolves can train. ``surrogate``: a name of
     :data:`~steer_bench.algos.surrogates.SURROGATES` with its parameters; ``rollout_correction`` /
-    ``adaptive_entropy``: the fields of :class:`RolloutCorrection` / :class:`AdaptiveEntropy`, or None."""
+    ``adaptive_entropy`` / ``entropy_schedule`` / ``entropic``: the fields of :class:`RolloutCorrection` /
+    :class:`AdaptiveEntropy` / :class:`EntropySchedule` / :class:`EntroPIC`, or None (at most one controller)."""
     surrogates.check_surrogate(surrogate, surrogate_params or {})
     check_params(
         "advantage estimator", estimator, lookup("advantage estimator", ADVANTAGES, estimator), estimator_params
@@ -300,6 +337,12 @@ def make_method(
         )
     if agg not in AGG_MODES:
         raise ValueError(f"unknown loss aggregation {agg!r}; valid: {', '.join(AGG_MODES)}")
+    controllers = [k for k, v in (("adaptive_entropy", adaptive_entropy), ("entropy_schedule", entropy_schedule),
+                                   ("entropic", entropic)) if v is not None]  # fmt: skip
+    if len(controllers) > 1:
+        raise ValueError(f"at most one of adaptive_entropy, entropy_schedule, entropic; got {', '.join(controllers)}")
+    if entropic is not None and agg != "token-mean":
+        raise ValueError(f"entropic is implemented for agg token-mean (the release's), got {agg!r}")
     if clip_c is not None and clip_c <= 1:
         raise ValueError(f"dual-clip constant clip_c must be > 1 (or None to disable), got {clip_c}")
     method = Method(
@@ -316,6 +359,8 @@ def make_method(
         dict(surrogate_params or {}),
         _build("rollout_correction", RolloutCorrection, rollout_correction),
         _build("adaptive_entropy", AdaptiveEntropy, adaptive_entropy),
+        _build("entropy_schedule", EntropySchedule, entropy_schedule),
+        _build("entropic", EntroPIC, entropic),
     )
     dry_run(method)
     return method
@@ -356,6 +401,7 @@ def metric_table() -> str:
     rows = ["| key | reduction | meaning |", "|---|---|---|"]
     groups = [("every method", SHARED_METRICS)] + [(n, dict(c.metrics)) for n, c in sorted(INTERVENTIONS.items())]
     groups += [("rollout_correction", ROLLOUT_CORRECTION_METRICS), ("adaptive_entropy", ENTROPY_CONTROL_METRICS)]
+    groups += [("entropic", ENTROPIC_METRICS)]
     for _, metrics in groups:
         rows += [f"| `{k}` | {m.reduce} | {m.meaning} |" for k, m in metrics.items()]
     return "\n".join(rows) + "\n"

@@ -51,6 +51,8 @@ class LossConfig(StrictModel):
     surrogate: SurrogateConfig = Field(default_factory=SurrogateConfig)  # the surrogate L the intervention reshapes
     rollout_correction: dict[str, Any] | None = None  # steer_bench.algos.rollout_correction fields; None: off
     adaptive_entropy: dict[str, Any] | None = None  # steer_bench.algos.entropy_control fields; None: fixed β
+    entropy_schedule: dict[str, Any] | None = None  # EntropySchedule fields (β by step); None: fixed β
+    entropic: dict[str, Any] | None = None  # steer_bench.algos.entropic fields (EntroPIC); None: off
 
     @field_validator("name")
     @classmethod
@@ -99,6 +101,8 @@ def _resolve(dumped: str) -> Method:
         surrogate_params=loss["surrogate"]["params"],
         rollout_correction=loss["rollout_correction"],
         adaptive_entropy=loss["adaptive_entropy"],
+        entropy_schedule=loss["entropy_schedule"],
+        entropic=loss["entropic"],
     )
 
 

@@ -56,7 +56,8 @@ class TrainState:
     world_size: int = 1
     """Processes that wrote the checkpoint (one scheduler/RNG file each)."""
     entropy_coef: float | None = None
-    """The adaptive entropy coefficient for the next step (``loss.adaptive_entropy``); None: not started."""
+    """The entropy controller's state for the next step: the adaptive entropy coefficient (``loss.adaptive_entropy``)
+    or EntroPIC's integral I (``loss.entropic``); None: not started (or no controller with state)."""
 
 
 def hf_dtype(cfg: TrainConfig) -> torch.dtype:

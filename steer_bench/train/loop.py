@@ -198,12 +198,18 @@ def update(run: Run, step: Step) -> None:
 
 
 def entropy_coef(run: Run, step: Step) -> float | None:
-    """This step's entropy-bonus coefficient and the controller's next state (kept in ``run.state``, so in the
-    checkpoint) from the step's mean π_old entropy over every rank's valid tokens; None without a controller."""
-    if run.method.entropy_control is None:
+    """This step's controller value (the entropy-bonus coefficient; EntroPIC: α) and the controller's next state
+    (kept in ``run.state``, so in the checkpoint) from the step's mean π_old entropy over every rank's valid tokens
+    and the step number (an entropy schedule: a function of the step alone); None without a controller."""
+    method = run.method
+    if not method.has_controller:
         return None
-    h = mean_entropy(run, step.old_entropy, step.batch.response_mask)
-    coef, run.state.entropy_coef = run.method.entropy_coef_step(run.state.entropy_coef, h)
+    entropy = None
+    if method.entropy_control is not None or method.entropic is not None:
+        entropy = mean_entropy(run, step.old_entropy, step.batch.response_mask)
+    coef, run.state.entropy_coef = method.entropy_coef_step(
+        run.state.entropy_coef, entropy, step=step.number - 1, total_steps=run.cfg.steps
+    )
     return coef
 
 

@@ -84,7 +84,7 @@ def policy_update(
 
     ``probe`` (entropy-dynamics analysis) is told the rows of the first mini-batch right before and right
     after its optimizer step, to measure every token's entropy change across exactly one update.
-    ``entropy_coef``: this step's bonus coefficient (:meth:`Method.entropy_coef_step`; None: the preset's β).
+    ``entropy_coef``: this step's controller value (:meth:`Method.entropy_coef_step`; None: the preset's β).
     """
     batch, mask = rows.batch, rows.batch.response_mask
     mini = cfg.mini_batch_prompts * cfg.rollout.n // accelerator.num_processes

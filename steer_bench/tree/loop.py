@@ -133,7 +133,7 @@ def train_run(
     policy = TabularPolicy(task, init_std=cfg.init_std, seed=seed)
     gen = torch.Generator().manual_seed(seed)  # the data stream: problems, samples, mini-batch order
     n = cfg.samples_per_problem
-    coef_state: float | None = None  # the adaptive entropy coefficient (loss.adaptive_entropy), across steps
+    coef_state: float | None = None  # the controller's state (adaptive coefficient, EntroPIC's integral)
     for step in range(cfg.steps + 1):
         row: dict[str, float] = {"step": step}
         if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -153,7 +153,9 @@ def train_run(
             row |= metrics
             if keep_points:
                 log.points += [{"step": step} | p for p in points]
-        coef, coef_state = method.resolve().entropy_coef_step(coef_state, float(batch.old_entropy.mean()))
+        coef, coef_state = method.resolve().entropy_coef_step(
+            coef_state, float(batch.old_entropy.mean()), step=step, total_steps=cfg.steps
+        )
         calls = update(policy, lr, batch, adv, method, order, cfg.minibatches, gen, coef)
         row |= rollout_metrics(batch, adv, n) | method.resolve().reduce_metrics(calls)
         if not math.isfinite(row["rollout/entropy"]):

@@ -50,6 +50,9 @@ PRESETS = {
     # issue 27: advantage shaping (docs/methods_2026.md §N10–N11)
     "entrocraft",
     "a_grae",
+    # issue 27: controllers (docs/methods_2026.md)
+    "entropic",
+    "entropy_loss_linear",
 }
 
 
@@ -69,6 +72,7 @@ def test_every_preset_exists_and_loads() -> None:
 def test_our_ablations_are_labelled_as_such() -> None:
     ablations = {n for n in PRESETS if load_method(n).ablation}
     assert ablations == {"steer_first_order", "steer_quantile_k", "steer_signed", "steer_theorem", "steer_rank"}
+    assert ablations == {"steer_first_order", "steer_quantile_k", "steer_signed", "entropy_loss_linear"}
     for name in ablations:
         m = load_method(name)
         assert "ablation" in m.label.lower()

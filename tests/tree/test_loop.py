@@ -129,3 +129,20 @@ def test_stare_gates_every_mini_batch_on_the_step_batch_entropy() -> None:
     metrics = update(policy, 3.0, batch, adv, method, torch.arange(12), 2, torch.Generator().manual_seed(5))
     assert [float(c["stare/gate_on"]) for c in metrics] == [1.0, 1.0]
     assert [float(c["stare/gate_entropy"]) for c in metrics] == pytest.approx([0.55, 0.55])
+
+
+def test_controllers_step_once_per_training_step_on_the_tree() -> None:
+    """The schedule's β_k follows the step (k = 0, 1, 2 of N = 3) and EntroPIC's α follows its PI law from each
+    step's mean π_old entropy (issue 27)."""
+    log = train_run(tiny_setting(analysis_every=0), load_method("entropy_loss_linear"), lr=5.0, seed=0,
+                    keep_points=False, log=RunLog())  # fmt: skip
+    coefs = [r["loss/entropy_coef"] for r in log.rows[:-1]]
+    assert coefs == pytest.approx([0.001, 0.001 * 2 / 3, 0.001 / 3], rel=1e-6)
+    preset = load_method("entropic", ["loss.entropic.target=0.5", "loss.entropic.kp=0.5", "loss.entropic.ki=0.25"])
+    log = train_run(tiny_setting(analysis_every=0), preset, lr=5.0, seed=0, keep_points=False, log=RunLog())
+    integral, want = 0.0, []
+    for row in log.rows[:-1]:
+        err = row["rollout/entropy"] - 0.5
+        want.append(min(max(0.5 * err + 0.25 * integral, -1.0), 1.0))
+        integral += err
+    assert [r["loss/entropic_alpha"] for r in log.rows[:-1]] == pytest.approx(want, rel=1e-5, abs=1e-7)
