@@ -45,8 +45,12 @@ wildcard_constraints:
 localrules: all, analyze, report
 
 
+VIEWS = EXP.selection_views()  # eval.selection_views: the run's other checkpoints, eval/<m>/seed<k>/<view>/
+
+
 def run_evals():
-    return [f"{ROOT}/eval/{m}/seed{s}/eval.done" for m in EXP.methods for s in EXP.seeds]
+    main = [f"{ROOT}/eval/{m}/seed{s}/eval.done" for m in EXP.methods for s in EXP.seeds]
+    return main + [f"{ROOT}/eval/{m}/seed{s}/{v}/eval.done" for m in EXP.methods for s in EXP.seeds for v in VIEWS]
 
 
 # `all` names every leaf as well as the report: a deleted run (or eval) is then missing *and* requested, so
@@ -115,6 +119,7 @@ rule train:
     input:
         train=f"{ROOT}/data/{EXP.data.train}.parquet",
         val=[f"{ROOT}/data/{EXP.data.validation}.parquet"] if EXP.data.validation else [],
+        sel=[f"{ROOT}/data/{EXP.data.selection}.parquet"] if EXP.data.selection else [],
         model=[f"{ROOT}/warmstart/warmstart.json"] if EXP.warmstart else [],
         preflight=[f"{ROOT}/preflight/preflight.json"] if EXP.preflight else [],  # measured and passed first
     output:
@@ -139,6 +144,7 @@ if EXP.eval.jobs == "per_run":
             data=[f"{ROOT}/data/{b}.parquet" for b in EXP.data.benchmarks],
         output:
             f"{ROOT}/eval/{{method}}/seed{{seed}}/eval.done",
+            [f"{ROOT}/eval/{{method}}/seed{{seed}}/{v}/eval.done" for v in VIEWS],
         log:
             f"{ROOT}/logs/eval/{{method}}-seed{{seed}}.log",
         threads: 1

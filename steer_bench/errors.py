@@ -7,3 +7,8 @@ class SteerBenchError(Exception):
 
 class NonFiniteError(SteerBenchError):
     """A NaN/inf loss, gradient, weight, log-prob or logit: the run stops and keeps its last good checkpoint."""
+
+
+class SelectionOverlapError(SteerBenchError):
+    """``data.selection`` shares a dataset or a problem (normalized text) with a reported benchmark: a checkpoint
+    selected on it would be graded on its own selection set."""

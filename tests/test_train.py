@@ -79,6 +79,29 @@ def test_mlflow_mirrors_metrics_file_and_validation_selects_best(
     assert read_json(tmp_path / "checkpoints" / "best" / "state.json")["step"] == best_step
 
 
+def test_disjoint_selection_set_keeps_best_disjoint_selected_on_its_own_metric(
+    model_dir: Path, data: dict[str, Path], tmp_path: Path
+) -> None:
+    """validation.selection_data: validated every step as sel/*; checkpoints/best_disjoint is the first step reaching
+    the max of sel/avg_at_k, checkpoints/best still that of val/avg_at_k."""
+    cfg = make_cfg(model_dir, data, steps=3, validation={
+        "every_n_steps": 1, "data": str(data["synth_test"]), "limit": 8, "n": 2,
+        "selection_data": str(data["synth_train"]), "selection_limit": 6})  # fmt: skip
+    summary = train(cfg, load_method("grpo"), tmp_path)
+    rows = finite_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    sel, val = [r["sel/avg_at_k"] for r in rows], [r["val/avg_at_k"] for r in rows]
+    assert {"sel/pass_at_k", "sel/truncation_rate"} <= rows[0].keys()
+    first_max = lambda xs: 1 + max(range(3), key=lambda i: (xs[i], -i))  # noqa: E731
+    state = read_json(tmp_path / "checkpoints" / "best_disjoint" / "state.json")
+    assert state["step"] == summary["best_disjoint_step"] == first_max(sel)
+    assert state["best_disjoint_metric"] == summary["best_disjoint_metric"] == pytest.approx(max(sel))
+    assert (
+        read_json(tmp_path / "checkpoints" / "best" / "state.json")["step"] == summary["best_step"] == first_max(val)
+    )
+    assert (tmp_path / "checkpoints" / "best_disjoint" / "model.safetensors").is_file()
+
+
 def test_prompt_order_covers_each_epoch_once() -> None:
     order = [i for step in range(1, 6) for i in prompt_order(10, 3, step, 4)]  # 20 draws = 2 epochs
     assert sorted(order[:10]) == list(range(10))

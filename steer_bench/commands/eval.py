@@ -2,7 +2,8 @@
 
 Four ways to call it::
 
-    steer-bench eval --config EXP.yaml --method steer --seed 0      # a trained run (eval.checkpoint: best | last)
+    steer-bench eval --config EXP.yaml --method steer --seed 0      # a trained run (eval.checkpoint: best | last;
+                                                                    # eval.selection_views: its other checkpoints too)
     steer-bench eval --config EXP.yaml --row base                   # an eval-only row of the experiment
     steer-bench eval --config EXP.yaml --all                        # every row and run, one engine (eval.jobs: one)
     steer-bench eval --model Qwen/Qwen2.5-Math-7B --benchmarks aime24 math500 --protocol paper --out DIR
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 def _from_config(args: argparse.Namespace):
     from steer_bench.evaluation.protocol import load_protocol
     from steer_bench.experiment import load_experiment, split_overrides
-    from steer_bench.experiment.jobs import eval_only_job, trained_run_job
+    from steer_bench.experiment.jobs import eval_only_job, trained_run_job, view_jobs
 
     flags = [f for f, _, _ in STANDALONE] + ["--model", "--out", "--benchmarks", "--data-dir", "--limit"]
     given = [f for f in flags if getattr(args, _dest(f)) is not None]
@@ -98,11 +99,13 @@ def _from_config(args: argparse.Namespace):
     protocol = load_protocol(exp.eval.protocol, nested["protocol"])
     if args.all and not (args.row or args.method or args.seed is not None):
         jobs = [eval_only_job(exp, r.name) for r in exp.eval_only]
-        jobs += [trained_run_job(exp, m, s) for m in exp.methods for s in exp.seeds]
+        jobs += [
+            j for m in exp.methods for s in exp.seeds for j in [trained_run_job(exp, m, s), *view_jobs(exp, m, s)]
+        ]
     elif args.row and args.method is None and args.seed is None and not args.all:
         jobs = [eval_only_job(exp, args.row)]
     elif args.method and args.seed is not None and not args.row and not args.all:
-        jobs = [trained_run_job(exp, args.method, args.seed)]
+        jobs = [trained_run_job(exp, args.method, args.seed), *view_jobs(exp, args.method, args.seed)]
     else:
         raise SteerBenchError(
             "eval --config needs one of: --method and --seed (a trained run), --row (eval-only), --all"

@@ -107,11 +107,24 @@ class ValidationConfig(StrictModel):
     """Grader of the validation samples; None = reward.grader (the paper: release_both, as the release)."""
     select_after: int = Field(0, ge=0)
     """Only validations at steps >= select_after can become the best checkpoint (the release: save_after=80)."""
+    selection_data: str | None = None
+    """Prepared parquet of a second, disjoint selection set (an experiment's ``data.selection``): validated on the
+    same steps with the same settings, logged as ``sel/*`` (``sel/avg_at_k`` …), and the best by the same metric
+    (``val/`` → ``sel/``) kept as ``checkpoints/best_disjoint``. None: off."""
+    selection_limit: int | None = Field(None, ge=1)
+    """First N problems of the selection set (None: all)."""
+
+    @property
+    def selection_metric(self) -> str:
+        """The key that selects ``checkpoints/best_disjoint``: ``metric`` with its ``val/`` prefix as ``sel/``."""
+        return "sel/" + self.metric.removeprefix("val/")
 
     @model_validator(mode="after")
     def _needs_data(self) -> ValidationConfig:
         if self.every_n_steps > 0 and not self.data:
             raise ValueError("validation.every_n_steps > 0 needs validation.data")
+        if self.selection_data and not self.every_n_steps:
+            raise ValueError("validation.selection_data needs validation.every_n_steps > 0 (it shares the schedule)")
         return self
 
 

@@ -16,7 +16,13 @@ class EvalSection(StrictModel):
     (see steer_bench.evaluation.protocol)."""
     engine: Literal["vllm", "hf"] = "vllm"
     checkpoint: Literal["best", "last"] = "best"
-    """Which checkpoint of a trained run to evaluate: best (by validation.metric) or last."""
+    """Which checkpoint of a trained run to evaluate: best (by validation.metric) or last. This is the main table's
+    view, evaluated into ``eval/<method>/seed<k>/``."""
+    selection_views: bool = False
+    """Also evaluate the other checkpoint-selection views of every trained run, each into
+    ``eval/<method>/seed<k>/<view>/``: ``best`` (selected on ``data.validation``) and ``last`` (whichever is not the
+    main view) and, with ``data.selection``, ``best_disjoint`` (selected on that disjoint set). The report's
+    "Checkpoint selection" section compares them; the main table is unchanged."""
     workers: int = Field(2, ge=1)
     timeout_s: float = Field(10.0, gt=0)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

@@ -8,6 +8,7 @@ Snakefile and every subcommand share::
     results/<name>/warmstart/                        tiny model (when ``warmstart`` is set)
     results/<name>/runs/<method>/seed<k>/            one training run (train.done marks completion)
     results/<name>/eval/<row>/<benchmark>/           evaluation of a run or an eval-only model
+    results/<name>/eval/<method>/seed<k>/<view>/     another checkpoint of a run (eval.selection_views)
     results/<name>/report/                           tables and figures
 
 ``load_experiment`` validates everything up front — unknown methods, benchmarks, keys, bad seeds — so a
@@ -39,6 +40,13 @@ class DataSection(StrictModel):
     validation: str | None = None
     """Registry name of the held-out set checked during training (the paper: aime24)."""
     benchmarks: list[str] = Field(min_length=1)
+    selection: str | None = None
+    """Registry name of a second held-out set, disjoint from every benchmark, on which the trainer also validates
+    and keeps ``checkpoints/best_disjoint`` (e.g. a held-out slice of a training set, or a benchmark that is not
+    reported). Refused when it is a benchmark or shares a problem with one (normalized problem text;
+    :class:`~steer_bench.errors.SelectionOverlapError`). None: off."""
+    selection_limit: int | None = Field(None, ge=1)
+    """First N problems of the prepared selection set used for selection (None: all of it)."""
     template: str = "paper"
     templates: dict[str, str] = {}
     """Per-dataset template overrides."""
@@ -144,8 +152,21 @@ class ExperimentConfig(StrictModel):
         return base if seed is None else base / f"seed{seed}"
 
     def datasets(self) -> list[str]:
-        names = [self.data.train, *([self.data.validation] if self.data.validation else []), *self.data.benchmarks]
-        return list(dict.fromkeys(names))
+        d = self.data
+        names = [d.train, *([d.validation] if d.validation else []), *([d.selection] if d.selection else [])]
+        return list(dict.fromkeys([*names, *d.benchmarks]))
+
+    def selection_views(self) -> list[str]:
+        """The checkpoint-selection views evaluated besides the main one (``eval.selection_views``), in the
+        order best (on the validation set), last, best_disjoint; empty when off."""
+        if not self.eval.selection_views:
+            return []
+        views = ["best", "last", *(["best_disjoint"] if self.data.selection else [])]
+        return [v for v in views if v != self.eval.checkpoint]
+
+    def view_eval_dir(self, method: str, seed: int, view: str) -> Path:
+        """The evaluation of a trained run's ``view`` checkpoint; the main view is :meth:`eval_dir`."""
+        return self.eval_dir(method, seed) if view == self.eval.checkpoint else self.eval_dir(method, seed) / view
 
     # ---- per-run configs ------------------------------------------------------------------------------
     def method(self, name: str, overrides: list[str] | None = None) -> MethodConfig:
@@ -164,6 +185,10 @@ class ExperimentConfig(StrictModel):
         }
         if self.data.validation:
             base["validation"] = {"data": str(self.data_path(self.data.validation))}
+        if self.data.selection:
+            base.setdefault("validation", {})["selection_data"] = str(self.data_path(self.data.selection))
+            if self.data.selection_limit:
+                base["validation"]["selection_limit"] = self.data.selection_limit
         merged = apply_overrides(deep_merge(base, self.train), overrides)
         return validate(TrainConfig, merged, source=f"experiment {self.name!r}, section 'train'")
 
@@ -221,6 +246,7 @@ def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = 
             raise SteerBenchError(f"{path}: 'method_overrides' names {m!r}, which is not in 'methods'")
         load_method(m, ov)
     exp.train_config(exp.seeds[0])
+    check_selection_disjoint(exp, path)
     from steer_bench.evaluation.protocol import load_protocol
 
     load_protocol(exp.eval.protocol)  # a broken protocol fails now, not after training
@@ -229,6 +255,50 @@ def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = 
             raise SteerBenchError(f"{path}: config file {ref!r} not found")
     check_launch(exp, path)
     return exp
+
+
+def normalized_problem_hash(text: str) -> str:
+    """SHA-256 of a problem's text, lower-cased with its whitespace collapsed (the overlap check's identity)."""
+    import hashlib
+
+    return hashlib.sha256(" ".join(str(text).lower().split()).encode()).hexdigest()
+
+
+def check_selection_disjoint(exp: ExperimentConfig, path: str | os.PathLike[str]) -> None:
+    """``data.selection`` must share nothing with a reported benchmark: not its name (checked always) and not a
+    problem (normalized text hash; checked wherever both prepared parquets exist, i.e. in every job after
+    ``prepare``: training, eval and report load the experiment first). Raises :class:`SelectionOverlapError`."""
+    from steer_bench.errors import SelectionOverlapError
+
+    sel = exp.data.selection
+    if sel is None:
+        return
+    if sel in exp.data.benchmarks:
+        raise SelectionOverlapError(
+            f"{path}: data.selection {sel!r} is a reported benchmark (data.benchmarks {exp.data.benchmarks}): "
+            "a checkpoint selected on it would be graded on its own selection set; pick a disjoint set"
+        )
+    sel_file = exp.data_path(sel)
+    if not sel_file.is_file():
+        return
+    from steer_bench.inputs import read_parquet
+
+    problems = read_parquet(sel_file, what="prepared selection set")["problem"].tolist()
+    if exp.data.selection_limit:
+        problems = problems[: exp.data.selection_limit]
+    mine = {normalized_problem_hash(p) for p in problems}
+    for bench in exp.data.benchmarks:
+        bench_file = exp.data_path(bench)
+        if not bench_file.is_file():
+            continue
+        bench_problems = read_parquet(bench_file, what=f"prepared benchmark {bench}")["problem"]
+        shared = [p for p in bench_problems if normalized_problem_hash(p) in mine]
+        if shared:
+            raise SelectionOverlapError(
+                f"{path}: data.selection {sel!r} shares {len(shared)} problem(s) with the reported benchmark "
+                f"{bench!r} (same text up to case and whitespace), e.g. {shared[0][:80]!r}: a checkpoint selected "
+                "on it would be graded on its own selection set; pick a disjoint set"
+            )
 
 
 def check_launch(exp: ExperimentConfig, path: str | os.PathLike[str]) -> None:

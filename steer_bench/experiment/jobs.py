@@ -4,6 +4,11 @@ Checkpoint selection of a trained run (``eval.checkpoint``): ``best`` evaluates 
 validation score, step in ``train.done``); a run trained without validation keeps no best checkpoint, and then
 ``last`` is evaluated and recorded as ``checkpoint_used`` (the ``checkpoint`` tag keeps the rule asked for, so
 the report still finds the row). ``last`` evaluates ``checkpoints/last``.
+
+Selection views (``eval.selection_views``, :func:`view_jobs`): the other checkpoints of the same run — ``best``,
+``last`` and ``best_disjoint`` (selected on ``data.selection``), whichever is not the main view — each into
+``eval/<method>/seed<k>/<view>/``, tagged ``checkpoint=<view>`` (so the main table never reads them). A view
+whose checkpoint the run did not keep (no validation) falls back to ``last`` as the main view does.
 """
 
 from __future__ import annotations
@@ -26,8 +31,11 @@ def _benchmark_files(exp: ExperimentConfig) -> dict[str, Path]:
     return {b: exp.data_path(b) for b in exp.data.benchmarks}
 
 
-def trained_run_job(exp: ExperimentConfig, method: str, seed: int, *, experiment: str | None = None) -> EvalJob:
-    """The job for ``method``/``seed`` of ``exp``: its finished run's configured checkpoint."""
+def trained_run_job(
+    exp: ExperimentConfig, method: str, seed: int, *, experiment: str | None = None, view: str | None = None
+) -> EvalJob:
+    """The job for ``method``/``seed`` of ``exp``: its finished run's configured checkpoint, or the ``view``
+    checkpoint (best | last | best_disjoint) into its view folder."""
     if method not in exp.methods or seed not in exp.seeds:
         raise SteerBenchError(
             f"experiment {exp.name!r} has no run {method}/seed{seed}; methods {exp.methods}, seeds {exp.seeds}"
@@ -37,22 +45,30 @@ def trained_run_job(exp: ExperimentConfig, method: str, seed: int, *, experiment
     if not done_path.is_file():
         raise SteerBenchError(f"{method}/seed{seed} is not trained yet: {done_path} not found")
     done = files.read_json(done_path)
-    want = used = exp.eval.checkpoint
-    if want == "best" and not (run_dir / "checkpoints" / "best").is_dir():
+    want = used = view or exp.eval.checkpoint
+    if want != "last" and not (run_dir / "checkpoints" / want).is_dir():
         used = "last"
-        log.warning("%s: no best checkpoint (validation was off); evaluating the last one", run_dir)
+        log.warning("%s: no %s checkpoint (validation was off); evaluating the last one", run_dir, want)
     folder = run_dir / "checkpoints" / used
     if not folder.is_dir():
         raise SteerBenchError(f"{method}/seed{seed}: checkpoint folder {folder} not found")
     state = folder / "state.json"
     step = (
-        files.read_json(state).get("step") if state.is_file() else done.get("best_step" if used == "best" else "steps")
+        files.read_json(state).get("step")
+        if state.is_file()
+        else done.get(f"{used}_step" if used != "last" else "steps")
     )
+    main = view is None or view == exp.eval.checkpoint
     return EvalJob(
-        model=str(folder), row=method, out_dir=exp.eval_dir(method, seed), benchmarks=_benchmark_files(exp),
+        model=str(folder), row=method, out_dir=exp.view_eval_dir(method, seed, want), benchmarks=_benchmark_files(exp),
         experiment=experiment or exp.name, method=method, seed=seed, checkpoint=want, checkpoint_used=used,
-        checkpoint_step=step, train_run_id=done.get("mlflow_run_id"),
+        checkpoint_step=step, train_run_id=done.get("mlflow_run_id") if main else None,  # views: not copied into it
     )  # fmt: skip
+
+
+def view_jobs(exp: ExperimentConfig, method: str, seed: int, *, experiment: str | None = None) -> list[EvalJob]:
+    """The selection views' jobs of one trained run (``eval.selection_views``; empty when off)."""
+    return [trained_run_job(exp, method, seed, experiment=experiment, view=v) for v in exp.selection_views()]
 
 
 def eval_only_job(exp: ExperimentConfig, row: str, *, experiment: str | None = None) -> EvalJob:

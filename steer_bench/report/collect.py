@@ -14,6 +14,9 @@ Both readers return the same :class:`Results`, so a test can check that MLflow a
 - Per-problem accuracy (``per_problem_accuracy``, for the single-seed paired bootstrap): the fraction of each
   problem's samples graded correct, from ``eval/<row>[/seed<k>]/<b>/samples.jsonl`` of a complete evaluation (the
   files, whichever source the rest came from: MLflow holds no per-problem rows).
+- Checkpoint-selection views (``eval.selection_views``): the accuracies of a trained run's other checkpoints
+  (``view_acc``), from eval runs tagged ``checkpoint=<view>`` or ``eval/<method>/seed<k>/<view>/<b>/summary.json``;
+  the main view's are ``acc``.
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ class Results:
     """Per evaluated (row, seed): model, protocol, engine, versions, checkpoint, source (run id or file)."""
     train_info: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
     """Per training run: run id or folder, status, versions."""
+    view_acc: dict[tuple[str, str, int, str], float] = field(default_factory=dict)
+    """(view, method, seed, benchmark) -> accuracy of a selection view other than the main one (best | last |
+    best_disjoint; ``eval.selection_views``)."""
     source: str = ""
 
 
@@ -139,12 +145,18 @@ def _still_failing(folder: Path, uri: str, error: str | None) -> None:
 
 def from_mlflow(exp: ExperimentConfig, uri: str) -> Results:
     """Read every eval and train run of the experiment ``exp.name`` from the MLflow store at ``uri``."""
-    rows = expected_rows(exp)
+    rows, views = expected_rows(exp), exp.selection_views()
     out = Results(source=f"MLflow {uri}, experiment {exp.name!r}")
     for run in _newest_finished_first(tracking.search_runs(exp.name, filter_string="tags.kind = 'eval'", uri=uri)):
         tags = run.data.tags
         row, seed = tags.get("row", ""), _seed(tags.get("seed", ""))
         if row not in rows or seed not in rows[row]:
+            continue
+        if seed is not None and tags.get("checkpoint") in views:
+            for bench in exp.data.benchmarks:
+                value = run.data.metrics.get(tracking.sanitize_key(f"eval/{bench}/acc"))
+                if value is not None:
+                    out.view_acc.setdefault((tags["checkpoint"], row, seed, bench), value)
             continue
         if seed is not None and tags.get("checkpoint") not in (None, "", exp.eval.checkpoint):
             continue
@@ -229,6 +241,13 @@ def from_files(exp: ExperimentConfig) -> Results:
                     out.acc_se[(row, seed, bench)] = float(summary["metrics"]["acc_se"])
                 out.pass_at[(row, seed, bench)] = _pass_at(summary["metrics"])
                 out.eval_info.setdefault((row, seed), _eval_info_from_summary(summary, exp.eval_dir(row, seed)))
+    for view in exp.selection_views():
+        for method in exp.methods:
+            for seed in exp.seeds:
+                for bench in exp.data.benchmarks:
+                    summary = _read_summary(exp.view_eval_dir(method, seed, view) / bench / "summary.json")
+                    if summary is not None:
+                        out.view_acc[(view, method, seed, bench)] = float(summary["metrics"]["acc"])
     for method in exp.methods:
         for seed in exp.seeds:
             path = exp.run_dir(method, seed) / "metrics.jsonl"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from steer_bench.experiment import ExperimentConfig
-from steer_bench.report import comparisons, tables
+from steer_bench.report import comparisons, selection, tables
 from steer_bench.report.collect import Results, expected_rows
 from steer_bench.report.figures import FIGURES
 
@@ -29,7 +29,8 @@ def experiment_section(exp: ExperimentConfig, table: tables.Table) -> list[str]:
         f"- Seeds: {', '.join(map(str, exp.seeds))}",
         f"- Policy: `{exp.policy_path()}`" + (f" (warm-started from `{exp.warmstart}`)" if exp.warmstart else ""),
         f"- Data: train `{exp.data.train}`, validation `{exp.data.validation or 'none'}`, "
-        f"benchmarks {', '.join(f'`{b}`' for b in exp.data.benchmarks)}",
+        + (f"disjoint selection `{exp.data.selection}`, " if exp.data.selection else "")
+        + f"benchmarks {', '.join(f'`{b}`' for b in exp.data.benchmarks)}",
         f"- Recipe: {cfg.steps} steps; {cfg.prompts_per_step} prompts × n = {cfg.rollout.n} per step; "
         f"mini-batch {cfg.mini_batch_prompts} prompts × {cfg.ppo_epochs} epoch(s) = {cfg.updates_per_rollout} "
         f"optimizer updates per rollout; lr {cfg.optim.lr:g} ({cfg.optim.schedule}); rollout T = "
@@ -37,7 +38,7 @@ def experiment_section(exp: ExperimentConfig, table: tables.Table) -> list[str]:
         f"({cfg.rollout.engine}); "
         + (f"validation every {v} steps" if (v := cfg.validation.every_n_steps) else "no validation during training"),
         f"- Evaluation: protocol `{_compact(exp.eval.protocol)}`, engine `{exp.eval.engine}`, "
-        f"checkpoint `{exp.eval.checkpoint}`",
+        f"checkpoint `{exp.eval.checkpoint}` (the main table's; see Checkpoint selection)",
     ]
     out += [f"- Eval-only row `{r.name}` ({table.labels[r.name]}): model `{r.model}`" for r in exp.eval_only]
     out += [f"- Overrides of `{m}`: {', '.join(f'`{o}`' for o in ov)}" for m, ov in exp.method_overrides.items()]
@@ -163,6 +164,7 @@ def render(
         lines += [f"## Ours vs the paper (`{exp.reference}`)", "", tables.vs_paper_markdown(table, exp.reference)]
         lines += [tables.VS_PAPER_CONVENTIONS, "", "Also as [CSV](vs_paper.csv).", ""]
     lines += comparisons.sections(exp, results, table.labels, figures.get("pass_at_k"))
+    lines += selection.section(exp, results, table.labels)
     lines += [*figures_section(figures), "### Summary", "", *training_summary(exp, results, table)]
     lines += missing_section(exp, results)
     for title, rel in OPTIONAL_SECTIONS:

@@ -53,6 +53,9 @@ class TrainState:
     mlflow_run_id: str | None = None
     best_metric: float | None = None
     best_step: int | None = None
+    best_disjoint_metric: float | None = None
+    """Best ``validation.selection_metric`` so far (the disjoint selection set; None: none yet or off)."""
+    best_disjoint_step: int | None = None
     world_size: int = 1
     """Processes that wrote the checkpoint (one scheduler/RNG file each)."""
     entropy_coef: float | None = None

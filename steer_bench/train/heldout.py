@@ -2,7 +2,11 @@
 
 The grader is ``validation.grader`` (default: the training reward's); the agreement between math-verify and the
 strict matcher is logged with every validation. Only steps >= ``validation.select_after`` can be the best
-(the release saves checkpoints from step 80 on and picks the best of those)."""
+(the release saves checkpoints from step 80 on and picks the best of those).
+
+With ``validation.selection_data`` (an experiment's ``data.selection``, disjoint from every reported benchmark) the
+same validation also runs on that set, logged as ``sel/*``; the best by ``validation.selection_metric`` is kept
+as ``checkpoints/best_disjoint`` (the report's "Checkpoint selection" view without self-grading)."""
 
 from __future__ import annotations
 
@@ -16,15 +20,20 @@ from steer_bench.rollout import SamplingParams
 from steer_bench.rollout.model import fit_prompts
 
 
-def load_validation(cfg: TrainConfig, tokenizer: Any) -> tuple[list[list[int]], list[str]] | None:
-    """(prompt ids, golds) of the held-out set; over-long prompts follow ``on_long_prompt``."""
-    if not cfg.validation.every_n_steps:
+def load_validation(
+    cfg: TrainConfig, tokenizer: Any, *, selection: bool = False
+) -> tuple[list[list[int]], list[str]] | None:
+    """(prompt ids, golds) of the held-out set (``selection``: of the disjoint selection set, None when not
+    configured); over-long prompts follow ``on_long_prompt``."""
+    v = cfg.validation
+    path, limit = (v.selection_data, v.selection_limit) if selection else (v.data, v.limit)
+    if not v.every_n_steps or not path:
         return None
     from steer_bench.data import load_prepared
 
-    df = load_prepared(cfg.validation.data)
-    df = df.head(cfg.validation.limit) if cfg.validation.limit else df
-    src = str(cfg.validation.data)
+    df = load_prepared(path)
+    df = df.head(limit) if limit else df
+    src = str(path)
     df, ids, _ = fit_prompts(tokenizer, df, max_len=cfg.max_prompt_len, source=src, on_long=cfg.on_long_prompt)
     return ids, df["answer"].tolist()
 
@@ -35,9 +44,17 @@ def selectable(cfg: TrainConfig, step: int) -> bool:
 
 
 def validate(
-    engine: Any, tokenizer: Any, val: tuple[list[list[int]], list[str]], cfg: TrainConfig, grader: Grader, seed: int
+    engine: Any,
+    tokenizer: Any,
+    val: tuple[list[list[int]], list[str]],
+    cfg: TrainConfig,
+    grader: Grader,
+    seed: int,
+    *,
+    prefix: str = "val/",
 ) -> dict[str, float]:
-    """Sample ``validation.n`` responses per held-out problem; avg@n (= ``val/avg_at_k``) and pass@n."""
+    """Sample ``validation.n`` responses per held-out problem; avg@n (= ``val/avg_at_k``) and pass@n (keys under
+    ``prefix``: ``sel/`` for the disjoint selection set)."""
     from steer_bench.evaluation.metrics import pass_at_k
 
     v = cfg.validation
@@ -55,10 +72,10 @@ def validate(
     correct = np.array([v_.correct for v_ in verdicts], dtype=float).reshape(len(prompts), v.n)
     g = summarize_verdicts(verdicts)
     return {
-        "val/avg_at_k": float(correct.mean()),
-        "val/pass_at_k": float(np.mean([pass_at_k(v.n, int(c), v.n) for c in correct.sum(1)])),
-        "val/truncation_rate": float(np.mean(out.truncated)),
-        "val/grader_agreement": float(g["agreement"]),  # math-verify vs the strict matcher, over finished items
-        "val/math_verify_avg_at_k": float(g["math_verify_accuracy"]),
-        "val/strict_avg_at_k": float(g["strict_accuracy"]),
+        f"{prefix}avg_at_k": float(correct.mean()),
+        f"{prefix}pass_at_k": float(np.mean([pass_at_k(v.n, int(c), v.n) for c in correct.sum(1)])),
+        f"{prefix}truncation_rate": float(np.mean(out.truncated)),
+        f"{prefix}grader_agreement": float(g["agreement"]),  # math-verify vs the strict matcher, over finished items
+        f"{prefix}math_verify_avg_at_k": float(g["math_verify_accuracy"]),
+        f"{prefix}strict_avg_at_k": float(g["strict_accuracy"]),
     }

@@ -32,7 +32,7 @@ from steer_bench.grading.release import reward_correct
 from steer_bench.rollout import SamplingParams
 from steer_bench.rollout.batch import PaddedRollout, RolloutBatch
 from steer_bench.train.batching import order_for_update
-from steer_bench.train.checkpoint import TrainState, hf_dtype, is_resumable, save_checkpoint
+from steer_bench.train.checkpoint import hf_dtype, is_resumable, save_checkpoint
 from steer_bench.train.distributed import param_checksums, rank_reduce, reduce_across_ranks
 from steer_bench.train.heldout import selectable, validate
 from steer_bench.train.probeset import ProbeSet, load_probe_set, measure
@@ -246,6 +246,8 @@ def log_step(run: Run, step: Step, grader: Grader, probe: ProbeSet | None) -> No
             run.engine.sync_weights(acc.unwrap_model(run.model))  # validate the updated policy, not π_old
             seed = step_seed(cfg.seed, step.number) + 999_983
             metrics |= validate(run.engine, run.tokenizer, run.validation, cfg, grader, seed)
+            if run.selection is not None:  # the disjoint selection set: same policy, same seed
+                metrics |= validate(run.engine, run.tokenizer, run.selection, cfg, grader, seed, prefix="sel/")
         metrics |= reduce_across_ranks(run.phases.step_metrics(), acc)
     if probe is not None and step.number % cfg.probe.every_n_steps == 0:
         with run.phases.phase("probe", step_metric=False):
@@ -254,10 +256,15 @@ def log_step(run: Run, step: Step, grader: Grader, probe: ProbeSet | None) -> No
     step.metrics = metrics
     state.step = step.number
     best = metrics.get(cfg.validation.metric)
-    if run.validation is not None and selectable(cfg, step.number) and _is_best(best, state):
+    if run.validation is not None and selectable(cfg, step.number) and _is_best(best, state.best_metric):
         state.best_metric, state.best_step = metrics[cfg.validation.metric], step.number
         with run.phases.phase("checkpoint", step_metric=False):
             save_checkpoint(run.best_dir, acc, run.model, run.tokenizer, state, dtype=hf_dtype(cfg))
+    disjoint = metrics.get(cfg.validation.selection_metric)
+    if run.selection is not None and selectable(cfg, step.number) and _is_best(disjoint, state.best_disjoint_metric):
+        state.best_disjoint_metric, state.best_disjoint_step = disjoint, step.number
+        with run.phases.phase("checkpoint", step_metric=False):
+            save_checkpoint(run.best_disjoint_dir, acc, run.model, run.tokenizer, state, dtype=hf_dtype(cfg))
     if run.main:
         record(run, step.number, metrics)
         if cfg.log_rollouts_every and step.number % cfg.log_rollouts_every == 0:
@@ -274,8 +281,8 @@ def record(run: Run, number: int, metrics: dict[str, float]) -> None:
         run.tracker.log_metrics(metrics, step=number)
 
 
-def _is_best(value: float | None, state: TrainState) -> bool:
-    return value is not None and np.isfinite(value) and (state.best_metric is None or value > state.best_metric)
+def _is_best(value: float | None, best: float | None) -> bool:
+    return value is not None and np.isfinite(value) and (best is None or value > best)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoint, finish
@@ -302,6 +309,8 @@ def finish(run: Run, final: dict[str, float]) -> dict[str, Any]:
         "mlflow_run_id": run.tracker.run_id,
         "best_step": run.state.best_step,
         "best_metric": run.state.best_metric,
+        "best_disjoint_step": run.state.best_disjoint_step,
+        "best_disjoint_metric": run.state.best_disjoint_metric,
         "final": final,
         "startup": run.startup,
         "phases": run.phases.summary(),  # this process's (the main one's, in train.done)

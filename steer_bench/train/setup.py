@@ -124,6 +124,7 @@ class Run:
     prompts: list[list[int]]
     dropped: list[int]
     validation: Any  # (prompt ids, golds) of the held-out set, or None
+    selection: Any  # (prompt ids, golds) of the disjoint selection set (validation.selection_data), or None
     startup: dict[str, float]  # model_load_s, then first_rollout_unix (time.time() as the first rollout starts)
     phases: PhaseMeter  # wall time and peak memory per phase (steer_bench.train.phases)
 
@@ -138,6 +139,10 @@ class Run:
     @property
     def best_dir(self) -> Path:
         return self.out / "checkpoints" / "best"
+
+    @property
+    def best_disjoint_dir(self) -> Path:
+        return self.out / "checkpoints" / "best_disjoint"
 
     @property
     def name(self) -> str:
@@ -155,6 +160,7 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
     if main:  # a run killed while saving: put the complete previous checkpoint back
         files.recover_atomic_dir(last_dir)
         files.recover_atomic_dir(best_dir)
+        files.recover_atomic_dir(out / "checkpoints" / "best_disjoint")
     accelerator.wait_for_everyone()
     resume = is_resumable(last_dir)
     if resume:
@@ -174,6 +180,7 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
         tokenizer, problems, max_len=cfg.max_prompt_len, source=cfg.data.train, on_long=cfg.on_long_prompt
     )
     validation = load_validation(cfg, tokenizer)
+    selection = load_validation(cfg, tokenizer, selection=True)
 
     log_save_budget(cfg, sum(p.numel() for p in model.parameters()), accelerator.num_processes)
     if cfg.shard == "fsdp2":  # before the optimizer: it must see the sharded parameters
@@ -209,5 +216,5 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
         startup["engine_full_length_seqs"] = engine.concurrency(cfg.max_prompt_len + cfg.rollout.max_new_tokens)
     return Run(
         cfg, preset, preset.resolve(), out, accelerator, model, tokenizer, optimizer, scheduler, engine, tracker,
-        state, problems, prompts, dropped, validation, startup, phases,
+        state, problems, prompts, dropped, validation, selection, startup, phases,
     )  # fmt: skip
