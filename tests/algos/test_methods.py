@@ -71,8 +71,9 @@ def test_every_preset_exists_and_loads() -> None:
 
 def test_our_ablations_are_labelled_as_such() -> None:
     ablations = {n for n in PRESETS if load_method(n).ablation}
-    assert ablations == {"steer_first_order", "steer_quantile_k", "steer_signed", "steer_theorem", "steer_rank"}
-    assert ablations == {"steer_first_order", "steer_quantile_k", "steer_signed", "entropy_loss_linear"}
+    assert ablations == {
+        "steer_first_order", "steer_quantile_k", "steer_signed", "steer_theorem", "steer_rank", "entropy_loss_linear"
+    }  # fmt: skip
     for name in ablations:
         m = load_method(name)
         assert "ablation" in m.label.lower()
