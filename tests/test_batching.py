@@ -4,15 +4,13 @@ per-micro-batch loss scaling against the global token count (differ on unequal m
 
 from __future__ import annotations
 
-import os
 import random
-import socket
 from collections import Counter
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo import GlooAccelerator, gloo_group, run_ranks
 
 from steer_bench.rollout.batch import PaddedRollout
 from steer_bench.train.batching import (
@@ -93,18 +91,6 @@ def test_grouped_and_single_process_keep_the_batch() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- two gloo ranks
-class _Gloo:
-    """What order_for_update uses of an Accelerator, over an initialised gloo group."""
-
-    def __init__(self) -> None:
-        self.num_processes, self.process_index = dist.get_world_size(), dist.get_rank()
-
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        out = [torch.empty_like(t) for _ in range(self.num_processes)]
-        dist.all_gather(out, t.contiguous())
-        return torch.cat(out)
-
-
 def _rank_batch(rank: int) -> tuple[PaddedRollout, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Rank 0: 4 rows, prompt 3 / response 5 columns, long responses; rank 1: prompt 2 / response 2, short.
     Token ids encode (rank, row, position) so that a row can be recognised after the exchange."""
@@ -126,34 +112,19 @@ def _rows(batch: PaddedRollout) -> list[tuple[int, ...]]:
 
 
 def _worker(rank: int, port: int, queue: mp.Queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, port):
         batch, old, adv = _rank_batch(rank)
-        out = [order_for_update("release", batch, old, adv, _Gloo(), pad_id=0) for _ in range(2)]
+        out = [order_for_update("release", batch, old, adv, GlooAccelerator(), pad_id=0) for _ in range(2)]
         (b, (lp, ent), a), again = out
         ids_match = torch.equal(b.input_ids, again[0].input_ids)
         resp_row = [float(lp[i][b.response_mask[i].bool()][0]) for i in range(len(lp))]  # the row id
         queue.put((rank, _rows(batch), _rows(b), int(b.attention_mask.sum()), resp_row, ids_match,
                    bool(torch.equal(a, 2 * lp)), bool(torch.equal(ent - lp, 0.5 * b.response_mask)),
                    bool(torch.equal(b.response_logprobs, lp))))  # fmt: skip
-    finally:
-        dist.destroy_process_group()
 
 
 def test_release_order_exchanges_rows_across_two_gloo_ranks() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
+    results = run_ranks(_worker)
     before = Counter(r for res in results for r in res[1])
     after = Counter(r for res in results for r in res[2])
     assert after == before  # the same multiset of rows (real tokens compared, padding ignored)

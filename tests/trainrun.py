@@ -57,3 +57,24 @@ def experiment_yaml(tmp: Path, model_dir: Path, data: dict[str, Path], *, name: 
 def deterministic(rows: list[dict[str, float]]) -> list[dict[str, float]]:
     """Metric rows without timings and memory readings (which differ between any two runs)."""
     return [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/", "mem/"))} for r in rows]
+
+
+def train_until_crash(cfg: TrainConfig, preset: Any, out: Path, monkeypatch: Any, *, step: int) -> None:
+    """Train into ``out`` and crash as step ``step`` starts (its checkpoint holds step − 1), as a killed job would;
+    a plain ``train`` afterwards resumes."""
+    import pytest
+
+    import steer_bench.train.loop as loop
+    from steer_bench.train import train
+
+    real_collect = loop.collect
+
+    def crash(run, grader, number):  # type: ignore[no-untyped-def]
+        if number == step:
+            raise RuntimeError(f"simulated crash in step {step}")
+        return real_collect(run, grader, number)
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "collect", crash)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(cfg, preset, out)

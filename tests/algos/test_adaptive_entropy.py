@@ -55,9 +55,8 @@ def test_resume_continues_the_coefficient_exactly(
     model_dir: Path, data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """3 steps straight vs 2 steps, a crash in step 3, and a resume: the same coefficients and metrics."""
-    from trainrun import deterministic, make_cfg
+    from trainrun import deterministic, make_cfg, train_until_crash
 
-    import steer_bench.train.loop as loop
     from steer_bench.train import train
 
     # target far above the tiny model's entropy: the coefficient grows by δ every step and is applied
@@ -66,20 +65,10 @@ def test_resume_continues_the_coefficient_exactly(
     cfg = make_cfg(model_dir, data, steps=3)
     train(cfg, preset, tmp_path / "straight")
 
-    real_collect = loop.collect
-
-    def crash_at_3(run, grader, number):
-        if number == 3:
-            raise RuntimeError("simulated crash in step 3")
-        return real_collect(run, grader, number)
-
-    monkeypatch.setattr(loop, "collect", crash_at_3)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg, preset, tmp_path / "resumed")
+    train_until_crash(cfg, preset, tmp_path / "resumed", monkeypatch, step=3)
     assert read_json(tmp_path / "resumed" / "checkpoints" / "last" / "state.json")["entropy_coef"] == pytest.approx(
         0.02
     )
-    monkeypatch.setattr(loop, "collect", real_collect)
     train(cfg, preset, tmp_path / "resumed")
 
     straight = read_jsonl(tmp_path / "straight" / "metrics.jsonl")

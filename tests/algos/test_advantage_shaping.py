@@ -162,10 +162,9 @@ def test_entrocraft_bounds_survive_a_resume(
 ) -> None:
     """3 steps straight vs 2 steps, a crash in step 3, and a resume: step k gets the same (k, T), bounds,
     advantages and metrics (the bounds are a function of the global step, which the checkpoint keeps)."""
-    from trainrun import deterministic, make_cfg
+    from trainrun import deterministic, make_cfg, train_until_crash
 
     import steer_bench.algos.advantages as advantages
-    import steer_bench.train.loop as loop
     from steer_bench.train import train
 
     seen: list[tuple[int, int, tuple[float, float]]] = []
@@ -182,17 +181,7 @@ def test_entrocraft_bounds_survive_a_resume(
     train(cfg, preset, tmp_path / "straight")
     straight, seen[:] = list(seen), []
 
-    real_collect = loop.collect
-
-    def crash_at_3(run, grader, number):  # type: ignore[no-untyped-def]
-        if number == 3:
-            raise RuntimeError("simulated crash in step 3")
-        return real_collect(run, grader, number)
-
-    monkeypatch.setattr(loop, "collect", crash_at_3)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg, preset, tmp_path / "resumed")
-    monkeypatch.setattr(loop, "collect", real_collect)
+    train_until_crash(cfg, preset, tmp_path / "resumed", monkeypatch, step=3)
     train(cfg, preset, tmp_path / "resumed")
 
     assert [s[:2] for s in straight] == [(1, 3), (2, 3), (3, 3)]

@@ -4,15 +4,13 @@ exact resume after a crash (the integral lives in the checkpoint) and the same �
 from __future__ import annotations
 
 import math
-import os
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo import GlooAccelerator, gloo_group, run_ranks
 
 from steer_bench.algos import TokenBatch, Totals
 from steer_bench.algos.entropic import EntroPIC
@@ -117,24 +115,12 @@ def test_one_controller_at_a_time_and_token_mean_only() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- two gloo ranks
-class _Gloo:
-    def __init__(self) -> None:
-        self.num_processes, self.process_index = dist.get_world_size(), dist.get_rank()
-
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        out = [torch.empty_like(t) for _ in range(self.num_processes)]
-        dist.all_gather(out, t.contiguous())
-        return torch.cat(out)
-
-
 def _worker(rank: int, port: int, queue: mp.Queue) -> None:
     from steer_bench.train.loop import entropy_coef
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, port):
         method = load_method("entropic").resolve()
-        run = SimpleNamespace(method=method, state=SimpleNamespace(entropy_coef=None), accelerator=_Gloo(),
+        run = SimpleNamespace(method=method, state=SimpleNamespace(entropy_coef=None), accelerator=GlooAccelerator(),
                               cfg=SimpleNamespace(steps=3))  # fmt: skip
         # rank 0: 3 valid tokens of entropy 0.4 (+ padding 9.0); rank 1: 1 valid token of 0.0 → mean 0.3 over 4
         ent = torch.tensor([[0.4, 0.4, 0.4, 9.0]]) if rank == 0 else torch.tensor([[0.0, 9.0, 9.0, 9.0]])
@@ -144,24 +130,10 @@ def _worker(rank: int, port: int, queue: mp.Queue) -> None:
             step = SimpleNamespace(number=number, old_entropy=ent, batch=SimpleNamespace(response_mask=mask))
             alphas.append(entropy_coef(run, step))
         queue.put((rank, alphas, run.state.entropy_coef))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_alpha_and_integral_equal_on_two_gloo_ranks() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
-    (_, a0, i0), (_, a1, i1) = results
+    (_, a0, i0), (_, a1, i1) = run_ranks(_worker)
     assert a0 == a1
     assert i0 == i1
     # H = 1.2/4 = 0.3 over all ranks' valid tokens (each rank alone: 0.4 and 0.0); e = 0.2 each step
@@ -176,9 +148,8 @@ def test_resume_continues_the_integral_exactly(
     model_dir: Path, data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """3 steps straight vs 2 steps, a crash in step 3, and a resume: the same α, integral and metrics."""
-    from trainrun import deterministic, make_cfg
+    from trainrun import deterministic, make_cfg, train_until_crash
 
-    import steer_bench.train.loop as loop
     from steer_bench.train import train
 
     # K_p 0: α is the integral's alone, so it would restart at 0 if the state were lost
@@ -186,18 +157,8 @@ def test_resume_continues_the_integral_exactly(
     cfg = make_cfg(model_dir, data, steps=3)
     train(cfg, preset, tmp_path / "straight")
 
-    real_collect = loop.collect
-
-    def crash_at_3(run, grader, number):
-        if number == 3:
-            raise RuntimeError("simulated crash in step 3")
-        return real_collect(run, grader, number)
-
-    monkeypatch.setattr(loop, "collect", crash_at_3)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg, preset, tmp_path / "resumed")
+    train_until_crash(cfg, preset, tmp_path / "resumed", monkeypatch, step=3)
     saved = read_json(tmp_path / "resumed" / "checkpoints" / "last" / "state.json")["entropy_coef"]
-    monkeypatch.setattr(loop, "collect", real_collect)
     train(cfg, preset, tmp_path / "resumed")
 
     straight = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
