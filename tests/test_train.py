@@ -17,6 +17,8 @@ from trainrun import deterministic, experiment_yaml, make_cfg
 from transformers import AutoModelForCausalLM
 
 from steer_bench.config.method import list_methods, load_method
+from steer_bench.data import load_prepared
+from steer_bench.data.holdout import split_holdout
 from steer_bench.errors import SteerBenchError
 from steer_bench.files import read_json, read_jsonl
 from steer_bench.tracking import metric_history, search_runs
@@ -100,6 +102,25 @@ def test_disjoint_selection_set_keeps_best_disjoint_selected_on_its_own_metric(
         read_json(tmp_path / "checkpoints" / "best" / "state.json")["step"] == summary["best_step"] == first_max(val)
     )
     assert (tmp_path / "checkpoints" / "best_disjoint" / "model.safetensors").is_file()
+
+
+def test_held_out_training_slice_is_never_trained_on_and_selects_best_disjoint(
+    model_dir: Path, data: dict[str, Path], tmp_path: Path
+) -> None:
+    """validation.selection_holdout: 8 of the first 20 training problems are held out; 3 steps × 4 prompts draw the
+    other 12 exactly once (one epoch), none of the 8, which are validated as sel/* and select best_disjoint."""
+    cfg = make_cfg(model_dir, data, steps=3, data__limit=20, validation={
+        "every_n_steps": 1, "data": str(data["synth_test"]), "limit": 4, "n": 2, "selection_holdout": 8})  # fmt: skip
+    summary = train(cfg, load_method("grpo"), tmp_path)
+    _, held = split_holdout(load_prepared(data["synth_train"]).head(20), 8, source="t")
+    trained = {r["problem_id"] for s in (1, 2, 3) for r in read_jsonl(tmp_path / "rollouts" / f"step_{s:06d}.jsonl")}
+    assert len(trained) == 12
+    assert not trained & set(held["problem_id"])
+    rows = finite_metrics(tmp_path)
+    assert all("sel/avg_at_k" in r for r in rows)
+    assert (
+        read_json(tmp_path / "checkpoints" / "best_disjoint" / "state.json")["step"] == summary["best_disjoint_step"]
+    )
 
 
 def test_prompt_order_covers_each_epoch_once() -> None:

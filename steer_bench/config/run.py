@@ -113,6 +113,10 @@ class ValidationConfig(StrictModel):
     (``val/`` → ``sel/``) kept as ``checkpoints/best_disjoint``. None: off."""
     selection_limit: int | None = Field(None, ge=1)
     """First N problems of the selection set (None: all)."""
+    selection_holdout: int | None = Field(None, ge=1)
+    """Instead of ``selection_data``: hold out N problems of the training set (after ``data.limit``; a fixed-seed
+    subset, the same for every run: :mod:`steer_bench.data.holdout`), never trained on, as the disjoint selection
+    set. None: off."""
 
     @property
     def selection_metric(self) -> str:
@@ -123,8 +127,10 @@ class ValidationConfig(StrictModel):
     def _needs_data(self) -> ValidationConfig:
         if self.every_n_steps > 0 and not self.data:
             raise ValueError("validation.every_n_steps > 0 needs validation.data")
-        if self.selection_data and not self.every_n_steps:
-            raise ValueError("validation.selection_data needs validation.every_n_steps > 0 (it shares the schedule)")
+        if self.selection_data and self.selection_holdout:
+            raise ValueError("validation.selection_data and validation.selection_holdout: set one selection set")
+        if (self.selection_data or self.selection_holdout) and not self.every_n_steps:
+            raise ValueError("a disjoint selection set needs validation.every_n_steps > 0 (it shares the schedule)")
         return self
 
 

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from steer_bench.config import StrictModel, apply_overrides, deep_merge, read_yaml, validate
 from steer_bench.config.run import TrainConfig
@@ -47,6 +47,23 @@ class DataSection(StrictModel):
     :class:`~steer_bench.errors.SelectionOverlapError`). None: off."""
     selection_limit: int | None = Field(None, ge=1)
     """First N problems of the prepared selection set used for selection (None: all of it)."""
+    selection_holdout: int | None = Field(None, ge=1)
+    """Instead of ``selection``: hold out N problems of the training set (a fixed-seed subset, the same in every
+    run, never trained on: :mod:`steer_bench.data.holdout`) as the disjoint selection set; checked against the
+    benchmarks like ``selection``. None: off."""
+
+    @model_validator(mode="after")
+    def _one_selection_set(self) -> DataSection:
+        if self.selection and self.selection_holdout:
+            raise ValueError("data.selection and data.selection_holdout: set one disjoint selection set")
+        return self
+
+    def disjoint_selection(self) -> str | None:
+        """What selects ``checkpoints/best_disjoint``, in words with Markdown code names (None: nothing)."""
+        if self.selection_holdout:
+            return f"{self.selection_holdout} held-out problems of `{self.train}`"
+        return f"`{self.selection}`" if self.selection else None
+
     template: str = "paper"
     templates: dict[str, str] = {}
     """Per-dataset template overrides."""
@@ -161,7 +178,7 @@ class ExperimentConfig(StrictModel):
         order best (on the validation set), last, best_disjoint; empty when off."""
         if not self.eval.selection_views:
             return []
-        views = ["best", "last", *(["best_disjoint"] if self.data.selection else [])]
+        views = ["best", "last", *(["best_disjoint"] if self.data.disjoint_selection() else [])]
         return [v for v in views if v != self.eval.checkpoint]
 
     def view_eval_dir(self, method: str, seed: int, view: str) -> Path:
@@ -189,6 +206,8 @@ class ExperimentConfig(StrictModel):
             base.setdefault("validation", {})["selection_data"] = str(self.data_path(self.data.selection))
             if self.data.selection_limit:
                 base["validation"]["selection_limit"] = self.data.selection_limit
+        if self.data.selection_holdout:
+            base.setdefault("validation", {})["selection_holdout"] = self.data.selection_holdout
         merged = apply_overrides(deep_merge(base, self.train), overrides)
         return validate(TrainConfig, merged, source=f"experiment {self.name!r}, section 'train'")
 
@@ -271,6 +290,9 @@ def check_selection_disjoint(exp: ExperimentConfig, path: str | os.PathLike[str]
     from steer_bench.errors import SelectionOverlapError
 
     sel = exp.data.selection
+    if exp.data.selection_holdout:
+        check_holdout_disjoint(exp, path)
+        return
     if sel is None:
         return
     if sel in exp.data.benchmarks:
@@ -286,6 +308,31 @@ def check_selection_disjoint(exp: ExperimentConfig, path: str | os.PathLike[str]
     problems = read_parquet(sel_file, what="prepared selection set")["problem"].tolist()
     if exp.data.selection_limit:
         problems = problems[: exp.data.selection_limit]
+    refuse_shared(exp, path, problems, f"data.selection {sel!r}")
+
+
+def check_holdout_disjoint(exp: ExperimentConfig, path: str | os.PathLike[str]) -> None:
+    """The training set's held-out slice (``data.selection_holdout``) against the benchmarks, once the training set
+    is prepared: the same slice the trainer holds out (after the run's ``data.limit``)."""
+    from steer_bench.data.holdout import split_holdout
+    from steer_bench.inputs import read_parquet
+
+    train_file = exp.data_path(exp.data.train)
+    if not train_file.is_file():
+        return
+    cfg = exp.train_config(exp.seeds[0])
+    df = read_parquet(train_file, what=f"prepared training set {exp.data.train}")
+    df = df.head(cfg.data.limit) if cfg.data.limit else df
+    _, held = split_holdout(df, exp.data.selection_holdout or 0, source=str(train_file))
+    what = f"data.selection_holdout ({exp.data.disjoint_selection()})"
+    refuse_shared(exp, path, held["problem"].tolist(), what)
+
+
+def refuse_shared(exp: ExperimentConfig, path: str | os.PathLike[str], problems: list[str], what: str) -> None:
+    """Raise :class:`SelectionOverlapError` when a selection set's ``problems`` share one with a benchmark."""
+    from steer_bench.errors import SelectionOverlapError
+    from steer_bench.inputs import read_parquet
+
     mine = {normalized_problem_hash(p) for p in problems}
     for bench in exp.data.benchmarks:
         bench_file = exp.data_path(bench)
@@ -295,7 +342,7 @@ def check_selection_disjoint(exp: ExperimentConfig, path: str | os.PathLike[str]
         shared = [p for p in bench_problems if normalized_problem_hash(p) in mine]
         if shared:
             raise SelectionOverlapError(
-                f"{path}: data.selection {sel!r} shares {len(shared)} problem(s) with the reported benchmark "
+                f"{path}: {what} shares {len(shared)} problem(s) with the reported benchmark "
                 f"{bench!r} (same text up to case and whitespace), e.g. {shared[0][:80]!r}: a checkpoint selected "
                 "on it would be graded on its own selection set; pick a disjoint set"
             )

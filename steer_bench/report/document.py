@@ -29,7 +29,7 @@ def experiment_section(exp: ExperimentConfig, table: tables.Table) -> list[str]:
         f"- Seeds: {', '.join(map(str, exp.seeds))}",
         f"- Policy: `{exp.policy_path()}`" + (f" (warm-started from `{exp.warmstart}`)" if exp.warmstart else ""),
         f"- Data: train `{exp.data.train}`, validation `{exp.data.validation or 'none'}`, "
-        + (f"disjoint selection `{exp.data.selection}`, " if exp.data.selection else "")
+        + (f"disjoint selection: {sel}, " if (sel := exp.data.disjoint_selection()) else "")
         + f"benchmarks {', '.join(f'`{b}`' for b in exp.data.benchmarks)}",
         f"- Recipe: {cfg.steps} steps; {cfg.prompts_per_step} prompts × n = {cfg.rollout.n} per step; "
         f"mini-batch {cfg.mini_batch_prompts} prompts × {cfg.ppo_epochs} epoch(s) = {cfg.updates_per_rollout} "

@@ -3,7 +3,8 @@
 - (a) ``best``: the checkpoint selected on ``data.validation`` by ``validation.metric`` (the paper's way), marked
   ‡ when the validation set is also a reported benchmark (the checkpoint is graded on its own selection set);
 - (b) ``last``: the last checkpoint (no selection);
-- (c) ``best_disjoint``: the checkpoint selected on ``data.selection``, a set disjoint from every reported benchmark.
+- (c) ``best_disjoint``: the checkpoint selected on ``data.selection`` or ``data.selection_holdout`` (a held-out
+  slice of the training set), disjoint from every reported benchmark.
 
 Per method and view: Avg (the unweighted mean over the benchmarks per seed, seeds with every benchmark), mean ± std
 over seeds, as in the main table; and how much the selection moves the row, view − last, the per-seed difference of
@@ -50,7 +51,9 @@ def section(exp: ExperimentConfig, results: Results, labels: dict[str, str]) -> 
     heads = {
         "best": f"(a) best on `{d.validation or 'none'}`" + (" ‡" if self_graded else ""),
         "last": "(b) last",
-        "best_disjoint": f"(c) best on `{d.selection}` (disjoint)" if d.selection else "(c) disjoint: not configured",
+        "best_disjoint": f"(c) best on {sel} (disjoint)"
+        if (sel := d.disjoint_selection())
+        else "(c) disjoint: not configured",
     }
     main = {"best": "(a)", "last": "(b)"}[exp.eval.checkpoint]
     n = len(exp.seeds)
@@ -78,9 +81,12 @@ def section(exp: ExperimentConfig, results: Results, labels: dict[str, str]) -> 
         )
     if not exp.eval.selection_views:
         notes.append(
-            "Only the main view was evaluated: set `eval.selection_views: true` (and `data.selection` for view (c)) "
-            "to evaluate the others."
+            "Only the main view was evaluated: set `eval.selection_views: true` (and `data.selection` or "
+            "`data.selection_holdout` for view (c)) to evaluate the others."
         )
-    elif not d.selection:
-        notes.append("View (c) needs `data.selection`, a set disjoint from every reported benchmark.")
+    elif not d.disjoint_selection():
+        notes.append(
+            "View (c) needs `data.selection` or `data.selection_holdout`, a set disjoint from every reported "
+            "benchmark."
+        )
     return ["## Checkpoint selection", "", *lines, *notes, ""]

@@ -4,36 +4,49 @@ The grader is ``validation.grader`` (default: the training reward's); the agreem
 strict matcher is logged with every validation. Only steps >= ``validation.select_after`` can be the best
 (the release saves checkpoints from step 80 on and picks the best of those).
 
-With ``validation.selection_data`` (an experiment's ``data.selection``, disjoint from every reported benchmark) the
-same validation also runs on that set, logged as ``sel/*``; the best by ``validation.selection_metric`` is kept
-as ``checkpoints/best_disjoint`` (the report's "Checkpoint selection" view without self-grading)."""
+With ``validation.selection_data`` (an experiment's ``data.selection``, disjoint from every reported benchmark) or
+``validation.selection_holdout`` (a held-out slice of the training set) the same validation also runs on that set,
+logged as ``sel/*``; the best by ``validation.selection_metric`` is kept as ``checkpoints/best_disjoint`` (the
+report's "Checkpoint selection" view without self-grading)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from steer_bench.config.run import TrainConfig
+from steer_bench.data import load_prepared
+from steer_bench.data.holdout import split_holdout
 from steer_bench.grading import Grader, summarize_verdicts
 from steer_bench.rollout import SamplingParams
 from steer_bench.rollout.model import fit_prompts
 
 
-def load_validation(
-    cfg: TrainConfig, tokenizer: Any, *, selection: bool = False
-) -> tuple[list[list[int]], list[str]] | None:
-    """(prompt ids, golds) of the held-out set (``selection``: of the disjoint selection set, None when not
-    configured); over-long prompts follow ``on_long_prompt``."""
-    v = cfg.validation
-    path, limit = (v.selection_data, v.selection_limit) if selection else (v.data, v.limit)
-    if not v.every_n_steps or not path:
-        return None
-    from steer_bench.data import load_prepared
+def hold_out(cfg: TrainConfig, problems: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(the problems to train on, the held-out selection slice or None): ``validation.selection_holdout``
+    problems of the training set are never trained on and select ``checkpoints/best_disjoint``."""
+    n = cfg.validation.selection_holdout
+    return (problems, None) if n is None else split_holdout(problems, n, source=str(cfg.data.train))
 
-    df = load_prepared(path)
-    df = df.head(limit) if limit else df
-    src = str(path)
+
+def load_validation(
+    cfg: TrainConfig, tokenizer: Any, *, selection: bool = False, held: pd.DataFrame | None = None
+) -> tuple[list[list[int]], list[str]] | None:
+    """(prompt ids, golds) of the held-out set (``selection``: of the disjoint selection set — ``held``, the
+    training set's held-out slice, or ``validation.selection_data`` — None when not configured); over-long prompts
+    follow ``on_long_prompt``."""
+    v = cfg.validation
+    if selection and held is not None:
+        df, src = held, f"{cfg.data.train} (held-out slice)"
+    else:
+        path, limit = (v.selection_data, v.selection_limit) if selection else (v.data, v.limit)
+        if not v.every_n_steps or not path:
+            return None
+        df = load_prepared(path)
+        df = df.head(limit) if limit else df
+        src = str(path)
     df, ids, _ = fit_prompts(tokenizer, df, max_len=cfg.max_prompt_len, source=src, on_long=cfg.on_long_prompt)
     return ids, df["answer"].tolist()
 

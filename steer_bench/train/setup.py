@@ -31,7 +31,7 @@ from steer_bench.train.checkpoint import (
     truncate_metrics,
 )
 from steer_bench.train.distributed import ensure_process_group, make_accelerator, prepare, shard_fsdp2
-from steer_bench.train.heldout import load_validation
+from steer_bench.train.heldout import hold_out, load_validation
 from steer_bench.train.phases import PhaseMeter
 
 
@@ -176,11 +176,12 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
     check_run(cfg, preset, policy.context_len, accelerator.num_processes)
     problems = load_prepared(cfg.data.train)
     problems = problems.head(cfg.data.limit) if cfg.data.limit else problems
+    problems, held = hold_out(cfg, problems)  # before fitting: prompts[i] must stay problems' row i
     problems, prompts, dropped = fit_prompts(
         tokenizer, problems, max_len=cfg.max_prompt_len, source=cfg.data.train, on_long=cfg.on_long_prompt
     )
     validation = load_validation(cfg, tokenizer)
-    selection = load_validation(cfg, tokenizer, selection=True)
+    selection = load_validation(cfg, tokenizer, selection=True, held=held)
 
     log_save_budget(cfg, sum(p.numel() for p in model.parameters()), accelerator.num_processes)
     if cfg.shard == "fsdp2":  # before the optimizer: it must see the sharded parameters

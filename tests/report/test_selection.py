@@ -14,7 +14,8 @@ import yaml
 
 from steer_bench import files
 from steer_bench.config import validate
-from steer_bench.errors import SelectionOverlapError
+from steer_bench.data.holdout import split_holdout
+from steer_bench.errors import SelectionOverlapError, SteerBenchError
 from steer_bench.experiment import ExperimentConfig, load_experiment
 from steer_bench.experiment.jobs import trained_run_job, view_jobs
 from steer_bench.files import write_json
@@ -68,6 +69,31 @@ def test_selection_set_sharing_a_problem_with_a_benchmark_is_refused_by_content(
     assert cfg.validation.selection_data == str(exp.data_path("aime25"))
     assert cfg.validation.selection_limit == 1
     assert cfg.validation.selection_metric == "sel/avg_at_k"
+
+
+def test_held_out_training_slice_is_the_disjoint_set_and_is_checked_against_benchmarks(tmp_path: Path) -> None:
+    train = [f"Compute {i} + {i}." for i in range(20)]
+    _problems(tmp_path, "synth_train", train)
+    _problems(tmp_path, "aime24", ["Compute 2^10."])
+    _problems(tmp_path, "math500", ["What is 1 + 1?"])
+    cfg = _config(tmp_path, selection=None, selection_holdout=5)
+    exp = load_experiment(_write(tmp_path, cfg))
+    assert exp.selection_views() == ["last", "best_disjoint"]
+    assert exp.train_config(0).validation.selection_holdout == 5
+    assert exp.data.disjoint_selection() == "5 held-out problems of `synth_train`"
+    _, held_rows = split_holdout(pd.DataFrame({"problem": train}), 5, source="t")
+    # a benchmark sharing a held-out problem (up to case and whitespace) is refused; one sharing a trained one is not
+    # this check's business (the selection set is what must be disjoint)
+    _problems(tmp_path, "math500", [held_rows["problem"].iloc[0].upper() + "  "])
+    with pytest.raises(
+        SelectionOverlapError, match=r"data.selection_holdout \(5 held-out problems of `synth_train`\)"
+    ):
+        load_experiment(_write(tmp_path, cfg))
+    trained = next(p for p in train if p not in set(held_rows["problem"]))
+    _problems(tmp_path, "math500", [trained])
+    load_experiment(_write(tmp_path, cfg))
+    with pytest.raises(SteerBenchError, match="set one disjoint selection set"):
+        load_experiment(_write(tmp_path, _config(tmp_path, selection_holdout=5)))  # and data.selection aime25
 
 
 def test_disjoint_selection_set_loads_and_names_its_views(tmp_path: Path) -> None:
