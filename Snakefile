@@ -6,7 +6,7 @@
 #   snakemake --cores 2 results/miniature/runs/steer/seed0/train.done                      # one training run
 #
 # Every rule calls one `steer-bench` subcommand. The experiment YAML is validated (methods, benchmarks,
-# keys, seeds) before any job starts; the layout of results/ is defined in steer_bench/experiment.py.
+# keys, seeds) before any job starts; the layout of results/ is defined in steer_bench/experiment/config.py.
 
 import os
 import sys

@@ -1,5 +1,5 @@
 """How close the miniature's compute runs to this CPU's matmul ceiling, and the floor its steps put under the
-pipeline's wall time (run by hand; numbers in the README).
+pipeline's wall time (run by hand; numbers in docs/benchmarks.md).
 
     .venv/bin/python benchmarks/ceiling.py [--results results/miniature] [--compile] [--out ceiling.json]
 

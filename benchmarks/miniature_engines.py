@@ -1,4 +1,4 @@
-"""vLLM against HF generation in the CPU miniature, end to end (run by hand; numbers in the README).
+"""vLLM against HF generation in the CPU miniature, end to end (run by hand; numbers in docs/benchmarks.md).
 
     .venv/bin/python benchmarks/miniature_engines.py [--what eval train] [--repeats 2] [--steps N] [--out F.json]
 

@@ -1,4 +1,4 @@
-"""Start-up of a miniature training job: process start to its first rollout (run by hand; numbers in the README).
+"""Start-up of a miniature training job: process start to its first rollout (run by hand; docs/benchmarks.md).
 
     .venv/bin/python benchmarks/startup.py [--repeats 5] [--threads 1] [--out startup.json]
 

@@ -1,4 +1,4 @@
-"""Per-phase time per RL step and tokens/s, GRPO vs STEER, on the CPU miniature (run by hand; numbers in the README).
+"""Per-phase time per RL step and tokens/s, GRPO vs STEER, on the CPU miniature (run by hand; docs/benchmarks.md).
 
     .venv/bin/python benchmarks/train_step.py [--model DIR] [--steps 12] [--repeats 3]
 

@@ -1,4 +1,4 @@
-"""Our trainer against TRL's ``GRPOTrainer`` on the CPU miniature, the same job for both (run by hand; README).
+"""Our trainer against TRL's ``GRPOTrainer`` on the CPU miniature, the same job for both (by hand; docs/benchmarks.md).
 
     .venv/bin/pip install -e '.[trl]'
     .venv/bin/python benchmarks/vs_trl.py [--model DIR] [--steps 2 8] [--repeats 3] [--threads 1]

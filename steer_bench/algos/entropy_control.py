@@ -1,5 +1,5 @@
 """The adaptive entropy coefficient (Skywork-OR1, arXiv 2505.22312, "adaptive entropy control"; TRL
-``use_adaptive_entropy``), a controller whose state crosses steps (``docs/methods_2026.md`` §N3).
+``use_adaptive_entropy``), a controller whose state crosses steps (``docs/methods.md`` §M27).
 
     applied_k = c_k · 1[H_k ≤ target]             the bonus coefficient of step k (loss −= applied_k·agg(H))
     c_{k+1}   = clamp(c_k + δ, c_min, c_max)  if H_k ≤ target

@@ -1,5 +1,5 @@
 """Rollout importance correction: a per-token weight on any method's loss for the mismatch between the
-rollout engine's log-probs and the trainer's π_old (``docs/methods_2026.md`` §N6).
+rollout engine's log-probs and the trainer's π_old (``docs/methods.md`` §M34).
 
     ρ_t = exp(clamp(log π_old − log π_rollout, −20, 20))                   token level
     ρ_i = exp(clamp(Σ_t M·(log π_old − log π_rollout), −20, 20))           sequence level (the product)

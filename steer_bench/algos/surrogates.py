@@ -1,5 +1,5 @@
 """The surrogate choices a preset's ``loss.surrogate`` names: the shared dual-clip PPO surrogate (default) and
-the 2025 replacements of it, GSPO, CISPO and CE-GPPO (``docs/methods_2026.md`` §N2, §N4, §N5).
+the 2025 replacements of it, GSPO, CISPO and CE-GPPO (``docs/methods.md`` §M24, §M25, §M26).
 
 Every choice returns a :class:`~steer_bench.algos.surrogate.Surrogate` (per-token loss L (B, T) with gradient
 through ``log_probs``, the detached ratio and clip flags), so every intervention composes with every surrogate.

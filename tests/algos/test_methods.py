@@ -34,7 +34,7 @@ PRESETS = {
     "steer_lmin07",
     "rloo_clip_higher",
     "opo_clip_higher",
-    # issue 13: the 2025–26 interventions (docs/methods_2026.md)
+    # issue 13: the 2025–26 interventions (docs/methods.md, §M24–§M34)
     "stare",
     "stare_c2",
     "ce_gppo",
@@ -47,10 +47,10 @@ PRESETS = {
     # issue 27 item 4: STEER ablations after an independent reproduction (docs/methods.md §M22, §M23)
     "steer_theorem",
     "steer_rank",
-    # issue 27: advantage shaping (docs/methods_2026.md §N10–N11)
+    # issue 27: advantage shaping (docs/methods.md §M30, §M31)
     "entrocraft",
     "a_grae",
-    # issue 27: controllers (docs/methods_2026.md)
+    # issue 27: controllers (docs/methods.md §M28, §M29)
     "entropic",
     "entropy_loss_linear",
 }

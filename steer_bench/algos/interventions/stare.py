@@ -1,5 +1,5 @@
 """STARE (arXiv 2606.19236; hp-luo/STARE ``verl/trainer/ppo/core_algos.py`` ``compute_stare_token_weights``;
-``docs/methods_2026.md`` §N1).
+``docs/methods.md`` §M32).
 
     s_t   = −log π_θ(o_t)                    (surprisal of the sampled token, current policy, detached)
     L+    = the ⌈P·|T+|⌉ (≥ 1) tokens of largest s among T+ = {valid, A > 0}

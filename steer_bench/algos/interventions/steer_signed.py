@@ -8,7 +8,7 @@
 
 Entropy-reducing tokens (Ω′ < 0) are damped towards λ_min, entropy-raising ones boosted up to λ_max. Source:
 secondhand, a description of the "asymmetric" mode of later versions of the official repository
-(zz-haooo/STEER ``run/run_asymmetric.sh``; not in the stored release b31df71; ``docs/methods_2026.md`` §N7). Min,
+(zz-haooo/STEER ``run/run_asymmetric.sh``; not in the stored release b31df71; ``docs/methods.md`` §M33). Min,
 max and max|Ω′| are over the call's valid tokens (per micro-batch, as the release's ``compute_token_weights``).
 """
 
