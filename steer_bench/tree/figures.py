@@ -15,6 +15,7 @@ import pandas as pd
 
 from steer_bench.algos import QUADRANTS
 from steer_bench.files import atomic_path
+from steer_bench.tree.summary import EntropyControl
 
 ESTIMATOR_LABELS = {
     "paper": "Ω (paper)",
@@ -30,10 +31,19 @@ def _save(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def _band(metrics: pd.DataFrame, method: str, key: str) -> pd.DataFrame:
-    """Mean and std over seeds of ``key`` per step for one method (steps where it was recorded)."""
+def _band(metrics: pd.DataFrame, method: str, key: str, *, se: bool = False) -> pd.DataFrame:
+    """Mean and std over seeds of ``key`` per step for one method (steps where it was recorded); with ``se``
+    the "std" column is the standard error of the mean instead."""
     d = metrics[metrics["method"] == method].dropna(subset=[key])
-    return d.groupby("step")[key].agg(["mean", "std"]).fillna(0.0)
+    band = d.groupby("step")[key].agg(["mean", "std", "count"]).fillna(0.0)
+    if se:
+        band["std"] = band["std"] / np.sqrt(band["count"])
+    return band
+
+
+def _plot_band(ax: plt.Axes, band: pd.DataFrame, colour: str, label: str) -> None:
+    ax.plot(band.index, band["mean"], color=colour, lw=1.4, label=label)
+    ax.fill_between(band.index, band["mean"] - band["std"], band["mean"] + band["std"], color=colour, alpha=0.25)
 
 
 def seed_bands(metrics: pd.DataFrame, methods: list[str], reference: str, key: str, ylabel: str, path: Path) -> None:
@@ -51,9 +61,7 @@ def seed_bands(metrics: pd.DataFrame, methods: list[str], reference: str, key: s
     ref = _band(metrics, reference, key)
     for ax, method in zip(axes.flat, methods, strict=False):
         for name, band, colour in ((reference, ref, "0.6"), (method, _band(metrics, method, key), "C0")):
-            ax.plot(band.index, band["mean"], color=colour, lw=1.4, label=name)
-            lo, hi = band["mean"] - band["std"], band["mean"] + band["std"]
-            ax.fill_between(band.index, lo, hi, color=colour, alpha=0.25)
+            _plot_band(ax, band, colour, name)
         ax.set_title(method, fontsize=9)
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(methods) :]:
@@ -126,3 +134,66 @@ def quadrant_shares(metrics: pd.DataFrame, methods: list[str], path: Path) -> No
     axes[0, -1].legend(fontsize=7, loc="upper right")
     fig.suptitle("quadrants: sign of A × sign of (ln p + H), mean over seeds", fontsize=10)
     _save(fig, path)
+
+
+OUTPUT_LABELS = {"set point": "EntroPIC α_k", "floor": "applied bonus c_k", "schedule": "bonus β_k"}
+
+
+def entropy_control(
+    metrics: pd.DataFrame,
+    controls: dict[str, EntropyControl],
+    reference: str,
+    steps: dict[str, int],
+    path: Path,
+) -> None:
+    """Issue 27: each entropy controller's H_k (the step's mean π_old token entropy, the controllers' input)
+    against its target or Entrocraft's annealed bounds, over the reference (grey), and below it the controller's
+    output (Entrocraft: the share of seeds in each branch); one block per setting. Mean ± 1 SE over seeds."""
+    methods = list(controls)
+    fig = plt.figure(figsize=(3.2 * len(methods), 4.8 * len(steps) + 0.4), layout="constrained")
+    blocks = fig.subfigures(len(steps), 1, squeeze=False)[:, 0]
+    for block, (setting, total) in zip(blocks, steps.items(), strict=True):
+        m = metrics[metrics["setting"] == setting]
+        axes = block.subplots(2, len(methods), sharex=True, squeeze=False)
+        ref = _band(m, reference, "rollout/entropy", se=True)
+        for c, method in enumerate(methods):
+            control, ax = controls[method], axes[0, c]
+            _plot_band(ax, ref, "0.6", reference)
+            _plot_band(ax, _band(m, method, "rollout/entropy", se=True), "C0", method)
+            if control.target is not None:
+                ax.axhline(control.target, color="C3", ls="--", lw=1.0, label=f"{control.kind} {control.target:g}")
+            if control.bounds is not None:
+                lo, hi = np.array([control.band_at(k, total) for k in range(total)]).T
+                ax.plot(range(total), lo, color="C3", ls="--", lw=1.0, label="bounds l_k, u_k")
+                ax.plot(range(total), hi, color="C3", ls="--", lw=1.0)
+            if c:
+                ax.sharey(axes[0, 0])
+            ax.set_title(method, fontsize=9)
+            _control_output(axes[1, c], m, method, control, total)
+            axes[1, c].set_xlabel("step", fontsize=8)
+        axes[0, 0].set_ylabel("H_k (nats)", fontsize=8)
+        for ax in axes.flat:
+            ax.legend(fontsize=6, loc="best")
+            ax.tick_params(labelsize=7)
+        block.suptitle(f"setting {setting}", fontsize=10)
+    fig.suptitle(f"entropy against the controllers' targets: mean ± 1 SE over seeds (grey: {reference})", fontsize=11)
+    _save(fig, path)
+
+
+def _control_output(ax: plt.Axes, m: pd.DataFrame, method: str, control: EntropyControl, steps: int) -> None:
+    """The controller's per-step output, or for Entrocraft the share of seeds whose H_k is above u_k (RAFT++:
+    positive advantages only) or below l_k (NSR: negative only, none with 0/1 rewards)."""
+    if control.output is not None:
+        label = OUTPUT_LABELS[control.kind]
+        _plot_band(ax, _band(m, method, control.output, se=True), "C2", label)
+        ax.set_ylabel(label, fontsize=8)
+    else:
+        d = m[m["method"] == method].dropna(subset=["rollout/entropy"])
+        lo, hi = np.array([control.band_at(int(k), steps) for k in d["step"]]).T
+        h = d["rollout/entropy"].to_numpy()
+        share = d.assign(raft=h > hi, nsr=h < lo).groupby("step")[["raft", "nsr"]].mean()
+        ax.plot(share.index, share["raft"], color="C1", label="H_k > u_k (RAFT++)")
+        ax.plot(share.index, share["nsr"], color="C4", label="H_k < l_k (NSR)")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("share of seeds", fontsize=8)
+    ax.axhline(0, color="k", lw=0.5)

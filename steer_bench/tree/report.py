@@ -19,7 +19,15 @@ from steer_bench.config import dump_yaml
 from steer_bench.tree import figures
 from steer_bench.tree.config import StudyConfig
 from steer_bench.tree.study import StudyResult, load_methods
-from steer_bench.tree.summary import fmt, level_key, method_table, run_summaries
+from steer_bench.tree.summary import (
+    EntropyControl,
+    control_rows,
+    entropy_control,
+    fmt,
+    level_key,
+    method_table,
+    run_summaries,
+)
 
 ESTIMATORS = ("paper", "first_order", "cov", "linear")
 
@@ -142,7 +150,9 @@ def findings(cfg: StudyConfig, setting: str, t: pd.DataFrame, runs: pd.DataFrame
     return out
 
 
-def tree_markdown(cfg: StudyConfig, result: StudyResult, tables: dict[str, Any], command: str) -> str:
+def tree_markdown(
+    cfg: StudyConfig, result: StudyResult, tables: dict[str, Any], command: str, control_md: list[str]
+) -> str:
     lines = [
         "## Reasoning-tree testbed",
         "",
@@ -168,13 +178,41 @@ def tree_markdown(cfg: StudyConfig, result: StudyResult, tables: dict[str, Any],
         lines += [parts["estimators_md"]]
         for fig, caption in parts["figures"]:
             lines += [f"![{caption}]({fig})", ""]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + control_md) + "\n"
+
+
+CONTROL_FIGURE = "entropy_control.png"
+
+
+def control_section(
+    cfg: StudyConfig, runs: pd.DataFrame, controls: dict[str, EntropyControl]
+) -> tuple[list[str], dict[str, list[dict[str, str]]]]:
+    """The report's lines on the entropy controllers (issue 27) and their table rows per setting."""
+    lines = [
+        "### Entropy against the controllers' targets",
+        "",
+        "Final exact entropy (after the last update) against each controller's target — EntroPIC's set point, the",
+        "adaptive coefficient's floor, Entrocraft's band at the last update — mean ± 1 standard error over seeds;",
+        f"the last column is `{cfg.reference}`'s distance to the same target on the same seeds. The figure plots H_k,",
+        "the mean π_old token entropy of each step's rollout (what the controllers see).",
+        "",
+    ]
+    rows = {}
+    for setting, s in cfg.settings.items():
+        r = runs[runs["setting"] == setting]
+        present = {m: c for m, c in controls.items() if m in set(r["method"])}
+        rows[setting] = control_rows(r, present, cfg.reference, s.train.steps)
+        lines += [f"`{setting}`:", "", markdown_table(rows[setting])]
+    lines += [f"![entropy against the controllers' targets]({CONTROL_FIGURE})", ""]
+    return lines, rows
 
 
 def write_outputs(out: Path, cfg: StudyConfig, result: StudyResult, command: str) -> dict[str, Any]:
     """Write every artefact into ``out`` atomically (the directory appears complete or not at all)."""
     runs = run_summaries(result.metrics, cfg)
-    steer_labels = {label for label, m in load_methods(cfg).items() if m.loss.name == "steer"}
+    methods_cfg = load_methods(cfg)
+    steer_labels = {label for label, m in methods_cfg.items() if m.loss.name == "steer"}
+    controls = {label: c for label, m in methods_cfg.items() if (c := entropy_control(m)) is not None}
     order = [m.label for m in cfg.methods]
     table = method_table(runs, order)
     tables: dict[str, Any] = {}
@@ -213,7 +251,11 @@ def write_outputs(out: Path, cfg: StudyConfig, result: StudyResult, command: str
             }
             md += [f"### {setting}", "", markdown_table(rows), markdown_table(est)]
         files.write_text(tmp / "table.md", "\n".join(md))
-        files.write_text(tmp / "tree.md", tree_markdown(cfg, result, tables, command))
+        control_md, control = control_section(cfg, runs, controls) if controls else ([], {})
+        if controls:
+            steps = {name: s.train.steps for name, s in cfg.settings.items()}
+            figures.entropy_control(result.metrics, controls, cfg.reference, steps, tmp / CONTROL_FIGURE)
+        files.write_text(tmp / "tree.md", tree_markdown(cfg, result, tables, command, control_md))
         summary = {
             "command": command,
             "wall_s": result.wall_s,
@@ -221,6 +263,7 @@ def write_outputs(out: Path, cfg: StudyConfig, result: StudyResult, command: str
             "runs": len(runs),
             "errors": result.errors,
             "findings": {k: v["findings"] for k, v in tables.items()},
+            "entropy_control": control,
             "methods": _json_table(table),
         }
         files.write_json(tmp / "summary.json", summary)

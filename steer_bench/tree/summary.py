@@ -8,10 +8,13 @@ between evaluations), each also as a paired difference to the reference method w
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from steer_bench.algos.advantages import range_linear_bounds
+from steer_bench.config.method import MethodConfig
 from steer_bench.tree.config import StudyConfig
 
 RUN_KEYS = ["setting", "method", "seed"]
@@ -123,3 +126,76 @@ def fmt(mean: float, std: float, digits: int = 3, *, general: bool = False) -> s
     if std != std:
         return f"{mean:{spec}}"
     return f"{mean:{spec}} ± {std:{spec}}"
+
+
+@dataclass(frozen=True)
+class EntropyControl:
+    """How a method steers the entropy, read from its preset (issue 27): the figure draws it, the table
+    measures the final entropy against it. The tree passes k = step + 1 of T to the advantage estimator."""
+
+    kind: str  # "set point" (EntroPIC) | "floor" (adaptive coefficient) | "band" (Entrocraft) | "schedule"
+    target: float | None  # H* of a set point or floor, nats
+    output: str | None  # the per-step metric of the controller's output (None: Entrocraft, whose output is a branch)
+    bounds: tuple[tuple[float, float], tuple[float, float]] | None  # Entrocraft's (lower, upper) ranges
+
+    def band_at(self, step: int, total_steps: int) -> tuple[float, float]:
+        """Entrocraft's (l_k, u_k) for the update of row ``step`` (k = step + 1, as the loop passes it)."""
+        assert self.bounds is not None
+        lower, upper = self.bounds
+        return range_linear_bounds(step + 1, total_steps, lower, upper)
+
+    def distance(self, entropy: float, total_steps: int) -> float:
+        """|H − H*|, or H's distance to the last update's band [l_T, u_T]; nan for a schedule (no target)."""
+        if self.bounds is not None:
+            lo, hi = self.band_at(total_steps - 1, total_steps)
+            return max(lo - entropy, entropy - hi, 0.0)
+        return abs(entropy - self.target) if self.target is not None else math.nan
+
+    def target_text(self, total_steps: int) -> str:
+        if self.bounds is not None:
+            (l0, l1), (u0, u1) = self.bounds
+            return f"band [{l0:g}→{l1:g}, {u0:g}→{u1:g}]"
+        return f"{self.kind} {self.target:g}" if self.target is not None else "—"
+
+
+def entropy_control(method: MethodConfig) -> EntropyControl | None:
+    """The preset's entropy controller, target or bounds; None for a method without any."""
+    loss, adv = method.loss, method.advantage
+    if loss.entropic is not None:
+        return EntropyControl("set point", float(loss.entropic["target"]), "loss/entropic_alpha", None)
+    if loss.adaptive_entropy is not None:
+        return EntropyControl("floor", float(loss.adaptive_entropy["target"]), "loss/entropy_coef", None)
+    if loss.entropy_schedule is not None:
+        return EntropyControl("schedule", None, "loss/entropy_coef", None)
+    if adv.estimator == "grpo_range_linear":
+        lower, upper = adv.params["lower_bound_range"], adv.params["upper_bound_range"]
+        return EntropyControl("band", None, None, ((lower[0], lower[1]), (upper[0], upper[1])))
+    return None
+
+
+def _mean_se(values: pd.Series, digits: int = 3) -> str:
+    n = values.count()
+    se = values.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+    return fmt(values.mean(), se, digits)
+
+
+def control_rows(
+    runs: pd.DataFrame, controls: dict[str, EntropyControl], reference: str, total_steps: int
+) -> list[dict[str, str]]:
+    """One setting's final exact entropy against each controller's target, mean ± standard error over seeds;
+    the reference's distance to the same target on the same seeds is the do-nothing comparison."""
+    ref = runs[runs["method"] == reference].set_index("seed")["final_entropy"]
+    rows = [{"method": reference, "target": "—", "H final": _mean_se(ref), "distance to target": "—",
+             f"{reference}: distance to target": "—"}]  # fmt: skip
+    for method, control in controls.items():
+        h = runs[runs["method"] == method].set_index("seed")["final_entropy"]
+        dist = h.map(lambda x, c=control: c.distance(x, total_steps))
+        ref_dist = ref.reindex(h.index).map(lambda x, c=control: c.distance(x, total_steps))
+        rows.append({
+            "method": method,
+            "target": control.target_text(total_steps),
+            "H final": _mean_se(h),
+            "distance to target": _mean_se(dist) if dist.notna().any() else "—",
+            f"{reference}: distance to target": _mean_se(ref_dist) if ref_dist.notna().any() else "—",
+        })  # fmt: skip
+    return rows
