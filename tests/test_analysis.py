@@ -260,6 +260,7 @@ def _synthetic_run(run: Path, method: str, label: str, seed: int, rng: np.random
     return pd.concat(frames, ignore_index=True)
 
 
+@pytest.mark.slow
 def test_analyze_tables_figures_and_report_section(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     runs = tmp_path / "results" / "exp" / "runs"

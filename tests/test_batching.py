@@ -123,6 +123,7 @@ def _worker(rank: int, port: int, queue: mp.Queue) -> None:
                    bool(torch.equal(b.response_logprobs, lp))))  # fmt: skip
 
 
+@pytest.mark.slow
 def test_release_order_exchanges_rows_across_two_gloo_ranks() -> None:
     results = run_ranks(_worker)
     before = Counter(r for res in results for r in res[1])

@@ -181,6 +181,7 @@ def scripted_job(tmp: Path, model: Path, benchmarks: dict[str, Path]) -> EvalJob
     return EvalJob(model=str(model), row="scripted", out_dir=tmp / "out", benchmarks=benchmarks, experiment="t")
 
 
+@pytest.mark.slow
 def test_scripted_model_metrics_end_to_end(tmp_path: Path, tiny: Path, mlflow_uri: str) -> None:
     bench = write_problems(tmp_path / "synth.parquet", "synth_test", [(p, g) for p, g in
                            zip(SCRIPT, ["7", "12", "\\frac{1}{2}"], strict=True)])  # fmt: skip
@@ -233,6 +234,7 @@ def test_an_engine_short_of_k_samples_fails_naming_the_problem(tmp_path: Path, t
     assert not (job.out_dir / "synth_test" / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_failure_midway_then_resume_with_timeouts(tmp_path: Path, tiny: Path, mlflow_uri: str) -> None:
     """A failure in the second benchmark keeps the first, writes nothing for the second and no eval.done; the
     re-run does only the second, whose grading times out on one sample (counted, still complete)."""
@@ -317,6 +319,7 @@ def hf_eval(wide: Path, real: dict[str, Path], tmp_path_factory: pytest.TempPath
     return job
 
 
+@pytest.mark.slow
 def test_hf_engine_on_real_benchmark_files(hf_eval: EvalJob, real: dict[str, Path]) -> None:
     for bench, n in (("aime24", 2), ("math500", 3)):
         summary = read_json(hf_eval.out_dir / bench / "summary.json")
@@ -336,6 +339,7 @@ def test_hf_engine_on_real_benchmark_files(hf_eval: EvalJob, real: dict[str, Pat
     assert set(read_json(hf_eval.out_dir / "eval.done")["acc"]) == {"aime24", "math500"}
 
 
+@pytest.mark.slow
 def test_second_call_does_no_work(hf_eval: EvalJob) -> None:
     stamps = {p: p.stat().st_mtime_ns for p in hf_eval.out_dir.rglob("*.json*")}
     done = evaluate(hf_eval, HF, GREEDY, tracking_uri=f"sqlite:///{hf_eval.out_dir / 'mlflow.db'}", open_engine=_fail)
@@ -363,6 +367,7 @@ def test_vllm_engine_agrees_with_hf_on_greedy(hf_eval: EvalJob, tmp_path: Path) 
     assert evaluate(job, settings, GREEDY, track=False, open_engine=_fail)["evaluated"] == []
 
 
+@pytest.mark.slow
 def test_render_without_chat_template(tiny: Path, real: dict[str, Path]) -> None:
     tok = AutoTokenizer.from_pretrained(tiny)
     df = load_prepared(real["math500"])
@@ -383,6 +388,7 @@ def write_experiment(tmp: Path, model: Path) -> Path:
     return tmp / "exp.yaml"
 
 
+@pytest.mark.slow
 def test_trained_run_and_eval_only_row_through_the_cli(tmp_path: Path, tiny: Path, mlflow_uri: str) -> None:
     """A trained run without a best checkpoint falls back to last (recorded); its metrics also go into the
     training run; an eval-only row; the report reads the same numbers from MLflow and from the files."""
@@ -478,6 +484,7 @@ def _two_trained_runs(tmp: Path, tiny: Path) -> tuple[Path, Any]:
     return cfg, exp
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["hf", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.slow])])
 def test_all_runs_with_one_engine_equal_one_engine_each(
     tmp_path: Path, tiny: Path, engine: str, capsys: pytest.CaptureFixture[str]
@@ -525,6 +532,7 @@ def test_shared_engine_reopens_for_another_architecture(tmp_path: Path, tiny: Pa
     shared.close()
 
 
+@pytest.mark.slow
 def test_all_after_one_run_changed_evaluates_that_run_only(
     tmp_path: Path, tiny: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -204,6 +204,7 @@ def test_fsdp2_bf16_in_one_process_trains_in_bf16_and_resumes_exactly(
     assert done[0] == done[1]
 
 
+@pytest.mark.slow
 def test_fsdp2_accumulation_never_holds_an_unsharded_gradient(
     model_dir: Path, data: dict[str, Path], monkeypatch: Any
 ) -> None:
@@ -269,6 +270,7 @@ def test_one_process_fsdp2_bf16_with_a_colocated_vllm_engine(
     assert all(r["sync/probe_gap_max"] <= 0.1 and r["train/logits_bits_max"] == 16 for r in rows)
 
 
+@pytest.mark.slow
 def test_the_gpu_check_script_runs_its_code_on_cpu(tmp_path: Path) -> None:
     """benchmarks/gpu_check.py at toy shapes on CPU (its numbers mean something only on a GPU): the trainer's
     accumulation leaves no unsharded gradient, gradient sync off leaves one on the first 3 micro-batches (float32:

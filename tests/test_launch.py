@@ -100,6 +100,7 @@ def test_each_slurm_job_and_node_locks_its_own_devices(machine: dict[str, str], 
         finish(proc)
 
 
+@pytest.mark.slow
 def test_launch_cli_takes_local_gpus_and_refuses_what_the_machine_lacks(machine: dict[str, str]) -> None:
     cmd = [sys.executable, "-m", "steer_bench", "launch", "--config", str(REPO / "configs" / "smoke.yaml")]
     # the eval stage then fails on its own (no such row): what matters is what launch gave it
@@ -171,6 +172,7 @@ def test_launch_checks_at_config_load(
         load_experiment(experiment(tmp_path, per_node, machines, **changes))
 
 
+@pytest.mark.slow
 def test_nodes_need_an_accelerate_config_and_a_slurm_allocation(tmp_path: Path) -> None:
     lone = tmp_path / "lone.yaml"
     lone.write_text(yaml.safe_dump({"extends": str(REPO / "configs" / "smoke.yaml"), "resources": {"train_nodes": 2}}))

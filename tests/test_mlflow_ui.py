@@ -18,6 +18,8 @@ from steer_bench.report import build_report
 from steer_bench.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, PARENT_RUN_TAG, _client, search_runs
 from steer_bench.train import train
 
+pytestmark = pytest.mark.slow  # a real train + eval + report
+
 
 def test_ui_facing_tags_metrics_links_and_artifacts(
     tmp_path: Path, model_dir: Path, data: dict[str, Path], mlflow_uri: str

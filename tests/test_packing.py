@@ -201,6 +201,7 @@ def test_micro_batches_of_empty_responses_keep_a_gradient_path(
 
 
 # ---------------------------------------------------------------------------------------------- the trainer
+@pytest.mark.slow
 def test_training_with_packing_matches_padded(model_dir: Path, data: dict[str, Path], tmp_path: Path) -> None:
     """Two steps of the trainer (4 prompts × 4 responses, 2 optimizer steps per rollout, the entropy probe on),
     padded vs packed: the same metrics and parameters to rounding. The method is STEER's loss with W-REINFORCE's

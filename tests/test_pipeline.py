@@ -17,6 +17,7 @@ import yaml
 
 from steer_bench.files import read_json
 
+pytestmark = pytest.mark.slow  # every test runs the real snakemake
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 # The paper tables (rehearsal.yaml is the CPU dress rehearsal of them: tests/test_rehearsal.py).
@@ -53,7 +54,6 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.slow
 def test_smoke_pipeline_end_to_end_rerun_and_partial_rerun(workdir: Path) -> None:
     cfg = str(REPO / "configs" / "smoke.yaml")
     run = snakemake(workdir, "--cores", "2", "--configfile", cfg)

@@ -72,6 +72,7 @@ def test_errors_name_the_culprit(engine: HFEngine, model_tok) -> None:
         make_engine("sglang", *model_tok)
 
 
+@pytest.mark.slow
 def test_layout_n_per_prompt_and_masks(engine: HFEngine, prompts: list[list[int]], model_tok) -> None:
     tok = model_tok[1]
     n = 3
@@ -108,6 +109,7 @@ def test_eos_and_truncation(engine: HFEngine, prompts: list[list[int]], model_to
         assert truncated == (eos not in response)
 
 
+@pytest.mark.slow
 def test_seeded_generation_is_reproducible_and_leaves_global_rng_alone(engine: HFEngine, prompts) -> None:
     params = SamplingParams(max_new_tokens=16, n=4, seed=7)
     state = torch.get_rng_state()
@@ -120,6 +122,7 @@ def test_seeded_generation_is_reproducible_and_leaves_global_rng_alone(engine: H
     assert len(set(map(tuple, a.response_ids))) > len(prompts)  # n samples of one prompt differ
 
 
+@pytest.mark.slow
 def test_engine_logprobs_match_the_trainer_forward(engine: HFEngine, prompts, model_tok) -> None:
     # score_responses is the trainer's forward on the padded layout (left padding + position ids): it must
     # reproduce what generate sampled from, token by token, at any temperature.
@@ -136,6 +139,7 @@ def test_engine_logprobs_match_the_trainer_forward(engine: HFEngine, prompts, mo
         assert (-logp[t.response_mask == 1] >= 0).all()
 
 
+@pytest.mark.slow
 def test_top_p_renormalises(engine: HFEngine, prompts, model_tok) -> None:
     # Under top-p the sampled token's processed log-prob is its raw log-prob minus log(nucleus mass) >= it.
     model, tok = model_tok

@@ -36,6 +36,7 @@ from rehearsal import (
 
 CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PROFILE = REPO / "profiles" / "slurm"
+pytestmark = pytest.mark.slow  # the real snakemake and its SLURM plugin
 
 
 def require_plugin() -> None:
@@ -134,7 +135,6 @@ def run_with_profile(workdir: Path, config: Path, *args: str) -> subprocess.Comp
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=snakemake_env(workdir))
 
 
-@pytest.mark.slow
 @pytest.mark.vllm
 def test_rehearsal_through_slurm_then_training_over_two_nodes(tmp_path: Path, slurm_cluster: None) -> None:
     pytest.importorskip("vllm")

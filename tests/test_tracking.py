@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from steer_bench.tracking import Tracker, env_info, flatten, metric_history, sanitize_key, search_runs
 
 
@@ -17,6 +19,7 @@ def test_sanitize_and_flatten() -> None:
     }
 
 
+@pytest.mark.slow
 def test_log_resume_and_history(mlflow_uri: str) -> None:
     t = Tracker("exp", run_name="grpo-s0", tags={"method": "grpo", "seed": 0})
     t.log_params({"train": {"lr": 1e-6}})
@@ -41,6 +44,7 @@ def test_log_resume_and_history(mlflow_uri: str) -> None:
     assert runs[0].info.artifact_uri.startswith(store_dir + "/mlartifacts")
 
 
+@pytest.mark.slow
 def test_disabled_tracker_is_noop(mlflow_uri: str) -> None:
     t = Tracker("exp", enabled=False)
     t.log_metrics({"a": 1.0}, step=0)

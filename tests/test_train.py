@@ -60,6 +60,7 @@ def test_every_method_trains(name: str, model_dir: Path, data: dict[str, Path], 
     assert {"problem_id", "response", "correct", "score", "entropy_mean"} <= dump[0].keys()
 
 
+@pytest.mark.slow
 def test_mlflow_mirrors_metrics_file_and_validation_selects_best(
     model_dir: Path, data: dict[str, Path], tmp_path: Path, mlflow_uri: str
 ) -> None:
@@ -81,6 +82,7 @@ def test_mlflow_mirrors_metrics_file_and_validation_selects_best(
     assert read_json(tmp_path / "checkpoints" / "best" / "state.json")["step"] == best_step
 
 
+@pytest.mark.slow
 def test_disjoint_selection_set_keeps_best_disjoint_selected_on_its_own_metric(
     model_dir: Path, data: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -198,6 +200,7 @@ def test_two_cpu_ranks_keep_parameters_identical(
         assert all(r["batch/update_tokens_max"] - r["batch/update_tokens_min"] <= 40 + 20 for r in rows)
 
 
+@pytest.mark.slow
 def test_release_options_drop_long_prompts_grade_and_select_as_the_release(
     model_dir: Path, data: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -231,6 +234,7 @@ def test_release_options_drop_long_prompts_grade_and_select_as_the_release(
         train(make_cfg(model_dir, data, max_prompt_len=1, on_long_prompt="drop"), load_method("grpo"), tmp_path / "x")
 
 
+@pytest.mark.slow
 def test_batch_order_and_loss_scale_in_the_loop(model_dir: Path, data: dict[str, Path], tmp_path: Path) -> None:
     """Issue 11 items 4-5 on one process: the release's order is the grouped one (verl's single part), and its
     loss scaling changes the update when micro-batches (here one prompt's 4 responses) differ in length."""
@@ -247,6 +251,7 @@ def test_batch_order_and_loss_scale_in_the_loop(model_dir: Path, data: dict[str,
     assert scaled["param_checksums"] != ours["param_checksums"]
 
 
+@pytest.mark.slow
 def test_old_logprobs_from_the_rollout_equal_the_recomputed_ones(
     model_dir: Path, data: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -108,6 +108,7 @@ def test_sft_tensors_mask_prompt_and_padding(tokenizer, train_df: pd.DataFrame) 
         assert labels[i, len(prompt) : n].tolist() == response
 
 
+@pytest.mark.slow
 def test_length_buckets_give_the_padded_batch_gradient(tokenizer, train_df: pd.DataFrame) -> None:
     """Sorting a batch by length into micro-batches, each padded to its own longest row, gives the gradient of
     the one padded batch: the same per-token losses over the same label count, summed in another order."""
@@ -143,6 +144,7 @@ def test_lr_schedule_by_hand() -> None:
     )
 
 
+@pytest.mark.slow
 def test_sft_lowers_loss_and_stops_at_target_accuracy(tokenizer, train_df: pd.DataFrame) -> None:
     cfg_model = TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=32)
     model = build_model(tokenizer, cfg_model, seed=0)

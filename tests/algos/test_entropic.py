@@ -132,6 +132,7 @@ def _worker(rank: int, port: int, queue: mp.Queue) -> None:
         queue.put((rank, alphas, run.state.entropy_coef))
 
 
+@pytest.mark.slow
 def test_alpha_and_integral_equal_on_two_gloo_ranks() -> None:
     (_, a0, i0), (_, a1, i1) = run_ranks(_worker)
     assert a0 == a1

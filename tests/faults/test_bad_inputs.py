@@ -130,6 +130,7 @@ def test_a_tokenizer_without_a_chat_template_is_named(model_dir: Path, tmp_path:
         prompt_token_ids(tokenizer, problems, max_len=64, source="test")
 
 
+@pytest.mark.slow
 def test_resuming_a_checkpoint_of_another_model_is_refused_before_any_write(
     model_dir: Path, data: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -58,6 +58,7 @@ def test_an_idle_worker_killed_between_calls_is_replaced() -> None:
         assert g.restarts == 2
 
 
+@pytest.mark.slow
 def test_a_training_run_goes_on_when_its_grader_workers_die(
     model_dir: Path, data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

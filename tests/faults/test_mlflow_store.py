@@ -23,6 +23,7 @@ from steer_bench.report import build_report, collect
 from steer_bench.tracking import Tracker, metric_history, search_runs
 from steer_bench.train import train
 
+pytestmark = pytest.mark.slow  # real training runs against a locked or absent store
 STEPS = 4
 LOCKER = """
 import sqlite3, sys, time

@@ -30,6 +30,7 @@ def _assert_last_checkpoint_good(run: Path, before_step: int) -> None:
     assert not (run / "train.done").exists()
 
 
+@pytest.mark.slow
 def test_weights_made_nan_by_an_optimizer_step_stop_the_run(
     model_dir: Path, data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -54,6 +55,7 @@ def test_weights_made_nan_by_an_optimizer_step_stop_the_run(
     _assert_last_checkpoint_good(tmp_path, before_step=3)
 
 
+@pytest.mark.slow
 def test_an_absurd_learning_rate_ends_in_the_named_error(
     model_dir: Path, data: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -170,6 +170,7 @@ def _md_rows(path: Path) -> dict[str, list[str]]:
     return {cells[0]: cells[1:] for cells in ([c.strip() for c in ln.strip("|").split("|")] for ln in lines)}
 
 
+@pytest.mark.slow  # the `setup` fixture fills a real MLflow store: about 10 s even at load 1-2
 def test_main_table_markdown_matches_hand_computed(report) -> None:
     md = report.out_dir / "main_table.md"
     assert md.read_text().splitlines()[0] == "| Method | AIME24 | MATH500 | Synthetic | Avg |"
@@ -178,6 +179,7 @@ def test_main_table_markdown_matches_hand_computed(report) -> None:
     assert rows == EXPECTED
 
 
+@pytest.mark.slow
 def test_main_table_csv_and_latex(report) -> None:
     rows = {r["row"]: r for r in csv.DictReader(io.StringIO((report.out_dir / "main_table.csv").read_text()))}
     grpo = rows["grpo"]
@@ -197,6 +199,7 @@ def test_main_table_csv_and_latex(report) -> None:
     assert r"KL-Cov & -- & -- & -- & -- \\" in tex
 
 
+@pytest.mark.slow
 def test_seed_spread_and_standard_errors(report) -> None:
     """min–max over seeds and one evaluation's SE (root-mean-square over seeds; Avg: √(Σ se²)/B per seed)."""
     rows = {r["row"]: r for r in csv.DictReader(io.StringIO((report.out_dir / "main_table.csv").read_text()))}
@@ -221,6 +224,7 @@ def _md_rows_after(path: Path, heading: str) -> dict[str, list[str]]:
     return {cells[0]: cells[1:] for cells in ([c.strip() for c in ln.strip("|").split("|")] for ln in lines)}
 
 
+@pytest.mark.slow
 def test_vs_paper(report) -> None:
     lines = (report.out_dir / "vs_paper.md").read_text().splitlines()
     i = lines.index(next(ln for ln in lines if ln.startswith("| STEER |")))
@@ -238,6 +242,7 @@ def test_vs_paper(report) -> None:
     assert by[("kl_cov", "aime24")]["delta_pct"] == ""
 
 
+@pytest.mark.slow
 def test_figures_written(report) -> None:
     assert set(report.figures) == {"entropy", "probe_entropy", "val_accuracy", "response_length", "clip_fractions",
                                    "steer_lambda", "pass_at_k"}  # fmt: skip
@@ -247,6 +252,7 @@ def test_figures_written(report) -> None:
         assert len(png) > 5_000
 
 
+@pytest.mark.slow
 def test_report_md(report) -> None:
     text = (report.out_dir / "report.md").read_text()
     for needle in ("# steer-bench report: rep", "| Method | AIME24 | MATH500 | Synthetic | Avg |",
@@ -264,6 +270,7 @@ def test_report_md(report) -> None:
     assert "| GRPO | 2 | 4 | 0.5100 → 0.3550 | 0.405 |" in text  # means over seeds; val (0.40 + 0.41) / 2 at step 4
 
 
+@pytest.mark.slow
 def test_mlflow_and_files_agree(report, setup) -> None:
     exp, _, _ = setup
     files = collect.from_files(exp)
@@ -281,6 +288,7 @@ def test_mlflow_and_files_agree(report, setup) -> None:
     assert mlflow.pass_at[("grpo", 0, "math500")] == {1: 0.60, 2: pytest.approx(0.84)}
 
 
+@pytest.mark.slow
 def test_comparisons(report) -> None:
     """The sections of steer_bench.report.comparisons, against numbers worked out by hand."""
     text = (report.out_dir / "report.md").read_text().split("## Comparisons")[1].split("\n## ")[0]
@@ -318,6 +326,7 @@ def test_comparisons(report) -> None:
     assert "![pass@k on the held-out problems](figures/pass_at_k.png)" in text
 
 
+@pytest.mark.slow
 def test_cli_from_files(setup, tmp_path: Path) -> None:
     _, _, config = setup
     out = tmp_path / "rep_files"
@@ -342,6 +351,7 @@ def test_reference_transcription_is_consistent() -> None:
     assert opo == [32.2, 13.4, 71.5, 82.2, 38.2, 41.0, 46.4]
 
 
+@pytest.mark.slow
 def test_unknown_reference_and_empty_store_are_clear_errors(setup, tmp_path: Path) -> None:
     exp, uri, _ = setup
     from steer_bench.errors import SteerBenchError

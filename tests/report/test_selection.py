@@ -162,6 +162,7 @@ def _fabricate(exp: ExperimentConfig, uri: str) -> None:
             files.write_json(exp.view_eval_dir(method, seed, view) / b / "summary.json", summary)
 
 
+@pytest.mark.slow
 def test_checkpoint_selection_section_by_hand(tmp_path: Path) -> None:
     exp = validate(ExperimentConfig, _config(tmp_path), source="test")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -83,6 +83,7 @@ def test_one_update_is_exactly_an_sgd_step_on_the_library_loss(preset: str) -> N
     assert metrics[0]["loss/pg"].item() == pytest.approx(loss.item() + float(metrics[0].get("loss/entropy_bonus", 0)))
 
 
+@pytest.mark.slow
 def test_seeds_are_paired_across_methods() -> None:
     """Same seed: same task, initial table, first rollout; the methods only diverge through their updates."""
     setting = tiny_setting()
@@ -95,6 +96,7 @@ def test_seeds_are_paired_across_methods() -> None:
     assert a.rows[-1]["exact/entropy"] != b.rows[-1]["exact/entropy"]
 
 
+@pytest.mark.slow
 def test_grpo_learns_and_collapses_entropy_on_the_dense_task() -> None:
     setting = tiny_setting(steps=25, lr=20.0, analysis_every=0)
     log = train_run(setting, load_method("grpo"), lr=20.0, seed=0, keep_points=False, log=RunLog())
