@@ -106,6 +106,7 @@ def test_disjoint_selection_set_keeps_best_disjoint_selected_on_its_own_metric(
     assert (tmp_path / "checkpoints" / "best_disjoint" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_held_out_training_slice_is_never_trained_on_and_selects_best_disjoint(
     model_dir: Path, data: dict[str, Path], tmp_path: Path
 ) -> None:
