@@ -137,7 +137,7 @@ def bench_probe(method: str, args: argparse.Namespace, model_dir: Path, data: Pa
     for r in range(args.repeats):
         for with_probe in (False, True):
             t0, c0 = time.perf_counter(), time.process_time()
-            probe = EntropyProbe(r + 1, m, cfg, batch, old, adv, forward=forward) if with_probe else None
+            probe = EntropyProbe(r + 1, m.resolve(), cfg, batch, old, adv, forward=forward) if with_probe else None
             rows = UpdateRows(batch, old, adv)
             policy_update(model, optimizer, scheduler, accelerator, rows, m.resolve(), cfg, probe)
             if probe is not None:

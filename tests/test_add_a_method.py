@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from steer_bench.algos import TokenBatch, make_method
+from steer_bench.algos import TokenBatch, build
 from steer_bench.config.method import load_method
 from tests.test_distributed import _env, _experiment, _free_port
 
@@ -45,9 +45,7 @@ def test_the_preset_resolves_and_the_loss_is_as_worked_by_hand(tmp_path: Path) -
     assert loss.item() == pytest.approx((-1 * w[0] + 1 * w[1]) / 2)
     assert float(metrics["mean_surprisal/stat_sum_max"]) == 1.5
     with pytest.raises(ValueError, match=r"missing \['alpha'\]"):
-        make_method("x", estimator="grpo", estimator_params={"norm_by_std": True, "eps": 1e-6},
-                    loss="tests.methods.mean_surprisal:MeanSurprisal", loss_params={}, clip_low=0.2, clip_high=0.2,
-                    clip_c=None, agg="token-mean", entropy_coef=0.0)  # fmt: skip
+        build("intervention", "tests.methods.mean_surprisal:MeanSurprisal", {})
 
 
 @pytest.mark.slow

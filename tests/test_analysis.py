@@ -127,7 +127,7 @@ def probe_inputs(tiny_dir: Path):
 
 def _probe(probe_inputs, cfg: TrainConfig, method: str = "grpo", step: int = 3) -> EntropyProbe:
     _, batch, old, adv = probe_inputs
-    return EntropyProbe(step, load_method(method), cfg, batch, old, adv, forward=forward)
+    return EntropyProbe(step, load_method(method).resolve(), cfg, batch, old, adv, forward=forward)
 
 
 def test_noop_step_measures_exactly_zero_even_with_dropout(probe_inputs, tiny_dir: Path) -> None:
@@ -230,7 +230,7 @@ def test_probe_call_order_is_checked(probe_inputs, tiny_dir: Path) -> None:
     probe.before(model, torch.arange(4))
     with pytest.raises(RuntimeError, match="other rows"):
         probe.after(model, torch.arange(1, 5))
-    assert _probe(probe_inputs, _cfg(tiny_dir), method="grpo").method.loss.name == "ppo"
+    assert _probe(probe_inputs, _cfg(tiny_dir), method="grpo").method.intervention.name == "ppo"
 
 
 # ---------------------------------------------------------------------------------------------- analyze

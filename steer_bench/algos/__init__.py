@@ -1,8 +1,10 @@
 """The RLVR objective library: pure torch over (B, T) response-token tensors with a mask; no I/O.
 
-A preset resolves once into a :class:`Method` (:func:`make_method`; the config layer does it for
-``configs/methods/*.yaml``), which every caller — the trainer, the reasoning-tree testbed, the load-time
-dry run — uses the same way, per rollout and per mini-batch / micro-batch (gradient accumulation)::
+A method is built from parts (:mod:`~steer_bench.algos.registry`: an advantage estimator, a surrogate, a
+token-level intervention, optionally a rollout correction and an entropy controller), each a frozen keyword-only
+dataclass that a preset section names; the config layer builds the :class:`Method` once per run from
+``configs/methods/*.yaml``, and every caller — the trainer, the reasoning-tree testbed, the load-time dry run —
+uses it the same way, per rollout and per mini-batch / micro-batch (gradient accumulation)::
 
     adv = m.advantages(scores, group_ids, mask, old_entropy=old_entropy)         # (B, T)
     step = m.step_stats(old_entropy, mask, reduce)    # once per step, all ranks; None unless m.needs.step_stats
@@ -12,31 +14,17 @@ dry run — uses the same way, per rollout and per mini-batch / micro-batch (gra
                            Totals(batch_tokens, batch_seqs, max_response_len), step if m.needs.step_stats else stats)
     m.reduce_metrics([metrics, ...])                  # combine the micro-batches' metrics by declared rules
 
-Modules: ``base`` (what a method file defines: :class:`Intervention`, :class:`TokenBatch`, metrics,
-discovery), ``method`` (:class:`Method`, the shared metrics, the dry run), ``interventions/`` (one file per
-token-level intervention), ``advantages`` (estimators), ``surrogate`` (dual-clip PPO, aggregation),
-``entropy`` (entropy from logits, Ω, covariance, quadrants), ``stats`` (masked statistics, metric
-reductions), ``registry`` (hyperparameter checks).
+Modules: ``registry`` (the one registry of parts and the one hyperparameter check), ``base`` (what a method
+file defines: :class:`Intervention`, :class:`TokenBatch`), ``method`` (:class:`Method`, the shared metrics, the
+dry run), ``interventions/`` (one file per token-level intervention), ``advantages`` (estimators),
+``surrogates`` (dual-clip PPO and its replacements, aggregation), ``rollout_correction``, ``entropy_control``
+and ``entropic`` (controllers), ``entropy`` (entropy from logits, Ω, covariance, quadrants), ``stats`` (masked
+statistics, metric reductions).
 """
 
-from steer_bench.algos.advantages import (
-    ADVANTAGES,
-    GROUP_ESTIMATORS,
-    compute_advantages,
-    estimator_needs_entropy,
-    estimator_needs_step,
-)
-from steer_bench.algos.base import (
-    INTERVENTIONS,
-    Intervention,
-    Metric,
-    Reduce,
-    TokenBatch,
-    Totals,
-    discover,
-    intervention_class,
-    local_reduce,
-)
+from steer_bench.algos import interventions
+from steer_bench.algos.advantages import ADVANTAGES, Advantage, compute_advantages
+from steer_bench.algos.base import Intervention, Reduce, TokenBatch, Totals, local_reduce
 from steer_bench.algos.entropy import (
     QUADRANTS,
     covariance,
@@ -45,40 +33,49 @@ from steer_bench.algos.entropy import (
     omega,
     quadrant,
 )
-from steer_bench.algos.method import SHARED_METRICS, Method, Needs, make_method, metric_table
+from steer_bench.algos.entropy_control import Controller
+from steer_bench.algos.method import SHARED_METRICS, Method, Needs, metric_table
+from steer_bench.algos.registry import REGISTRY, ROLES, Metric, Part, build, lookup, register
 from steer_bench.algos.stats import masked_mean, masked_quantile, reduce_metrics
-from steer_bench.algos.surrogate import AGG_MODES, aggregate, clipped_surrogate
+from steer_bench.algos.surrogates import AGG_MODES, PolicySurrogate, Surrogate, aggregate, clipped_surrogate
+
+INTERVENTIONS = REGISTRY["intervention"]  # filled by importing ``interventions`` above
 
 __all__ = [
     "ADVANTAGES",
     "AGG_MODES",
-    "GROUP_ESTIMATORS",
     "INTERVENTIONS",
     "QUADRANTS",
+    "REGISTRY",
+    "ROLES",
     "SHARED_METRICS",
+    "Advantage",
+    "Controller",
     "Intervention",
     "Method",
     "Metric",
     "Needs",
+    "Part",
+    "PolicySurrogate",
     "Reduce",
+    "Surrogate",
     "TokenBatch",
     "Totals",
     "aggregate",
+    "build",
     "clipped_surrogate",
     "compute_advantages",
     "covariance",
-    "discover",
     "entropy_from_logits",
-    "estimator_needs_entropy",
-    "estimator_needs_step",
-    "intervention_class",
+    "interventions",
     "local_reduce",
     "logprobs_and_entropy",
-    "make_method",
+    "lookup",
     "masked_mean",
     "masked_quantile",
     "metric_table",
     "omega",
     "quadrant",
     "reduce_metrics",
+    "register",
 ]

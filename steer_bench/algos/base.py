@@ -1,28 +1,28 @@
-"""What one method file defines, and how the library finds it.
+"""What one method file defines: a token-level intervention and the batch it is called on.
 
-A token-level intervention is a frozen dataclass subclassing :class:`Intervention` in one file of
-``steer_bench/algos/interventions/`` (found there automatically) or in any importable module named as
+A token-level intervention is a part (:mod:`steer_bench.algos.registry`) of kind ``intervention``: a frozen
+dataclass subclassing :class:`Intervention`, registered with ``@register`` in one file of
+``steer_bench/algos/interventions/`` (listed in its ``__init__``) or, outside the library, named as
 ``"package.module:ClassName"`` in a preset. Its keyword-only fields without defaults are its hyperparameters
 (values come from ``configs/methods/*.yaml``); it declares what it needs from the trainer, its metrics with
 their reductions and meanings, and optionally statistics over a whole mini-batch, which it all-reduces over
-ranks itself through the ``reduce`` it is handed (so no rank can forget to). The registry, the metric table
+ranks itself through the ``reduce`` it is handed (so no rank can forget to). The metric table
 (``steer-bench methods --metrics``) and the reductions across micro-batches all derive from these classes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from steer_bench.algos.registry import Part
 from steer_bench.algos.stats import masked_mean
-from steer_bench.algos.surrogate import Surrogate
+from steer_bench.algos.surrogates import Surrogate
 
 Metrics = dict[str, Tensor]
 ReduceOp = Literal["sum", "min", "max"]
@@ -33,18 +33,6 @@ Reduce = Callable[[Tensor, ReduceOp], Tensor]
 def local_reduce(x: Tensor, op: ReduceOp) -> Tensor:
     """The all-reduce of a single process: the value itself."""
     return x
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A metric key's meaning and how its per-call values combine over the micro-batches of a mini-batch.
-
-    ``mean`` is weighted by each call's valid tokens (exact for fractions and token means, approximate for
-    quantiles); ``sum`` / ``min`` / ``max`` as named. Across ranks the trainer then averages (``_max`` /
-    ``_min`` keys: max / min)."""
-
-    meaning: str
-    reduce: Literal["mean", "sum", "min", "max"] = "mean"
 
 
 @dataclass(frozen=True)
@@ -79,11 +67,8 @@ class Totals:
     max_response_len: int | None = None
 
 
-INTERVENTIONS: dict[str, type[Intervention]] = {}
-
-
 @dataclass(frozen=True, kw_only=True)
-class Intervention:
+class Intervention(Part):
     """Turns the shared clipped surrogate L (B, T) into a method's per-token loss (see the module docstring).
 
     Subclasses set ``name`` (the preset's ``loss.name``), ``metrics`` and the ``needs_*`` flags, define
@@ -93,21 +78,13 @@ class Intervention:
     to reject bad hyperparameter values.
     """
 
-    name: ClassVar[str]
-    needs_entropy: ClassVar[bool] = False  # the current policy's entropy (its value; no gradient)
-    needs_old_entropy: ClassVar[bool] = False  # π_old's entropy
-    metrics: ClassVar[Mapping[str, Metric]] = {}
+    role = "intervention"  # needs_entropy: the current policy's entropy as a value (no gradient)
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
-            other = INTERVENTIONS.get(cls.name)
-            if other is not None and other.__qualname__ != cls.__qualname__:
-                raise TypeError(f"two interventions named {cls.name!r}: {other.__module__} and {cls.__module__}")
-            INTERVENTIONS[cls.name] = cls
-            undeclared = [k for k in cls.metrics if not k.startswith(f"{cls.name}/")]
-            if undeclared:
-                raise TypeError(f"intervention {cls.name!r}: metric keys must start with '{cls.name}/': {undeclared}")
+    @classmethod
+    def check_declaration(cls) -> None:
+        undeclared = [k for k in cls.metrics if not k.startswith(f"{cls.name}/")]
+        if undeclared:
+            raise TypeError(f"intervention {cls.name!r}: metric keys must start with '{cls.name}/': {undeclared}")
 
     @property
     def uses_mini_batch_stats(self) -> bool:
@@ -132,36 +109,6 @@ class Intervention:
     def token_loss(self, surrogate: Surrogate, batch: TokenBatch, stats: Any) -> tuple[Tensor, Metrics]:
         """The per-token loss (B, T) and this call's metrics; ``stats`` is None unless step / mini-batch statistics."""
         raise NotImplementedError
-
-
-def hyperparameters(cls: type[Intervention]) -> tuple[str, ...]:
-    """An intervention's hyperparameters: its dataclass fields, in order."""
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
-def discover() -> None:
-    """Import every module of ``steer_bench/algos/interventions/`` so that its classes register."""
-    from steer_bench.algos import interventions
-
-    for info in pkgutil.iter_modules(interventions.__path__):
-        importlib.import_module(f"{interventions.__name__}.{info.name}")
-
-
-def intervention_class(name: str) -> type[Intervention]:
-    """The class registered as ``name``, or imported from ``"package.module:ClassName"``."""
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"policy loss {name!r} cannot be imported: {e}") from e
-        if not (isinstance(cls, type) and issubclass(cls, Intervention)):
-            raise ValueError(f"policy loss {name!r} is not an Intervention subclass")
-        return cls
-    discover()
-    if name not in INTERVENTIONS:
-        raise ValueError(f"unknown policy loss {name!r}; valid: {', '.join(sorted(INTERVENTIONS))}")
-    return INTERVENTIONS[name]
 
 
 def frac(x: Tensor, mask: Tensor) -> Tensor:

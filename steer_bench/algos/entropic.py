@@ -49,7 +49,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from steer_bench.algos.base import Metric, Metrics, frac
+from steer_bench.algos.base import Metrics, TokenBatch, frac
+from steer_bench.algos.entropy_control import Controller
+from steer_bench.algos.registry import Metric, register
 
 METRICS: dict[str, Metric] = {
     "loss/entropic_alpha": Metric("EntroPIC's α of the step (the controller's output)"),
@@ -58,9 +60,14 @@ METRICS: dict[str, Metric] = {
 }
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
-class EntroPIC:
-    """The preset's ``loss.entropic`` (module docstring); the state I lives with the caller."""
+class EntroPIC(Controller):
+    """The preset's ``loss.entropic`` (module docstring); the state I lives with the caller. Its value α weights
+    its own loss term (:meth:`adjust`); the entropy bonus stays the preset's β."""
+
+    name = "entropic"
+    metrics = METRICS
 
     target: float  # H*, nats (release: target_entropy)
     kp: float  # K_p (release: entropy_control_p)
@@ -77,12 +84,28 @@ class EntroPIC:
         if self.kp < 0 or self.ki < 0:
             raise ValueError(f"entropic gains must be >= 0, got kp={self.kp}, ki={self.ki}")
 
-    def step(self, integral: float | None, entropy: float) -> tuple[float, float]:
+    def check_agg(self, agg: str) -> None:
+        if agg != "token-mean":
+            raise ValueError(f"entropic is implemented for agg token-mean (the release's), got {agg!r}")
+
+    def step(
+        self, state: float | None, entropy: float | None, *, step: int = 0, total_steps: int = 1
+    ) -> tuple[float, float]:
         """(α_k, I_{k+1}) from I_k (None: I_0 = 0) and H_k."""
-        i = 0.0 if integral is None else integral
+        assert entropy is not None
+        i = 0.0 if state is None else state
         err = entropy - self.target
         alpha = min(max(self.kp * err + self.ki * i, self.alpha_min), self.alpha_max)
         return alpha, i + err
+
+    def apply(
+        self, batch: TokenBatch, value: float | None, entropy_coef: float, share: Tensor
+    ) -> tuple[float, Tensor | None, Metrics]:
+        alpha = 0.0 if value is None else value
+        adj, metrics = self.adjust(
+            batch.log_probs, batch.old_log_probs, batch.advantages, batch.mask, alpha=alpha, share=share
+        )
+        return entropy_coef, adj, metrics
 
     def adjust(
         self,

@@ -16,8 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
-from steer_bench.algos.base import Metric
+import torch
+from torch import Tensor
+
+from steer_bench.algos.base import Metrics, TokenBatch
+from steer_bench.algos.registry import Metric, Part, register
 
 METRICS: dict[str, Metric] = {
     "loss/entropy_coef": Metric(
@@ -27,8 +32,47 @@ METRICS: dict[str, Metric] = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class AdaptiveEntropy:
+class Controller(Part):
+    """A controller of the loss whose value changes by step (at most one per method; the preset's
+    ``loss.<name>``): :meth:`step` once per training step gives the step's value and the state to keep (the
+    trainer checkpoints it); every loss call then hands that value to :meth:`apply`. ``needs_entropy``: the
+    value is the entropy-bonus coefficient, so the loss needs the current policy's entropy with gradient."""
+
+    role = "controller"
+    reads_entropy: ClassVar[bool] = True  # :meth:`step` reads the step's mean π_old entropy over every rank
+
+    def step(
+        self, state: float | None, entropy: float | None, *, step: int = 0, total_steps: int = 1
+    ) -> tuple[float, float | None]:
+        """(the step's value, the state to keep) from the kept state (None at the start), the step's mean π_old
+        entropy (None unless ``reads_entropy``), the steps done before this one and the run's steps."""
+        raise NotImplementedError
+
+    def check_agg(self, agg: str) -> None:
+        """Raise ValueError if the controller is not implemented for the method's loss aggregation."""
+
+    def apply(
+        self, batch: TokenBatch, value: float | None, entropy_coef: float, share: Tensor
+    ) -> tuple[float, Tensor | None, Metrics]:
+        """(the entropy-bonus coefficient of the call, a term added to the loss or None, metrics) from the step's
+        value (None: the value before any step), the preset's β and the call's share of the mini-batch's tokens."""
+        raise NotImplementedError
+
+
+def bonus_value(coef_init: float, value: float | None) -> tuple[float, None, Metrics]:
+    """A controller whose value is the bonus coefficient: the value (None: the first step's), no term, its metric."""
+    coef = coef_init if value is None else value
+    return coef, None, {"loss/entropy_coef": torch.tensor(float(coef))}
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class AdaptiveEntropy(Controller):
     """The preset's ``loss.adaptive_entropy`` (module docstring); the state c lives with the caller."""
+
+    name = "adaptive_entropy"
+    needs_entropy = True
+    metrics = METRICS
 
     coef_init: float  # c_0
     delta: float  # δ, the step of c per training step
@@ -45,19 +89,28 @@ class AdaptiveEntropy:
         if not self.delta > 0:
             raise ValueError(f"adaptive_entropy delta must be > 0, got {self.delta}")
 
-    def step(self, coef: float | None, entropy: float) -> tuple[float, float]:
+    def step(
+        self, state: float | None, entropy: float | None, *, step: int = 0, total_steps: int = 1
+    ) -> tuple[float, float]:
         """(applied_k, c_{k+1}) from c_k (None: c_0) and H_k."""
-        c = self.coef_init if coef is None else coef
+        assert entropy is not None
+        c = self.coef_init if state is None else state
         below = entropy <= self.target
         nxt = min(max(c + self.delta if below else c - self.delta, self.coef_min), self.coef_max)
         return (c if below else 0.0), nxt
+
+    def apply(
+        self, batch: TokenBatch, value: float | None, entropy_coef: float, share: Tensor
+    ) -> tuple[float, Tensor | None, Metrics]:
+        return bonus_value(self.coef_init, value)
 
 
 SCHEDULE_KINDS = ("constant", "linear", "cosine")
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
-class EntropySchedule:
+class EntropySchedule(Controller):
     """The preset's ``loss.entropy_schedule``: the entropy-bonus coefficient β as a function of the step
     (TRL users asked for it, trl#5584; verl and TRL keep β constant)::
 
@@ -73,6 +126,10 @@ class EntropySchedule:
     Without ``entropy_schedule`` the preset's constant ``entropy_coef`` applies, as before.
     """
 
+    name = "entropy_schedule"
+    needs_entropy = True
+    reads_entropy = False
+    metrics = METRICS
     kind: str  # constant | linear | cosine
     coef_init: float  # β_0, the coefficient of the first step
     coef_final: float  # β_1, the coefficient at the end of training (constant: must equal β_0)
@@ -85,6 +142,17 @@ class EntropySchedule:
                 f"entropy_schedule kind 'constant' needs coef_final == coef_init, "
                 f"got {self.coef_init}, {self.coef_final}"
             )
+
+    def step(
+        self, state: float | None, entropy: float | None, *, step: int = 0, total_steps: int = 1
+    ) -> tuple[float, float | None]:
+        """(β_k, the state untouched): a function of the step alone."""
+        return self.at(step, total_steps), state
+
+    def apply(
+        self, batch: TokenBatch, value: float | None, entropy_coef: float, share: Tensor
+    ) -> tuple[float, Tensor | None, Metrics]:
+        return bonus_value(self.coef_init, value)
 
     def at(self, step: int, total_steps: int) -> float:
         """β_k for k = ``step`` steps done out of N = ``total_steps``."""

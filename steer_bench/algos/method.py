@@ -1,14 +1,16 @@
-"""A method, resolved once from its preset: an advantage estimator, the shared dual-clip surrogate, one
-token-level intervention and the entropy bonus. The trainer, the reasoning-tree testbed and the load-time
-dry run all call it the same way (see :mod:`steer_bench.algos`)::
+"""A method, resolved once from its preset: an advantage estimator, a surrogate, one token-level intervention,
+the entropy bonus and optionally a rollout correction and an entropy controller. The trainer, the reasoning-tree
+testbed and the load-time dry run all call it the same way (see :mod:`steer_bench.algos`)::
 
     loss = agg(L_method) − β · agg(H)        (the bonus term only when ``entropy_coef`` β ≠ 0)
 
 L is the preset's surrogate (:mod:`~steer_bench.algos.surrogates`; default the dual-clip
-:func:`~steer_bench.algos.surrogate.clipped_surrogate`); the intervention turns it into L_method, and a rollout
-correction, if any, weights it. Weights that remove tokens (clip_cov, fork_tokens) or shrink them (steer) never
-change the denominator of the aggregation: it stays the count of valid tokens (as the release for λ, verl for
-clip_cov and TRL for the forking-token mask). Per-call statistics are over the tokens of the call, i.e. per
+:func:`~steer_bench.algos.surrogates.clipped_surrogate`); the intervention turns it into L_method, and a rollout
+correction, if any, weights it; a controller, if any, sets the bonus coefficient by step or adds its own term.
+Every piece is a part (:mod:`steer_bench.algos.registry`): the preset's sections map onto them one to one.
+Weights that remove tokens (clip_cov, fork_tokens) or shrink them (steer) never change the denominator of the
+aggregation: it stays the count of valid tokens (as the release for λ, verl for clip_cov and TRL for the
+forking-token mask). Per-call statistics are over the tokens of the call, i.e. per
 micro-batch, as verl does. Decision: the ratio's log is clamped to [−20, 20] for every loss (verl clamps it in
 ``vanilla`` and STEER but not in clip_cov / kl_cov; it only matters for r > e^20).
 """
@@ -24,31 +26,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steer_bench.algos import surrogates
-from steer_bench.algos.advantages import ADVANTAGES, GROUP_ESTIMATORS, compute_advantages, estimator_needs_entropy
-from steer_bench.algos.base import (
-    INTERVENTIONS,
-    Intervention,
-    Metric,
-    Metrics,
-    Reduce,
-    TokenBatch,
-    Totals,
-    discover,
-    frac,
-    hyperparameters,
-    intervention_class,
-    local_reduce,
-)
-from steer_bench.algos.entropic import METRICS as ENTROPIC_METRICS
-from steer_bench.algos.entropic import EntroPIC
-from steer_bench.algos.entropy_control import METRICS as ENTROPY_CONTROL_METRICS
-from steer_bench.algos.entropy_control import AdaptiveEntropy, EntropySchedule
-from steer_bench.algos.registry import check_params, lookup
-from steer_bench.algos.rollout_correction import METRICS as ROLLOUT_CORRECTION_METRICS
+from steer_bench.algos.advantages import Advantage
+from steer_bench.algos.base import Intervention, Metrics, Reduce, TokenBatch, Totals, frac, local_reduce
+from steer_bench.algos.entropy_control import Controller
+from steer_bench.algos.registry import Metric, Part, registered
 from steer_bench.algos.rollout_correction import RolloutCorrection
 from steer_bench.algos.stats import masked_mean, reduce_metrics
-from steer_bench.algos.surrogate import AGG_MODES, Surrogate, aggregate
+from steer_bench.algos.surrogates import AGG_MODES, DualClip, PolicySurrogate, Surrogate, aggregate
 
 # The metrics every method returns (intervention metrics: each intervention's file).
 SHARED_METRICS: dict[str, Metric] = {
@@ -85,74 +69,78 @@ class Needs:
     step_stats: bool  # :meth:`Method.step_stats` once per step from π_old's entropy (no extra pass)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Method:
-    """A resolved preset. Build it with :func:`make_method`; every hyperparameter is explicit."""
+    """A resolved preset: its parts and settings, every hyperparameter explicit. The config layer builds it once
+    per run from ``configs/methods/<name>.yaml`` (:meth:`~steer_bench.config.method.MethodConfig.resolve`)."""
 
     name: str
-    estimator: str
-    estimator_params: Mapping[str, Any]
+    advantage: Advantage
     intervention: Intervention
     clip_low: float | None  # ε_low; None: no lower bound on the ratio
     clip_high: float | None  # ε_high; None: no upper bound
     clip_c: float | None  # dual-clip constant c > 1; None: no dual clip
-    agg: str  # see steer_bench.algos.surrogate.aggregate
-    entropy_coef: float  # β (with ``entropy_control``: unused, the controller's coefficient instead)
-    surrogate: str = "dual_clip"  # steer_bench.algos.surrogates.SURROGATES
-    surrogate_params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    agg: str  # see steer_bench.algos.surrogates.aggregate
+    entropy_coef: float  # β (a controller with ``needs_entropy`` replaces it by its value)
+    surrogate: PolicySurrogate = dataclasses.field(default_factory=DualClip)
     rollout_correction: RolloutCorrection | None = None  # weight from π_old / π_rollout
-    entropy_control: AdaptiveEntropy | None = None  # the adaptive entropy coefficient
-    entropy_schedule: EntropySchedule | None = None  # β as a function of the step (replaces ``entropy_coef``)
-    entropic: EntroPIC | None = None  # EntroPIC's PI controller and its loss term (steer_bench.algos.entropic)
+    controller: Controller | None = None  # adaptive entropy, entropy schedule or EntroPIC
+
+    def __post_init__(self) -> None:
+        if self.agg not in AGG_MODES:
+            raise ValueError(f"unknown loss aggregation {self.agg!r}; valid: {', '.join(AGG_MODES)}")
+        if self.clip_c is not None and self.clip_c <= 1:
+            raise ValueError(f"dual-clip constant clip_c must be > 1 (or None to disable), got {self.clip_c}")
+        if self.controller is not None:
+            self.controller.check_agg(self.agg)
+
+    @property
+    def parts(self) -> tuple[Part, ...]:
+        """The method's parts, in the order of the objective."""
+        optional = (self.rollout_correction, self.controller)
+        return (self.advantage, self.surrogate, self.intervention, *(p for p in optional if p is not None))
 
     @property
     def needs(self) -> Needs:
         iv = self.intervention
         return Needs(
-            groups=self.estimator in GROUP_ESTIMATORS,
+            groups=self.advantage.groups,
             entropy=iv.needs_entropy or self._has_bonus,
             entropy_grad=self._has_bonus,
-            old_entropy=iv.needs_old_entropy or estimator_needs_entropy(self.estimator),
+            old_entropy=iv.needs_old_entropy or self.advantage.needs_old_entropy,
             mini_batch_stats=iv.uses_mini_batch_stats,
             step_stats=iv.uses_step_stats,
         )
 
     @property
     def _has_bonus(self) -> bool:
-        return self.entropy_coef != 0 or self.entropy_control is not None or self.entropy_schedule is not None
+        return self.entropy_coef != 0 or (self.controller is not None and self.controller.needs_entropy)
 
     @property
     def has_controller(self) -> bool:
         """The caller must call :meth:`entropy_coef_step` every step and pass its value to :meth:`loss`."""
-        return self.entropy_control is not None or self.entropy_schedule is not None or self.entropic is not None
+        return self.controller is not None
 
     @property
     def metrics(self) -> dict[str, Metric]:
         """Every key :meth:`loss` can return, with its meaning and reduction."""
-        extra = dict(ROLLOUT_CORRECTION_METRICS) if self.rollout_correction is not None else {}
-        if self.entropy_control is not None or self.entropy_schedule is not None:
-            extra |= ENTROPY_CONTROL_METRICS
-        if self.entropic is not None:
-            extra |= ENTROPIC_METRICS
-        return SHARED_METRICS | dict(self.intervention.metrics) | extra
+        out = dict(SHARED_METRICS)
+        for part in self.parts:
+            out |= part.metrics
+        return out
 
     def entropy_coef_step(
         self, state: float | None, entropy: float | None, *, step: int = 0, total_steps: int = 1
     ) -> tuple[float, float | None]:
         """(this step's controller value, the controller state to keep) from the kept state (None at the start),
-        this step's mean π_old entropy over all ranks, the steps done before this one and the run's steps.
+        this step's mean π_old entropy over all ranks (read by controllers with ``reads_entropy``), the steps
+        done before this one and the run's steps.
 
         The value is the bonus coefficient (adaptive entropy: c_k; entropy_schedule: β_k, no state), or EntroPIC's
-        α_k (state: the integral); without any of them: (β, state)."""
-        if self.entropic is not None:
-            assert entropy is not None
-            return self.entropic.step(state, entropy)
-        if self.entropy_control is not None:
-            assert entropy is not None
-            return self.entropy_control.step(state, entropy)
-        if self.entropy_schedule is not None:
-            return self.entropy_schedule.at(step, total_steps), state
-        return self.entropy_coef, state
+        α_k (state: the integral); without a controller: (β, state)."""
+        if self.controller is None:
+            return self.entropy_coef, state
+        return self.controller.step(state, entropy, step=step, total_steps=total_steps)
 
     # ------------------------------------------------------------------------------------- the three calls
     def advantages(
@@ -166,10 +154,9 @@ class Method:
         total_steps: int | None = None,
         step_entropy: float | None = None,
     ) -> Tensor:
-        """Token-level advantages (B, T), float32, 0 on padding (:func:`compute_advantages`); ``step`` (1-based)
-        of ``total_steps`` and ``step_entropy`` only for estimators with a schedule (``grpo_range_linear``)."""
-        return compute_advantages(
-            self.estimator,
+        """Token-level advantages (B, T), float32, 0 on padding (:class:`~steer_bench.algos.advantages.Advantage`);
+        ``step`` (1-based) of ``total_steps`` and ``step_entropy`` only for estimators with a schedule."""
+        return self.advantage(
             scores,
             group_ids,
             response_mask,
@@ -177,7 +164,6 @@ class Method:
             step=step,
             total_steps=total_steps,
             step_entropy=step_entropy,
-            **self.estimator_params,
         )
 
     def mini_batch_stats(self, batch: TokenBatch, reduce: Reduce = local_reduce) -> Any:
@@ -206,7 +192,7 @@ class Method:
         ``stats``: :meth:`step_stats` of the step or :meth:`mini_batch_stats` of the mini-batch (None: the
         intervention's per-call statistics).
         ``entropy_coef``: this step's value from :meth:`entropy_coef_step` (None: β, c_0 with the adaptive
-        controller, β_0 with a schedule); with ``entropic`` it is α (None: 0) and the bonus stays β.
+        controller, β_0 with a schedule); with EntroPIC it is α (None: 0) and the bonus stays β.
         """
         self._check(batch)
         b = TokenBatch(
@@ -219,16 +205,10 @@ class Method:
             batch.generator,
             None if batch.rollout_log_probs is None else batch.rollout_log_probs.detach(),
         )
-        surr = surrogates.SURROGATES[self.surrogate](  # dual_clip: clipped_surrogate itself
-            b.log_probs,
-            b.old_log_probs,
-            b.advantages,
-            b.mask,
-            clip_low=self.clip_low,
-            clip_high=self.clip_high,
-            clip_c=self.clip_c,
-            **self.surrogate_params,
-        )
+        surr = self.surrogate(
+            b.log_probs, b.old_log_probs, b.advantages, b.mask,
+            clip_low=self.clip_low, clip_high=self.clip_high, clip_c=self.clip_c,
+        )  # fmt: skip
         token_loss, extra = self.intervention.token_loss(surr, b, stats)
         if self.rollout_correction is not None:
             if b.rollout_log_probs is None:
@@ -242,23 +222,14 @@ class Method:
         loss = pg
         with torch.no_grad():
             metrics = _shared_metrics(surr, b, pg)
-        coef = self.entropy_coef
-        if self.entropic is not None:
-            alpha = 0.0 if entropy_coef is None else entropy_coef
+        if self.controller is None:
+            coef = self.entropy_coef if entropy_coef is None else entropy_coef
+        else:
             share = torch.ones(()) if t.batch_tokens is None else b.mask.sum() / t.batch_tokens
-            adj, ent_metrics = self.entropic.adjust(
-                b.log_probs, b.old_log_probs, b.advantages, b.mask, alpha=alpha, share=share
-            )
-            loss = loss + adj
-            metrics.update(ent_metrics)
-        elif self.entropy_control is not None:
-            coef = self.entropy_control.coef_init if entropy_coef is None else entropy_coef
-            metrics["loss/entropy_coef"] = torch.tensor(float(coef))
-        elif self.entropy_schedule is not None:
-            coef = self.entropy_schedule.coef_init if entropy_coef is None else entropy_coef
-            metrics["loss/entropy_coef"] = torch.tensor(float(coef))
-        elif entropy_coef is not None:
-            coef = entropy_coef
+            coef, term, ctl_metrics = self.controller.apply(b, entropy_coef, self.entropy_coef, share)
+            if term is not None:
+                loss = loss + term
+            metrics.update(ctl_metrics)
         if coef != 0:
             assert b.entropy is not None
             bonus = coef * aggregate(b.entropy, b.mask, agg=self.agg, **counts)
@@ -298,85 +269,6 @@ def _shared_metrics(s: Surrogate, b: TokenBatch, pg: Tensor) -> Metrics:
     return out
 
 
-def make_method(
-    name: str,
-    *,
-    estimator: str,
-    estimator_params: Mapping[str, Any],
-    loss: str,
-    loss_params: Mapping[str, Any],
-    clip_low: float | None,
-    clip_high: float | None,
-    clip_c: float | None,
-    agg: str,
-    entropy_coef: float,
-    surrogate: str = "dual_clip",
-    surrogate_params: Mapping[str, Any] | None = None,
-    rollout_correction: Mapping[str, Any] | None = None,
-    adaptive_entropy: Mapping[str, Any] | None = None,
-    entropy_schedule: Mapping[str, Any] | None = None,
-    entropic: Mapping[str, Any] | None = None,
-) -> Method:
-    """Resolve a preset's names and hyperparameters (ValueError naming any unknown or missing one) and run the
-    method once on a tiny batch, so that a preset that resolves can train. ``surrogate``: a name of
-    :data:`~steer_bench.algos.surrogates.SURROGATES` with its parameters; ``rollout_correction`` /
-    ``adaptive_entropy`` / ``entropy_schedule`` / ``entropic``: the fields of :class:`RolloutCorrection` /
-    :class:`AdaptiveEntropy` / :class:`EntropySchedule` / :class:`EntroPIC`, or None (at most one controller)."""
-    surrogates.check_surrogate(surrogate, surrogate_params or {})
-    check_params(
-        "advantage estimator", estimator, lookup("advantage estimator", ADVANTAGES, estimator), estimator_params
-    )
-    cls = intervention_class(loss)
-    valid = hyperparameters(cls)
-    unknown, missing = sorted(set(loss_params) - set(valid)), [p for p in valid if p not in loss_params]
-    if unknown or missing:
-        parts = [f"unknown {unknown}" if unknown else "", f"missing {missing}" if missing else ""]
-        raise ValueError(
-            f"policy loss {loss!r}: {' and '.join(p for p in parts if p)} parameter(s); "
-            f"its parameters are: {', '.join(valid) if valid else '(none)'}"
-        )
-    if agg not in AGG_MODES:
-        raise ValueError(f"unknown loss aggregation {agg!r}; valid: {', '.join(AGG_MODES)}")
-    controllers = [k for k, v in (("adaptive_entropy", adaptive_entropy), ("entropy_schedule", entropy_schedule),
-                                   ("entropic", entropic)) if v is not None]  # fmt: skip
-    if len(controllers) > 1:
-        raise ValueError(f"at most one of adaptive_entropy, entropy_schedule, entropic; got {', '.join(controllers)}")
-    if entropic is not None and agg != "token-mean":
-        raise ValueError(f"entropic is implemented for agg token-mean (the release's), got {agg!r}")
-    if clip_c is not None and clip_c <= 1:
-        raise ValueError(f"dual-clip constant clip_c must be > 1 (or None to disable), got {clip_c}")
-    method = Method(
-        name,
-        estimator,
-        dict(estimator_params),
-        cls(**loss_params),
-        clip_low,
-        clip_high,
-        clip_c,
-        agg,
-        entropy_coef,
-        surrogate,
-        dict(surrogate_params or {}),
-        _build("rollout_correction", RolloutCorrection, rollout_correction),
-        _build("adaptive_entropy", AdaptiveEntropy, adaptive_entropy),
-        _build("entropy_schedule", EntropySchedule, entropy_schedule),
-        _build("entropic", EntroPIC, entropic),
-    )
-    dry_run(method)
-    return method
-
-
-def _build(key: str, cls: type, params: Mapping[str, Any] | None) -> Any:
-    """``cls(**params)`` (None for None), a TypeError of a wrong field set as the ValueError it is."""
-    if params is None:
-        return None
-    try:
-        return cls(**params)
-    except TypeError as e:
-        fields = ", ".join(f.name for f in dataclasses.fields(cls))
-        raise ValueError(f"{key}: {e}; its fields are: {fields}") from e
-
-
 def dry_run(method: Method) -> None:
     """Run the method on a 2×3 batch: bad values fail at load time, and every metric it returns is declared."""
     mask = torch.tensor([[True, True, True], [True, True, False]])
@@ -396,15 +288,19 @@ def dry_run(method: Method) -> None:
 
 
 def metric_table() -> str:
-    """The Markdown table of every metric a loss can return (shared, then each intervention's)."""
-    discover()
+    """The Markdown table of every metric a loss can return (shared, then each registered part's)."""
     rows = ["| key | reduction | meaning |", "|---|---|---|"]
-    groups = [("every method", SHARED_METRICS)] + [(n, dict(c.metrics)) for n, c in sorted(INTERVENTIONS.items())]
-    groups += [("rollout_correction", ROLLOUT_CORRECTION_METRICS), ("adaptive_entropy", ENTROPY_CONTROL_METRICS)]
-    groups += [("entropic", ENTROPIC_METRICS)]
-    for _, metrics in groups:
-        rows += [f"| `{k}` | {m.reduce} | {m.meaning} |" for k, m in metrics.items()]
+    groups = [SHARED_METRICS] + [dict(c.metrics) for c in sorted(registered("intervention").values(), key=_name)]
+    groups += [dict(c.metrics) for role in ("correction", "controller") for c in registered(role).values()]
+    seen: set[str] = set()
+    for metrics in groups:
+        rows += [f"| `{k}` | {m.reduce} | {m.meaning} |" for k, m in metrics.items() if k not in seen]
+        seen |= set(metrics)
     return "\n".join(rows) + "\n"
+
+
+def _name(cls: type[Part]) -> str:
+    return cls.name
 
 
 def describe(cls: type[Intervention]) -> str:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from steer_bench.algos.base import Metric, Metrics, frac
+from steer_bench.algos.base import Metrics, frac
+from steer_bench.algos.registry import Metric, Part, register
 from steer_bench.algos.stats import masked_mean
 
 LEVELS = ("token", "sequence")
@@ -42,9 +43,14 @@ METRICS: dict[str, Metric] = {
 }
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
-class RolloutCorrection:
-    """The preset's ``loss.rollout_correction`` (module docstring)."""
+class RolloutCorrection(Part):
+    """The preset's ``loss.rollout_correction`` (module docstring); needs ``TokenBatch.rollout_log_probs``."""
+
+    role = "correction"
+    name = "rollout_correction"
+    metrics = METRICS
 
     level: str  # token | sequence
     mode: str  # truncate | mask (TRL: ρ kept inside the band) | reject (0/1)

@@ -40,11 +40,9 @@ import torch
 from torch import Tensor
 
 from steer_bench import files
-from steer_bench.algos import QUADRANTS, covariance, omega, quadrant
-from steer_bench.algos.base import hyperparameters
-from steer_bench.algos.interventions.steer import Steer, steer_weights
+from steer_bench.algos import QUADRANTS, Method, covariance, omega, quadrant
+from steer_bench.algos.interventions.steer import Steer
 from steer_bench.analysis.stats import step_metrics
-from steer_bench.config.method import MethodConfig, load_method
 from steer_bench.config.run import TrainConfig
 from steer_bench.rollout.batch import PaddedRollout
 
@@ -62,7 +60,7 @@ class EntropyProbe:
     def __init__(
         self,
         step: int,
-        method: MethodConfig,
+        method: Method,
         cfg: TrainConfig,
         batch: PaddedRollout,
         old: tuple[Tensor, Tensor],
@@ -191,16 +189,12 @@ class EntropyProbe:
         self, adv: Tensor, old_logp: Tensor, logp: Tensor, old_ent: Tensor, mask: Tensor
     ) -> tuple[Tensor, str]:
         """STEER's λ (len(rows), T) over the trainer's groups: per micro-batch (scope micro) or the mini-batch."""
-        iv = self.method.resolve().intervention
-        source = "method"
+        iv, source = self.method.intervention, "method"
         if not isinstance(iv, Steer):  # the release's λ, for methods that do not weight by it
-            iv, source = load_method("steer").resolve().intervention, "release defaults"
-        assert isinstance(iv, Steer)
-        params = {name: getattr(iv, name) for name in hyperparameters(Steer)}
-        scope = params.pop("scope")
+            iv, source = Steer.release(), "release defaults"
         index = torch.arange(len(adv), device=adv.device)
-        groups = [index] if scope == "mini" else list(index.split(self.cfg.micro_batch_size))
+        groups = [index] if iv.scope == "mini" else list(index.split(self.cfg.micro_batch_size))
         lam = torch.zeros_like(logp)
         for g in groups:
-            lam[g] = steer_weights(adv[g], old_logp[g], logp[g], old_ent[g], mask[g], **params)
+            lam[g] = iv.weights(adv[g], old_logp[g], logp[g], old_ent[g], mask[g])
         return lam, source

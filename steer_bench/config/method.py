@@ -2,24 +2,27 @@
 into the objective library's :class:`~steer_bench.algos.Method` (:meth:`MethodConfig.resolve`).
 
 A method is an advantage estimator plus a policy loss (one intervention of ``steer_bench/algos/interventions/``)
-with its clip settings, aggregation and entropy bonus. Names and hyperparameters are checked against the
-library, and every preset is run once on a tiny batch at load time, so a config that loads can train.
+with its surrogate, clip settings, aggregation, entropy bonus and optional rollout correction and controller.
+Each section with a name and parameters maps onto one part of the library's registry
+(:func:`~steer_bench.algos.build`: names and hyperparameters checked there, once), and every preset is run once
+on a tiny batch at load time, so a config that loads can train.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from steer_bench.algos import ADVANTAGES, Method, intervention_class, make_method
-from steer_bench.algos.registry import lookup
+from steer_bench.algos import Advantage, Controller, Intervention, Method, PolicySurrogate, build, lookup
+from steer_bench.algos.method import dry_run
+from steer_bench.algos.rollout_correction import RolloutCorrection
 from steer_bench.config.base import StrictModel, load_model
 from steer_bench.errors import SteerBenchError
+
+P = TypeVar("P")
 
 CONFIGS_DIR = Path(__file__).parents[2] / "configs"
 
@@ -31,7 +34,7 @@ class AdvantageConfig(StrictModel):
     @field_validator("estimator")
     @classmethod
     def _known(cls, v: str) -> str:
-        lookup("advantage estimator", ADVANTAGES, v)
+        lookup("advantage", v)
         return v
 
 
@@ -50,14 +53,15 @@ class LossConfig(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict)
     surrogate: SurrogateConfig = Field(default_factory=SurrogateConfig)  # the surrogate L the intervention reshapes
     rollout_correction: dict[str, Any] | None = None  # steer_bench.algos.rollout_correction fields; None: off
-    adaptive_entropy: dict[str, Any] | None = None  # steer_bench.algos.entropy_control fields; None: fixed β
-    entropy_schedule: dict[str, Any] | None = None  # EntropySchedule fields (β by step); None: fixed β
-    entropic: dict[str, Any] | None = None  # steer_bench.algos.entropic fields (EntroPIC); None: off
+    # the controllers (at most one), each the fields of the registered controller of that name; None: fixed β
+    adaptive_entropy: dict[str, Any] | None = None  # steer_bench.algos.entropy_control.AdaptiveEntropy
+    entropy_schedule: dict[str, Any] | None = None  # steer_bench.algos.entropy_control.EntropySchedule (β by step)
+    entropic: dict[str, Any] | None = None  # steer_bench.algos.entropic.EntroPIC
 
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        intervention_class(v)
+        lookup("intervention", v)
         return v
 
 
@@ -69,41 +73,56 @@ class MethodConfig(StrictModel):
     advantage: AdvantageConfig
     loss: LossConfig
 
+    _method: Method | None = PrivateAttr(default=None)
+
     @model_validator(mode="after")
     def _resolves(self) -> MethodConfig:
-        self.resolve()
+        try:
+            self._method = build_method(self)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"method {self.name!r} does not run: {e}") from e
         return self
 
     def resolve(self) -> Method:
-        """The library's method object (built and dry-run once per distinct preset)."""
-        try:
-            return _resolve(self.model_dump_json())
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"method {self.name!r} does not run: {e}") from e
+        """The library's method object, built and dry-run once when the preset was validated."""
+        assert self._method is not None
+        return self._method
 
 
-@functools.lru_cache(maxsize=256)
-def _resolve(dumped: str) -> Method:
-    m = json.loads(dumped)
-    adv, loss = m["advantage"], m["loss"]
-    return make_method(
-        m["name"],
-        estimator=adv["estimator"],
-        estimator_params=adv["params"],
-        loss=loss["name"],
-        loss_params=loss["params"],
-        clip_low=loss["clip_low"],
-        clip_high=loss["clip_high"],
-        clip_c=loss["clip_c"],
-        agg=loss["agg"],
-        entropy_coef=loss["entropy_coef"],
-        surrogate=loss["surrogate"]["name"],
-        surrogate_params=loss["surrogate"]["params"],
-        rollout_correction=loss["rollout_correction"],
-        adaptive_entropy=loss["adaptive_entropy"],
-        entropy_schedule=loss["entropy_schedule"],
-        entropic=loss["entropic"],
+CONTROLLERS = ("adaptive_entropy", "entropy_schedule", "entropic")  # the LossConfig keys naming a controller
+
+
+def build_method(m: MethodConfig) -> Method:
+    """The preset's sections as the library's parts, one to one, run once on a tiny batch."""
+    loss = m.loss
+    controllers = [k for k in CONTROLLERS if getattr(loss, k) is not None]
+    if len(controllers) > 1:
+        raise ValueError(f"at most one of {', '.join(CONTROLLERS)}; got {', '.join(controllers)}")
+    method = Method(
+        name=m.name,
+        advantage=_part(Advantage, "advantage", m.advantage.estimator, m.advantage.params),
+        surrogate=_part(PolicySurrogate, "surrogate", loss.surrogate.name, loss.surrogate.params),
+        intervention=_part(Intervention, "intervention", loss.name, loss.params),
+        clip_low=loss.clip_low,
+        clip_high=loss.clip_high,
+        clip_c=loss.clip_c,
+        agg=loss.agg,
+        entropy_coef=loss.entropy_coef,
+        rollout_correction=None
+        if loss.rollout_correction is None
+        else _part(RolloutCorrection, "correction", "rollout_correction", loss.rollout_correction),
+        controller=None
+        if not controllers
+        else _part(Controller, "controller", controllers[0], getattr(loss, controllers[0])),
     )
+    dry_run(method)
+    return method
+
+
+def _part(base: type[P], role: str, name: str, params: dict[str, Any]) -> P:
+    part = build(role, name, params)
+    assert isinstance(part, base)
+    return part
 
 
 def methods_dir(configs_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -23,7 +23,6 @@ import torch
 from tqdm.auto import tqdm
 
 from steer_bench import files
-from steer_bench.algos import estimator_needs_step
 from steer_bench.config.method import MethodConfig
 from steer_bench.config.run import TrainConfig
 from steer_bench.errors import NonFiniteError
@@ -164,7 +163,7 @@ def collect(run: Run, grader: Grader, number: int) -> Step:
         old_logp, old_entropy = rollout_logprobs(run.model, batch, cfg)
     group_ids = torch.as_tensor(rollout.prompt_index, device=acc.device)
     schedule: dict[str, Any] = {}  # a schedule (grpo_range_linear): step k of T, H over every rank's tokens
-    if estimator_needs_step(run.method.estimator):
+    if run.method.advantage.needs_step:
         h = mean_entropy(run, old_entropy, batch.response_mask)
         schedule = {"step": number, "total_steps": cfg.steps, "step_entropy": h}
     adv = run.method.advantages(scores, group_ids, batch.response_mask, old_entropy=old_entropy, **schedule)
@@ -185,7 +184,7 @@ def update(run: Run, step: Step) -> None:
     if cfg.analysis.every_n_steps and step.number % cfg.analysis.every_n_steps == 0:
         from steer_bench.analysis import EntropyProbe
 
-        probe = EntropyProbe(step.number, run.preset, cfg, ubatch, uold, uadv, forward=forward)
+        probe = EntropyProbe(step.number, run.method, cfg, ubatch, uold, uadv, forward=forward)
     rows = UpdateRows(ubatch, uold, uadv)
     coef = entropy_coef(run, step)  # the adaptive entropy coefficient's state crosses steps (run.state)
     metrics = policy_update(run.model, run.optimizer, run.scheduler, acc, rows, run.method, cfg, probe, coef)
@@ -205,7 +204,7 @@ def entropy_coef(run: Run, step: Step) -> float | None:
     if not method.has_controller:
         return None
     entropy = None
-    if method.entropy_control is not None or method.entropic is not None:
+    if method.controller is not None and method.controller.reads_entropy:
         entropy = mean_entropy(run, step.old_entropy, step.batch.response_mask)
     coef, run.state.entropy_coef = method.entropy_coef_step(
         run.state.entropy_coef, entropy, step=step.number - 1, total_steps=run.cfg.steps

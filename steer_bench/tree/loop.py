@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-from steer_bench.algos import TokenBatch, Totals, logprobs_and_entropy
-from steer_bench.config.method import MethodConfig
+from steer_bench.algos import Method, TokenBatch, Totals, logprobs_and_entropy
 from steer_bench.errors import SteerBenchError
 from steer_bench.tree.config import SettingConfig
 from steer_bench.tree.policy import TabularPolicy
@@ -69,7 +68,7 @@ def update(
     lr: float,
     batch: Rollout,
     adv: torch.Tensor,
-    method: MethodConfig,
+    method: Method,
     order: torch.Tensor,
     minibatches: int,
     gen: torch.Generator,
@@ -77,7 +76,7 @@ def update(
 ) -> list[dict[str, Any]]:
     """One optimizer step per mini-batch of ``order`` (a permutation of the rollout's rows); the calls' metrics."""
     mask = torch.ones_like(adv, dtype=torch.bool)
-    m = method.resolve()
+    m = method
     calls = []
     step_stats = m.step_stats(batch.old_entropy, mask)  # STARE's gate over the step batch; None for the others
     for rows in order.chunk(minibatches):
@@ -124,10 +123,10 @@ def analyse(
 
 
 def train_run(
-    setting: SettingConfig, method: MethodConfig, *, lr: float, seed: int, keep_points: bool, log: RunLog
+    setting: SettingConfig, method: Method, *, lr: float, seed: int, keep_points: bool, log: RunLog
 ) -> RunLog:
-    """Train one method from the seed's task and initial table (paired across methods), appending every
-    step's metrics to ``log`` (so that the steps before a divergence survive it)."""
+    """Train one method (its preset resolved once, by the caller) from the seed's task and initial table (paired
+    across methods), appending every step's metrics to ``log`` (so that the steps before a divergence survive it)."""
     cfg = setting.train
     task = make_task(setting.task, seed)
     policy = TabularPolicy(task, init_std=cfg.init_std, seed=seed)
@@ -144,7 +143,7 @@ def train_run(
         problems = torch.randperm(task.P, generator=gen)[: cfg.problems_per_step].repeat_interleave(n)
         batch = rollout(policy, task, problems, gen)
         mask = torch.ones_like(batch.old_logp)
-        adv = method.resolve().advantages(  # step + 1: the first update is step 1 (verl's global_steps)
+        adv = method.advantages(  # step + 1: the first update is step 1 (verl's global_steps)
             batch.scores, problems, mask, old_entropy=batch.old_entropy, step=step + 1, total_steps=cfg.steps
         )
         order = torch.randperm(len(problems), generator=gen) if cfg.shuffle else torch.arange(len(problems))
@@ -153,11 +152,11 @@ def train_run(
             row |= metrics
             if keep_points:
                 log.points += [{"step": step} | p for p in points]
-        coef, coef_state = method.resolve().entropy_coef_step(
+        coef, coef_state = method.entropy_coef_step(
             coef_state, float(batch.old_entropy.mean()), step=step, total_steps=cfg.steps
         )
         calls = update(policy, lr, batch, adv, method, order, cfg.minibatches, gen, coef)
-        row |= rollout_metrics(batch, adv, n) | method.resolve().reduce_metrics(calls)
+        row |= rollout_metrics(batch, adv, n) | method.reduce_metrics(calls)
         if not math.isfinite(row["rollout/entropy"]):
             raise SteerBenchError(f"method {method.name!r} seed {seed}: non-finite entropy at step {step}")
         log.rows.append(row)

@@ -34,10 +34,11 @@ from steer_bench.algos import (
     covariance,
     entropy_from_logits,
     logprobs_and_entropy,
-    make_method,
     omega,
 )
 from steer_bench.algos import quadrant as quadrant_of
+from steer_bench.algos.advantages import Grpo
+from steer_bench.algos.interventions.ppo import PPO
 from steer_bench.analysis.stats import (
     agreement,  # one definition of the estimator statistics, shared with the LM analysis
 )
@@ -48,9 +49,9 @@ from steer_bench.analysis.stats import (
 @functools.cache
 def vanilla() -> Method:
     """The unclipped policy gradient −A·r (token mean): the loss the first-order analysis differentiates."""
-    return make_method(
-        "vanilla", estimator="grpo", estimator_params={"norm_by_std": True, "eps": 1e-6}, loss="ppo",
-        loss_params={}, clip_low=None, clip_high=None, clip_c=None, agg="token-mean", entropy_coef=0.0,
+    return Method(
+        name="vanilla", advantage=Grpo(norm_by_std=True, eps=1e-6), intervention=PPO(), clip_low=None,
+        clip_high=None, clip_c=None, agg="token-mean", entropy_coef=0.0,
     )  # fmt: skip
 
 

@@ -79,7 +79,7 @@ def run_job(job: Job) -> JobResult:
     lr = job.setting.train.lr * job.spec.lr_scale
     result, error = RunLog(), None
     try:
-        train_run(job.setting, job.method, lr=lr, seed=job.seed, keep_points=job.keep_points, log=result)
+        train_run(job.setting, job.method.resolve(), lr=lr, seed=job.seed, keep_points=job.keep_points, log=result)
     except SteerBenchError as e:  # recorded in summary.json and the report, with the steps before it
         error = str(e)
     return JobResult(job, result, time.process_time() - start, error)

@@ -7,7 +7,8 @@ from typing import Any
 
 from torch import Tensor
 
-from steer_bench.algos import Method, TokenBatch, Totals, make_method
+from steer_bench.algos import Intervention, Method, TokenBatch, Totals, build
+from steer_bench.algos.advantages import Grpo
 
 GRPO = {"norm_by_std": True, "eps": 1e-6}
 
@@ -16,8 +17,10 @@ def method(
     name: str, *, clip_low: float | None, clip_high: float | None, clip_c: float | None, agg: str,
     entropy_coef: float, **params: Any,
 ) -> Method:  # fmt: skip
-    return make_method(
-        f"test-{name}", estimator="grpo", estimator_params=GRPO, loss=name, loss_params=params,
+    intervention = build("intervention", name, params)
+    assert isinstance(intervention, Intervention)
+    return Method(
+        name=f"test-{name}", advantage=Grpo(**GRPO), intervention=intervention,
         clip_low=clip_low, clip_high=clip_high, clip_c=clip_c, agg=agg, entropy_coef=entropy_coef,
     )  # fmt: skip
 

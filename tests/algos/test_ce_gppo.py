@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from steer_bench.algos import TokenBatch
-from steer_bench.algos.surrogates import ce_gppo
+from steer_bench.algos.surrogates import CEGPPO
 from steer_bench.config.method import load_method
 
 TOL = {"rtol": 1e-6, "atol": 1e-6}  # float32, values of order 1
@@ -21,7 +21,7 @@ def test_the_three_cases_and_the_dual_clip() -> None:
     logp = (old + log_r).requires_grad_(True)
     adv = torch.tensor([[-1.0, 2.0, 1.0, -1.0, 0.0]])
     mask = torch.tensor([[True, True, True, True, False]])
-    s = ce_gppo(logp, old, adv, mask, clip_low=0.2, clip_high=0.28, clip_c=3.0, beta_low=0.75, beta_high=1.0)
+    s = CEGPPO(beta_low=0.75, beta_high=1.0)(logp, old, adv, mask, clip_low=0.2, clip_high=0.28, clip_c=3.0)
     r = math.exp(0.1)
     want = torch.tensor([0.75 * 0.8 * 1.0, -1.0 * 1.28 * 2.0, -r, 3.0, 0.0])
     torch.testing.assert_close(s.loss[0], want, **TOL)
@@ -37,8 +37,8 @@ def test_beta_zero_recovers_ppo_gradients() -> None:
     old = torch.zeros(1, 2)
     logp = torch.tensor([[math.log(0.5), math.log(1.5)]], requires_grad=True)
     adv = torch.tensor([[-1.0, 1.0]])
-    s = ce_gppo(logp, old, adv, torch.ones(1, 2, dtype=torch.bool), clip_low=0.2, clip_high=0.2, clip_c=None,
-                beta_low=0.0, beta_high=0.0)  # fmt: skip
+    s = CEGPPO(beta_low=0.0, beta_high=0.0)(logp, old, adv, torch.ones(1, 2, dtype=torch.bool), clip_low=0.2,
+                                            clip_high=0.2, clip_c=None)  # fmt: skip
     (g,) = torch.autograd.grad(s.loss.sum(), logp)
     assert (g == 0).all()  # PPO: clipped tokens get no gradient
 
@@ -57,6 +57,6 @@ def test_the_preset_dual_clip_is_the_release_scripts_c_10() -> None:
     (g,) = torch.autograd.grad(loss, logp)
     torch.testing.assert_close(g, torch.tensor([[5.0, 0.0]]), **TOL)  # −A·r on the valid token
     assert metrics["loss/clipfrac_dual"].item() == 0.0
-    s3 = ce_gppo(logp, old, adv, mask, clip_low=0.2, clip_high=0.28, clip_c=3.0, beta_low=0.75, beta_high=1.0)
+    s3 = CEGPPO(beta_low=0.75, beta_high=1.0)(logp, old, adv, mask, clip_low=0.2, clip_high=0.28, clip_c=3.0)
     assert s3.loss[0, 0].item() == pytest.approx(3.0)  # c = 3: min(−A·c, −r·A) = 3, the dual clip binds
     assert bool(s3.clipped_dual[0, 0])

@@ -6,7 +6,9 @@ import math
 
 import torch
 
-from steer_bench.algos.surrogates import cispo
+from steer_bench.algos.surrogates import CISPO
+
+cispo = CISPO()
 
 TOL = {"rtol": 1e-6, "atol": 1e-6}  # float32, values of order 1
 

@@ -71,7 +71,7 @@ def test_the_bonus_uses_the_step_coefficient() -> None:
 
 def test_the_constant_preset_is_unchanged() -> None:
     m = load_method("entropy_loss").resolve()
-    assert m.entropy_schedule is None
+    assert m.controller is None
     assert not m.has_controller
     assert m.entropy_coef_step(None, 0.3, step=5, total_steps=10) == (0.001, None)
     b, _ = _batch()

@@ -74,9 +74,9 @@ def test_existing_presets_ignore_rollout_log_probs_and_keep_the_dual_clip(name: 
     """The new TokenBatch field and surrogate choice change nothing for the paper presets."""
     batch, _logp, _ = _batch(make_batch)
     m = load_method(name).resolve()
-    assert m.surrogate == "dual_clip"
+    assert m.surrogate.name == "dual_clip"
     assert m.rollout_correction is None
-    assert m.entropy_control is None
+    assert m.controller is None
     without = dataclasses.replace(batch, rollout_log_probs=None, generator=torch.Generator().manual_seed(0))
     with_rollout = dataclasses.replace(batch, generator=torch.Generator().manual_seed(0))
     la, ma = m.loss(without, stats=m.mini_batch_stats(without))

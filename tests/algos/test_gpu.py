@@ -12,10 +12,9 @@ import pytest
 import torch
 import yaml
 
-from steer_bench.algos import ADVANTAGES, INTERVENTIONS, compute_advantages, discover, logprobs_and_entropy
+from steer_bench.algos import ADVANTAGES, INTERVENTIONS, compute_advantages, logprobs_and_entropy
 from tests.algos.calls import policy_loss
 
-discover()
 POLICY_LOSSES = [n for n, c in INTERVENTIONS.items() if c.__module__.startswith("steer_bench.algos.interventions.")]
 
 MakeBatch = Callable[..., dict[str, torch.Tensor]]  # the make_batch fixture (conftest.py)

@@ -6,7 +6,9 @@ import math
 
 import torch
 
-from steer_bench.algos.surrogates import gspo
+from steer_bench.algos.surrogates import GSPO
+
+gspo = GSPO()
 
 # float32 exp/log of numbers of order 1: a few ulps
 TOL = {"rtol": 1e-6, "atol": 1e-6}

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from steer_bench.algos import INTERVENTIONS, SHARED_METRICS, covariance, discover, metric_table, reduce_metrics
+from steer_bench.algos import INTERVENTIONS, SHARED_METRICS, covariance, metric_table, reduce_metrics
 from steer_bench.config.method import list_methods, load_method
 from tests.algos.calls import mini_batch_stats, policy_loss
 
@@ -31,7 +31,6 @@ def _params_by_loss() -> dict[str, dict]:
 
 def _builtin() -> list[str]:
     """The interventions of steer_bench/algos/interventions/ (tests may register their own elsewhere)."""
-    discover()
     return sorted(n for n, c in INTERVENTIONS.items() if c.__module__.startswith("steer_bench.algos.interventions."))
 
 

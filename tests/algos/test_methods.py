@@ -7,78 +7,39 @@ from pathlib import Path
 
 import pytest
 
-from steer_bench.algos import ADVANTAGES, INTERVENTIONS, discover
+from steer_bench.algos import ADVANTAGES, INTERVENTIONS, Method
+from steer_bench.algos.advantages import Grpo
+from steer_bench.algos.interventions.steer import Steer
+from steer_bench.algos.registry import hyperparameters
 from steer_bench.config.method import CONFIGS_DIR, MethodConfig, list_methods, load_method
 from steer_bench.errors import SteerBenchError
 
-PRESETS = {
-    "grpo",
-    "dr_grpo",
-    "clip_higher",
-    "extreme",
-    "entropy_loss",
-    "clip_cov",
-    "kl_cov",
-    "fork_tokens",
-    "w_reinforce",
-    "entropy_adv",
-    "rloo",
-    "opo",
-    "steer",
-    "steer_linear",
-    "rloo_steer",
-    "opo_steer",
-    "steer_first_order",
-    "steer_quantile_k",
-    "steer_release_bfc8d2e",
-    "steer_lmin07",
-    "rloo_clip_higher",
-    "opo_clip_higher",
-    # issue 13: the 2025–26 interventions (docs/methods.md, §M24–§M34)
-    "stare",
-    "stare_c2",
-    "ce_gppo",
-    "gspo",
-    "cispo",
-    "adaptive_entropy",
-    "grpo_tis",
-    "grpo_seq_mask",
-    "steer_signed",
-    # issue 27 item 4: STEER ablations after an independent reproduction (docs/methods.md §M22, §M23)
-    "steer_theorem",
-    "steer_rank",
-    # issue 27: advantage shaping (docs/methods.md §M30, §M31)
-    "entrocraft",
-    "a_grae",
-    # issue 27: controllers (docs/methods.md §M28, §M29)
-    "entropic",
-    "entropy_loss_linear",
-}
+PRESETS = {p.stem for p in (CONFIGS_DIR / "methods").glob("*.yaml")}
 
 
 def test_every_preset_exists_and_loads() -> None:
-    assert set(list_methods()) == PRESETS
+    assert len(PRESETS) >= 30  # the paper's rows, the 2025–26 methods and our ablations
+    assert list_methods() == sorted(PRESETS)
     methods = [load_method(n) for n in sorted(PRESETS)]
     for m in methods:
         assert isinstance(m, MethodConfig)
-        assert m.name in PRESETS
+        assert isinstance(m.resolve(), Method)
     assert {m.name for m in methods} == PRESETS  # each file's name matches its stem
     assert {m.advantage.estimator for m in methods} == set(ADVANTAGES)
-    discover()
     builtin = {n for n, c in INTERVENTIONS.items() if c.__module__.startswith("steer_bench.algos.interventions.")}
     assert {m.loss.name for m in methods} >= builtin
 
 
 def test_our_ablations_are_labelled_as_such() -> None:
+    """A preset is flagged ``ablation`` exactly when its file and description say OUR ABLATION."""
     ablations = {n for n in PRESETS if load_method(n).ablation}
-    assert ablations == {
-        "steer_first_order", "steer_quantile_k", "steer_signed", "steer_theorem", "steer_rank", "entropy_loss_linear"
-    }  # fmt: skip
-    for name in ablations:
-        m = load_method(name)
-        assert "ablation" in m.label.lower()
-        assert "OUR ABLATION" in m.description
-        assert "OUR ABLATION" in (CONFIGS_DIR / "methods" / f"{name}.yaml").read_text()
+    assert "steer_rank" in ablations
+    assert "steer" not in ablations
+    for name in PRESETS:
+        m, text = load_method(name), (CONFIGS_DIR / "methods" / f"{name}.yaml").read_text()
+        said = "OUR ABLATION" in m.description
+        assert said == (name in ablations) == ("OUR ABLATION" in text), name
+        assert ("ablation" in m.label.lower()) == (name in ablations), name
 
 
 def test_every_nonzero_number_in_a_preset_cites_a_source() -> None:
@@ -136,7 +97,12 @@ def test_what_the_trainer_must_provide() -> None:
     assert not ent_adv.resolve().needs.entropy
     m = grpo.resolve()
     assert (m.clip_low, m.clip_high, m.clip_c, m.agg, m.entropy_coef) == (0.2, 0.2, 10.0, "token-mean", 0.0)
-    assert (m.estimator, dict(m.estimator_params)) == ("grpo", {"norm_by_std": True, "eps": 1e-6})
+    assert m.advantage == Grpo(norm_by_std=True, eps=1e-6)
+
+
+def test_the_release_steer_is_the_steer_preset() -> None:
+    """The analysis probe's λ for methods without STEER uses :meth:`Steer.release`, not the YAML: keep them equal."""
+    assert load_method("steer").resolve().intervention == Steer.release()
 
 
 def test_overrides_and_paths(tmp_path: Path) -> None:
@@ -150,40 +116,35 @@ def test_overrides_and_paths(tmp_path: Path) -> None:
     assert list_methods(tmp_path) == ["mine"]
 
 
+STEER_PARAMS = hyperparameters(Steer)
+
+
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("overrides", "named"),
     [
-        (
-            ["advantage.estimator=gae"],
-            r"advantage\.estimator: .*unknown advantage estimator 'gae'; valid: a_grae, entropy_adv, grpo",
-        ),
-        (
-            ["loss.name=vanilla"],
-            r"loss\.name: .*unknown policy loss 'vanilla'; valid: clip_cov, fork_tokens, kl_cov, ppo",
-        ),
-        (
-            ["loss.params.weight_mn=0.8"],
-            r"unknown \['weight_mn'\] parameter\(s\); its parameters are: weight_min, weight_max",
-        ),
-        (["loss.params={}"], r"missing \['weight_min', .*'form'\]"),
-        (
-            ["loss.agg=mean"],
-            r"loss\.agg: Input should be 'token-mean', 'seq-mean-token-mean' or 'seq-mean-token-sum-norm'",
-        ),
-        (
-            ["loss.params.mapping=expo"],
-            r"method 'steer' does not run: STEER mapping must be one of \('exp', 'linear', 'rank'\)",
-        ),
-        (["loss.params.scope=macro"], r"scope must be one of \('micro', 'mini'\), got 'macro'"),
-        (["loss.clip_c=1.0"], r"clip_c must be > 1"),
-        (["loss.params.weight_min=abc"], r"does not run"),
-        (["lr=1e-6"], r"unknown key 'lr'.*valid keys here: ablation, advantage, description, label, loss, name"),
+        # each message names the section, the bad name or key, and every valid one (in any order)
+        (["advantage.estimator=gae"], ["advantage.estimator", "unknown advantage estimator 'gae'", *ADVANTAGES]),
+        (["loss.name=vanilla"], ["loss.name", "unknown policy loss 'vanilla'", *INTERVENTIONS]),
+        (["loss.params.weight_mn=0.8"], ["policy loss 'steer'", "unknown ['weight_mn']", *STEER_PARAMS]),
+        (["loss.params={}"], ["policy loss 'steer'", "missing [", *(f"'{p}'" for p in STEER_PARAMS)]),
+        (["loss.surrogate.name=ppo2"], ["surrogate 'ppo2'", "dual_clip", "gspo", "cispo", "ce_gppo"]),
+        (["loss.surrogate.params.beta=1"], ["surrogate 'dual_clip'", "unknown ['beta']", "(none)"]),
+        (["loss.entropic={target: 0.1}"], ["entropy controller 'entropic'", "missing [", "'kp'", "'high_prob'"]),
+        (["loss.agg=mean"], ["loss.agg", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]),
+        (["loss.params.mapping=expo"], ["method 'steer' does not run", "'expo'", "exp", "linear", "rank"]),
+        (["loss.params.scope=macro"], ["scope must be one of", "'macro'", "micro", "mini"]),
+        (["loss.clip_c=1.0"], ["clip_c must be > 1"]),
+        (["loss.params.weight_min=abc"], ["does not run"]),
+        (["lr=1e-6"], ["unknown key 'lr'", "ablation", "advantage", "description", "label", "loss", "name"]),
     ],
 )
-def test_bad_configs_fail_naming_the_file_and_the_valid_names(overrides: list[str], message: str) -> None:
-    with pytest.raises(SteerBenchError, match=message) as e:
+def test_bad_configs_fail_naming_the_file_and_the_valid_names(overrides: list[str], named: list[str]) -> None:
+    with pytest.raises(SteerBenchError) as e:
         load_method("steer", overrides)
-    assert "configs/methods/steer.yaml" in str(e.value)
+    message = str(e.value)
+    assert "configs/methods/steer.yaml" in message
+    for part in named:
+        assert part in message, (part, message)
 
 
 def test_unknown_method_lists_the_presets() -> None:

@@ -7,7 +7,7 @@ import torch
 
 from steer_bench.algos import TokenBatch
 from steer_bench.algos.interventions.stare import Stare, top_surprisal
-from steer_bench.algos.surrogate import clipped_surrogate
+from steer_bench.algos.surrogates import clipped_surrogate
 from steer_bench.config.method import load_method
 
 

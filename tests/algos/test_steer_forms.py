@@ -13,7 +13,7 @@ import torch
 from steer_bench.algos import TokenBatch, omega
 from steer_bench.algos.interventions.steer import Steer, lambda_map, rank_fraction
 from steer_bench.algos.interventions.steer_signed import SteerSigned
-from steer_bench.algos.surrogate import clipped_surrogate
+from steer_bench.algos.surrogates import clipped_surrogate
 from steer_bench.config.method import load_method
 from tests.algos.conftest import Batch, random_batch
 

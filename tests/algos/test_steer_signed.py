@@ -47,7 +47,7 @@ def test_the_loss_uses_minus_omega() -> None:
     ent = torch.full((1, 3), 1.0)
     b = TokenBatch(logp, logp.detach(), adv, mask, ent, ent)
     iv = SteerSigned(weight_min=0.8, weight_max=1.2, mapping="exp", omega_floor=0.02, form="paper")
-    from steer_bench.algos.surrogate import clipped_surrogate
+    from steer_bench.algos.surrogates import clipped_surrogate
 
     surr = clipped_surrogate(logp, logp.detach(), adv, clip_low=0.2, clip_high=0.2, clip_c=None)
     loss, metrics = iv.token_loss(surr, b, None)

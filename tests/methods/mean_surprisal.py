@@ -19,7 +19,7 @@ from torch import Tensor
 
 from steer_bench.algos import Intervention, Metric, Reduce, TokenBatch
 from steer_bench.algos.base import Metrics
-from steer_bench.algos.surrogate import Surrogate
+from steer_bench.algos.surrogates import Surrogate
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -51,7 +51,7 @@ def test_every_preset_runs_through_the_library_registries(preset: str, monkeypat
     monkeypatch.setattr(Method, "advantages", _counting(Method.advantages, calls, "adv"))
     monkeypatch.setattr(Method, "loss", _counting(Method.loss, calls, "loss"))
     # no probes here: their vanilla step calls Method.loss too
-    log = train_run(tiny_setting(analysis_every=0), method, lr=5.0, seed=0, keep_points=False, log=RunLog())
+    log = train_run(tiny_setting(analysis_every=0), method.resolve(), lr=5.0, seed=0, keep_points=False, log=RunLog())
     steps = TINY["train"]["steps"]
     assert calls.count("adv") == steps
     assert calls.count("loss") == steps * TINY["train"]["minibatches"]
@@ -77,7 +77,7 @@ def test_one_update_is_exactly_an_sgd_step_on_the_library_loss(preset: str) -> N
     )
     loss, _ = m.loss(tokens, Totals(max_response_len=task.D), m.mini_batch_stats(tokens))
     (grad,) = torch.autograd.grad(loss, table)
-    metrics = update(policy, 3.0, batch, adv, method, torch.arange(12), 1, torch.Generator().manual_seed(5))
+    metrics = update(policy, 3.0, batch, adv, method.resolve(), torch.arange(12), 1, torch.Generator().manual_seed(5))
     assert torch.allclose(policy.table.detach(), table.detach() - 3.0 * grad, atol=1e-12, rtol=0)
     assert len(metrics) == 1
     assert metrics[0]["loss/pg"].item() == pytest.approx(loss.item() + float(metrics[0].get("loss/entropy_bonus", 0)))
@@ -87,9 +87,9 @@ def test_one_update_is_exactly_an_sgd_step_on_the_library_loss(preset: str) -> N
 def test_seeds_are_paired_across_methods() -> None:
     """Same seed: same task, initial table, first rollout; the methods only diverge through their updates."""
     setting = tiny_setting()
-    a = train_run(setting, load_method("grpo"), lr=5.0, seed=3, keep_points=False, log=RunLog())
-    b = train_run(setting, load_method("steer"), lr=5.0, seed=3, keep_points=False, log=RunLog())
-    c = train_run(setting, load_method("grpo"), lr=5.0, seed=4, keep_points=False, log=RunLog())
+    a = train_run(setting, load_method("grpo").resolve(), lr=5.0, seed=3, keep_points=False, log=RunLog())
+    b = train_run(setting, load_method("steer").resolve(), lr=5.0, seed=3, keep_points=False, log=RunLog())
+    c = train_run(setting, load_method("grpo").resolve(), lr=5.0, seed=4, keep_points=False, log=RunLog())
     for key in ("exact/accuracy", "exact/entropy", "rollout/accuracy", "rollout/entropy"):
         assert a.rows[0][key] == b.rows[0][key]
     assert a.rows[0]["exact/entropy"] != c.rows[0]["exact/entropy"]
@@ -99,7 +99,7 @@ def test_seeds_are_paired_across_methods() -> None:
 @pytest.mark.slow
 def test_grpo_learns_and_collapses_entropy_on_the_dense_task() -> None:
     setting = tiny_setting(steps=25, lr=20.0, analysis_every=0)
-    log = train_run(setting, load_method("grpo"), lr=20.0, seed=0, keep_points=False, log=RunLog())
+    log = train_run(setting, load_method("grpo").resolve(), lr=20.0, seed=0, keep_points=False, log=RunLog())
     first, last = log.rows[0], log.rows[-1]
     assert last["exact/accuracy"] > first["exact/accuracy"] + 0.2
     assert last["exact/entropy"] < 0.6 * first["exact/entropy"]
@@ -128,7 +128,7 @@ def test_stare_gates_every_mini_batch_on_the_step_batch_entropy() -> None:
     ent[6:] = 1.0
     batch = dataclasses.replace(batch, old_entropy=ent)
     adv = method.resolve().advantages(batch.scores, problems, torch.ones_like(ent), old_entropy=ent)
-    metrics = update(policy, 3.0, batch, adv, method, torch.arange(12), 2, torch.Generator().manual_seed(5))
+    metrics = update(policy, 3.0, batch, adv, method.resolve(), torch.arange(12), 2, torch.Generator().manual_seed(5))
     assert [float(c["stare/gate_on"]) for c in metrics] == [1.0, 1.0]
     assert [float(c["stare/gate_entropy"]) for c in metrics] == pytest.approx([0.55, 0.55])
 
@@ -136,12 +136,12 @@ def test_stare_gates_every_mini_batch_on_the_step_batch_entropy() -> None:
 def test_controllers_step_once_per_training_step_on_the_tree() -> None:
     """The schedule's β_k follows the step (k = 0, 1, 2 of N = 3) and EntroPIC's α follows its PI law from each
     step's mean π_old entropy (issue 27)."""
-    log = train_run(tiny_setting(analysis_every=0), load_method("entropy_loss_linear"), lr=5.0, seed=0,
+    log = train_run(tiny_setting(analysis_every=0), load_method("entropy_loss_linear").resolve(), lr=5.0, seed=0,
                     keep_points=False, log=RunLog())  # fmt: skip
     coefs = [r["loss/entropy_coef"] for r in log.rows[:-1]]
     assert coefs == pytest.approx([0.001, 0.001 * 2 / 3, 0.001 / 3], rel=1e-6)
     preset = load_method("entropic", ["loss.entropic.target=0.5", "loss.entropic.kp=0.5", "loss.entropic.ki=0.25"])
-    log = train_run(tiny_setting(analysis_every=0), preset, lr=5.0, seed=0, keep_points=False, log=RunLog())
+    log = train_run(tiny_setting(analysis_every=0), preset.resolve(), lr=5.0, seed=0, keep_points=False, log=RunLog())
     integral, want = 0.0, []
     for row in log.rows[:-1]:
         err = row["rollout/entropy"] - 0.5

@@ -15,11 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steer_bench.algos.base import Intervention, Metric, Metrics, TokenBatch, frac
+from steer_bench.algos.base import Intervention, Metrics, TokenBatch, frac
 from steer_bench.algos.entropy import covariance
-from steer_bench.algos.surrogate import Surrogate
+from steer_bench.algos.registry import Metric, register
+from steer_bench.algos.surrogates import Surrogate
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
 class ClipCov(Intervention):
     """Random choice uses ``batch.generator`` (None: torch's global RNG)."""

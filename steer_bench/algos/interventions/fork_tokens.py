@@ -15,11 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from steer_bench.algos.base import Intervention, Metric, Metrics, Reduce, TokenBatch, check_scope, frac
+from steer_bench.algos.base import Intervention, Metrics, Reduce, TokenBatch, check_scope, frac
+from steer_bench.algos.registry import Metric, register
 from steer_bench.algos.stats import masked_quantile
-from steer_bench.algos.surrogate import Surrogate
+from steer_bench.algos.surrogates import Surrogate
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
 class ForkTokens(Intervention):
     name = "fork_tokens"

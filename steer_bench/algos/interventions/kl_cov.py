@@ -14,12 +14,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steer_bench.algos.base import Intervention, Metric, Metrics, TokenBatch
+from steer_bench.algos.base import Intervention, Metrics, TokenBatch
 from steer_bench.algos.entropy import covariance
+from steer_bench.algos.registry import Metric, register
 from steer_bench.algos.stats import masked_mean
-from steer_bench.algos.surrogate import Surrogate
+from steer_bench.algos.surrogates import Surrogate
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
 class KLCov(Intervention):
     name = "kl_cov"

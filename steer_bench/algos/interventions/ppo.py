@@ -11,9 +11,11 @@ from typing import Any
 from torch import Tensor
 
 from steer_bench.algos.base import Intervention, Metrics, TokenBatch
-from steer_bench.algos.surrogate import Surrogate
+from steer_bench.algos.registry import register
+from steer_bench.algos.surrogates import Surrogate
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
 class PPO(Intervention):
     """No intervention: the surrogate itself. No hyperparameters, no metrics of its own."""

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from steer_bench.algos.base import Intervention, Metric, Metrics, Reduce, TokenBatch, frac
+from steer_bench.algos.base import Intervention, Metrics, Reduce, TokenBatch, frac
+from steer_bench.algos.registry import Metric, register
 from steer_bench.algos.stats import masked_mean
-from steer_bench.algos.surrogate import Surrogate
+from steer_bench.algos.surrogates import Surrogate
 
 VARIANTS = ("O1", "C2")
 GATE_SCOPES = ("step", "micro")  # H̄ over the step batch before the update (release) | over each call
@@ -47,6 +48,7 @@ def top_surprisal(surprisal: Tensor, candidates: Tensor, top_frac: float) -> Ten
     return selected
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
 class Stare(Intervention):
     """ω ⊙ L with ω from advantage sign and surprisal rank, gated by the batch entropy (module docstring)."""

@@ -39,10 +39,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from steer_bench.algos.base import Intervention, Metric, Metrics, Reduce, TokenBatch, check_scope
+from steer_bench.algos.base import Intervention, Metrics, Reduce, TokenBatch, check_scope
 from steer_bench.algos.entropy import OMEGA_FORMS, QUADRANTS, omega
+from steer_bench.algos.registry import Metric, register
 from steer_bench.algos.stats import masked_quantile
-from steer_bench.algos.surrogate import Surrogate
+from steer_bench.algos.surrogates import Surrogate
 
 MAPPINGS = ("exp", "linear", "rank")
 SCOPE_MICRO_ONLY = "needs each micro-batch's own tokens (docs/methods.md §M22, §M23): use scope micro"
@@ -152,6 +153,7 @@ def steer_weights(
     )
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
 class Steer(Intervention):
     """λ ⊙ L with λ from |Ω| (module docstring); λ carries no gradient."""
@@ -200,6 +202,32 @@ class Steer(Intervention):
         if self.scope != "micro" and (self.mapping == "rank" or self.form == "theorem"):
             what = "mapping rank" if self.mapping == "rank" else "form theorem"
             raise ValueError(f"STEER {what} {SCOPE_MICRO_ONLY}, got scope {self.scope!r}")
+
+    @classmethod
+    def release(cls) -> Steer:
+        """The release's STEER (zz-haooo/STEER run/run_exp.sh:61-63 and compute_token_weights, docs/methods.md
+        §M14): the settings of ``configs/methods/steer.yaml`` (a test keeps the two equal)."""
+        return cls(weight_min=0.8, weight_max=1.0, mapping="exp", scope="micro", omega_floor=0.02, k_norm="max",
+                   form="paper")  # fmt: skip
+
+    def weights(
+        self, advantages: Tensor, old_log_probs: Tensor, log_probs: Tensor, old_entropy: Tensor, mask: Tensor
+    ) -> Tensor:
+        """λ (B, T) over the rows given as one normalisation group (:func:`steer_weights` with these settings;
+        the caller splits by ``scope``); 0 on padding, no gradient."""
+        return steer_weights(
+            advantages,
+            old_log_probs,
+            log_probs,
+            old_entropy,
+            mask,
+            weight_min=self.weight_min,
+            weight_max=self.weight_max,
+            mapping=self.mapping,
+            omega_floor=self.omega_floor,
+            k_norm=self.k_norm,
+            form=self.form,
+        )
 
     @property
     def uses_mini_batch_stats(self) -> bool:

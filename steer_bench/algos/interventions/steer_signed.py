@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steer_bench.algos.base import Intervention, Metric, Metrics, TokenBatch, frac
+from steer_bench.algos.base import Intervention, Metrics, TokenBatch, frac
 from steer_bench.algos.entropy import OMEGA_FORMS, omega
+from steer_bench.algos.registry import Metric, register
 from steer_bench.algos.stats import masked_mean
-from steer_bench.algos.surrogate import Surrogate
+from steer_bench.algos.surrogates import Surrogate
 
 MAPPINGS = ("exp", "linear")
 
@@ -55,6 +56,7 @@ def signed_lambda(
         return lam.clamp(weight_min, weight_max) * mask.to(signed_omega.dtype)
 
 
+@register
 @dataclass(frozen=True, kw_only=True)
 class SteerSigned(Intervention):
     """λ ⊙ L with λ from the signed Ω′ (module docstring)."""
