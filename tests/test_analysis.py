@@ -17,6 +17,7 @@ import yaml
 from tiny import chat_prompt_ids, load_tiny, tiny_model_dir
 
 from steer_bench import cli
+from steer_bench.algos import TokenBatch
 from steer_bench.algos.interventions.steer import steer_weights
 from steer_bench.analysis import EntropyProbe
 from steer_bench.analysis.analyze import COLUMNS, analyze
@@ -35,7 +36,6 @@ from steer_bench.errors import SteerBenchError
 from steer_bench.report import document
 from steer_bench.rollout import RolloutBatch, score_responses
 from steer_bench.train import forward
-from tests.algos.calls import policy_loss
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -161,8 +161,7 @@ def test_probe_across_a_real_step(probe_inputs, tiny_dir: Path, tmp_path: Path) 
     model.train()
     logp, _ = forward(model, batch, rows, 1.0)
     mask = batch.response_mask[rows]
-    loss, _ = policy_loss("ppo", logp, old_logp[rows], adv[rows], mask, clip_low=0.2, clip_high=0.2, clip_c=10.0,
-                          agg="token-mean", entropy_coef=0.0)  # fmt: skip
+    loss, _ = load_method("grpo").resolve().loss(TokenBatch(logp, old_logp[rows], adv[rows], mask))  # ppo, ε 0.2, c 10
     loss.backward()
     grads = [p.grad.clone() for p in model.parameters()]
     rng = torch.get_rng_state()

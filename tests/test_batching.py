@@ -12,6 +12,9 @@ import torch
 import torch.multiprocessing as mp
 from gloo import GlooAccelerator, gloo_group, run_ranks
 
+from steer_bench.algos import Method, TokenBatch, Totals
+from steer_bench.algos.advantages import Grpo
+from steer_bench.algos.interventions.ppo import PPO
 from steer_bench.rollout.batch import PaddedRollout
 from steer_bench.train.batching import (
     balanced_partitions,
@@ -20,9 +23,9 @@ from steer_bench.train.batching import (
     order_for_update,
     release_order,
 )
-from tests.algos.calls import policy_loss
 
 CLIP = {"clip_low": 0.2, "clip_high": 0.28, "clip_c": 10.0, "agg": "token-mean", "entropy_coef": 0.0}
+PPO_METHOD = Method(name="ppo", advantage=Grpo(norm_by_std=True, eps=1e-6), intervention=PPO(), **CLIP)
 
 
 def _spread(lengths: list[int], parts: list[list[int]]) -> int:
@@ -158,8 +161,8 @@ def _accumulated_grad(mode: str, lengths_per_rank: list[list[int]], micro: int) 
         n_micro = b // micro
         for j in range(n_micro):
             rows = slice(j * micro, (j + 1) * micro)
-            loss, _ = policy_loss("ppo", logp[rows], old[rows], adv[rows], mask[rows], **CLIP,
-                                  **loss_totals(mode, totals))  # fmt: skip
+            batch = TokenBatch(logp[rows], old[rows], adv[rows], mask[rows])
+            loss, _ = PPO_METHOD.loss(batch, Totals(**loss_totals(mode, totals)))
             (loss * loss_factor(mode, n_micro, world)).backward()
         grads.append(logp.grad)
     return torch.cat(grads) / world  # DDP's mean over ranks (each rank's rows are its own)

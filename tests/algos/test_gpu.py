@@ -12,8 +12,17 @@ import pytest
 import torch
 import yaml
 
-from steer_bench.algos import ADVANTAGES, INTERVENTIONS, compute_advantages, logprobs_and_entropy
-from tests.algos.calls import policy_loss
+from steer_bench.algos import (
+    ADVANTAGES,
+    INTERVENTIONS,
+    Intervention,
+    Method,
+    TokenBatch,
+    build,
+    compute_advantages,
+    logprobs_and_entropy,
+)
+from steer_bench.algos.advantages import Grpo
 
 POLICY_LOSSES = [n for n, c in INTERVENTIONS.items() if c.__module__.startswith("steer_bench.algos.interventions.")]
 
@@ -27,10 +36,14 @@ def _presets() -> list[dict]:
     return [yaml.safe_load(p.read_text()) for p in sorted(METHODS.glob("*.yaml"))]
 
 
-def _loss_params(name: str) -> dict:
+def _method(name: str) -> Method:
+    """The intervention ``name`` with the settings of the first preset that uses it, and an entropy bonus."""
     m = next(m for m in _presets() if m["loss"]["name"] == name)
-    shared = {k: m["loss"][k] for k in ("clip_low", "clip_high", "clip_c", "agg", "entropy_coef")}
-    return shared | m["loss"].get("params", {}) | {"entropy_coef": 0.01}
+    shared = {k: m["loss"][k] for k in ("clip_low", "clip_high", "clip_c", "agg")}
+    intervention = build("intervention", name, m["loss"].get("params", {}))
+    assert isinstance(intervention, Intervention)
+    grpo = Grpo(norm_by_std=True, eps=1e-6)
+    return Method(name=name, advantage=grpo, intervention=intervention, entropy_coef=0.01, **shared)
 
 
 LENGTHS = [9, 3, 0, 7, 9, 5]
@@ -43,17 +56,10 @@ def test_policy_losses_match_the_cpu(name: str, make_batch: MakeBatch) -> None:
         x = make_batch(0, LENGTHS, 9, device=device)
         logp = x["logp"].clone().requires_grad_(True)
         ent = x["entropy"].clone().requires_grad_(True)
-        loss, metrics = policy_loss(
-            name,
-            logp,
-            x["old"],
-            x["adv"],
-            x["mask"],
-            ent,
-            old_entropy=x["entropy"],
-            generator=torch.Generator().manual_seed(1),
-            **_loss_params(name),
-        )
+        batch = TokenBatch(
+            logp, x["old"], x["adv"], x["mask"], ent, x["entropy"], torch.Generator().manual_seed(1)
+        )  # fmt: skip
+        loss, metrics = _method(name).loss(batch)
         loss.backward()
         out[device] = (loss.item(), logp.grad.cpu(), {k: float(v) for k, v in metrics.items()})
     assert out["cuda"][0] == pytest.approx(out["cpu"][0], abs=1e-6)

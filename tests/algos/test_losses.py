@@ -10,9 +10,20 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from steer_bench.algos import INTERVENTIONS, SHARED_METRICS, covariance, metric_table, reduce_metrics
+from steer_bench.algos import (
+    INTERVENTIONS,
+    SHARED_METRICS,
+    Intervention,
+    Method,
+    TokenBatch,
+    Totals,
+    build,
+    covariance,
+    metric_table,
+    reduce_metrics,
+)
+from steer_bench.algos.advantages import Grpo
 from steer_bench.config.method import list_methods, load_method
-from tests.algos.calls import mini_batch_stats, policy_loss
 
 MakeBatch = Callable[..., dict[str, torch.Tensor]]  # the make_batch fixture (conftest.py)
 
@@ -36,24 +47,34 @@ def _builtin() -> list[str]:
 
 PARAMS = _params_by_loss()
 POLICY_LOSSES = _builtin()
+SETTINGS = ("clip_low", "clip_high", "clip_c", "agg", "entropy_coef")
+
+
+def _method(name: str, params: dict) -> Method:
+    """The intervention ``name`` (its parameters: ``params`` less the clip / aggregation / bonus settings)."""
+    intervention = build("intervention", name, {k: v for k, v in params.items() if k not in SETTINGS})
+    assert isinstance(intervention, Intervention)
+    settings = {k: params[k] for k in SETTINGS}
+    return Method(name=name, advantage=Grpo(norm_by_std=True, eps=1e-6), intervention=intervention, **settings)
 
 
 LENGTHS = [5, 2, 0, 4, 5, 3]
 
 
-def _run(name: str, x: dict[str, torch.Tensor], params: dict, seed: int = 0) -> tuple[torch.Tensor, dict, dict]:
+def _run(
+    name: str,
+    x: dict[str, torch.Tensor],
+    params: dict,
+    seed: int = 0,
+    totals: Totals | None = None,
+    stats: object = None,
+) -> tuple[torch.Tensor, dict, dict]:
     leaves = {k: x[k].clone().requires_grad_(True) for k in ("logp", "old", "adv", "entropy", "old_entropy")}
-    loss, metrics = policy_loss(
-        name,
-        leaves["logp"],
-        leaves["old"],
-        leaves["adv"],
-        x["mask"],
-        leaves["entropy"],
-        old_entropy=leaves["old_entropy"],
-        generator=torch.Generator().manual_seed(seed),
-        **params,
-    )
+    batch = TokenBatch(
+        leaves["logp"], leaves["old"], leaves["adv"], x["mask"], leaves["entropy"], leaves["old_entropy"],
+        torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    loss, metrics = _method(name, params).loss(batch, totals, stats)
     loss.backward()
     return loss, metrics, {k: v.grad for k, v in leaves.items()}
 
@@ -108,17 +129,14 @@ def test_zero_advantage_gives_zero_loss_unless_a_regulariser(name: str, make_bat
 def test_entropy_bonus_by_hand() -> None:
     mask = torch.tensor([[1.0, 1.0, 0.0]])
     ent = torch.tensor([[0.5, 1.5, 9.0]], requires_grad=True)
-    loss, m = policy_loss(
-        "ppo", torch.zeros(1, 3), torch.zeros(1, 3), torch.zeros(1, 3), mask, ent, **PPO | {"entropy_coef": 0.1}
-    )
+    bonus = _method("ppo", PPO | {"entropy_coef": 0.1})
+    loss, m = bonus.loss(TokenBatch(torch.zeros(1, 3), torch.zeros(1, 3), torch.zeros(1, 3), mask, ent))
     assert loss.item() == pytest.approx(-0.1 * 1.0)  # -β·mean(H) over valid tokens
     assert float(m["loss/entropy_bonus"]) == pytest.approx(0.1)
     loss.backward()
     assert ent.grad[0].tolist() == pytest.approx([-0.05, -0.05, 0.0])
     with pytest.raises(ValueError, match="the entropy bonus needs"):
-        policy_loss(
-            "ppo", torch.zeros(1, 3), torch.zeros(1, 3), torch.zeros(1, 3), mask, **PPO | {"entropy_coef": 0.1}
-        )
+        bonus.loss(TokenBatch(torch.zeros(1, 3), torch.zeros(1, 3), torch.zeros(1, 3), mask))
 
 
 # Four valid tokens (and padding): A - mean A = [1, 1, -1, -1], log π - mean = [1, -1, 1, -1], so Cov = [1, -1, -1, 1].
@@ -134,7 +152,9 @@ def test_covariance_by_hand() -> None:
 def test_clip_cov_by_hand() -> None:
     logp = HAND_LOGP.clone().requires_grad_(True)
     params = {"ratio": 0.5, "cov_lb": 0.5, "cov_ub": 5.0}  # floor(0.5·4) = 2 picks: both candidates
-    loss, m = policy_loss("clip_cov", logp, HAND_LOGP, HAND_ADV, HAND_MASK, **PPO | {"clip_c": None}, **params)
+    loss, m = _method("clip_cov", PPO | {"clip_c": None} | params).loss(
+        TokenBatch(logp, HAND_LOGP, HAND_ADV, HAND_MASK)
+    )
     assert loss.item() == pytest.approx(-2.0 / 4)  # token (0, 0) detached: only (0, 1) keeps -A·r = -2
     assert float(m["clip_cov/candidates"]) == 2
     assert float(m["clip_cov/tokens_touched"]) == 2
@@ -175,7 +195,7 @@ def test_kl_cov_by_hand() -> None:
     logp = torch.tensor([[-1.0, -2.0], [-1.0, -2.0]])  # Cov = [0.5, -0.5, -0.5, 0.5]: top 2 are (0,0), (1,1)
     params = {"ratio": 0.5, "kl_coef": 1.0}
     clip = PPO | {"clip_low": None, "clip_high": None, "clip_c": None}
-    loss, m = policy_loss("kl_cov", logp, logp - 0.1, adv, torch.ones(2, 2), **clip, **params)
+    loss, m = _method("kl_cov", clip | params).loss(TokenBatch(logp, logp - 0.1, adv, torch.ones(2, 2)))
     r = math.exp(0.1)
     assert loss.item() == pytest.approx(((-r + 0.1) + (-r) + r + (r + 0.1)) / 4)
     assert float(m["kl_cov/tokens_touched"]) == 2
@@ -197,9 +217,8 @@ def test_fork_tokens_by_hand_and_zero_gradient_below_the_threshold() -> None:
     ent = torch.tensor([[0.1, 0.5, 0.9, 1.3, 2.0, 5.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 0.0]])
     logp = torch.zeros(1, 6, requires_grad=True)
-    loss, m = policy_loss(
-        "fork_tokens", logp, torch.zeros(1, 6), torch.ones(1, 6) * mask, mask, ent, **PPO, top_frac=0.4, scope="micro"
-    )
+    fork = _method("fork_tokens", PPO | {"top_frac": 0.4, "scope": "micro"})
+    loss, m = fork.loss(TokenBatch(logp, torch.zeros(1, 6), torch.ones(1, 6) * mask, mask, ent))
     # 0.6-quantile of [0.1, 0.5, 0.9, 1.3, 2.0]: position 2.4 -> 0.9 + 0.4·0.4 = 1.06; kept: 1.3 and 2.0.
     assert float(m["fork_tokens/threshold"]) == pytest.approx(1.06)
     assert loss.item() == pytest.approx(-2 / 5)  # the masked tokens stay in the denominator
@@ -212,24 +231,27 @@ def test_fork_tokens_by_hand_and_zero_gradient_below_the_threshold() -> None:
 def test_fork_tokens_mini_scope_threshold_is_shared_by_micro_batches(make_batch: MakeBatch) -> None:
     x = make_batch(6, LENGTHS, 5)
     params = PARAMS["fork_tokens"]
-    extra = mini_batch_stats("fork_tokens", x["logp"], x["old"], x["adv"], x["mask"], x["entropy"], **params)
+    fork = _method("fork_tokens", params)
+    stats = fork.mini_batch_stats(TokenBatch(x["logp"], x["old"], x["adv"], x["mask"], x["entropy"]))
+    assert stats is not None
     full = _run("fork_tokens", x, params)[0].item()
-    totals = {"batch_tokens": int(x["mask"].sum()), "batch_seqs": int((x["mask"].sum(-1) > 0).sum())}
+    totals = Totals(batch_tokens=int(x["mask"].sum()), batch_seqs=int((x["mask"].sum(-1) > 0).sum()))
     split = sum(
-        _run("fork_tokens", {k: v[sl] for k, v in x.items()}, params | totals | extra)[0].item()
+        _run("fork_tokens", {k: v[sl] for k, v in x.items()}, params, totals=totals, stats=stats)[0].item()
         for sl in (slice(0, 2), slice(2, 6))
     )
     assert split == pytest.approx(full, abs=1e-6)
     with pytest.raises(ValueError, match="needs the current policy's entropy"):
-        policy_loss("fork_tokens", x["logp"], x["old"], x["adv"], x["mask"], **params)
+        fork.loss(TokenBatch(x["logp"], x["old"], x["adv"], x["mask"]))
 
 
-def test_unknown_loss_and_parameters_list_the_valid_ones(make_batch: MakeBatch) -> None:
-    x = make_batch(7, LENGTHS, 5)
-    with pytest.raises(ValueError, match="unknown policy loss 'vanilla'; valid: clip_cov, fork_tokens, kl_cov, ppo"):
-        policy_loss("vanilla", x["logp"], x["old"], x["adv"], x["mask"], **PPO)
-    with pytest.raises(ValueError, match=r"unknown \['lam_min'\].*parameters are: weight_min, weight_max"):
-        policy_loss("steer", x["logp"], x["old"], x["adv"], x["mask"], **PARAMS["steer"], lam_min=0.8)
+def test_unknown_loss_and_parameters_list_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="unknown policy loss 'vanilla'; valid: ") as e:
+        _method("vanilla", PPO)
+    assert all(name in str(e.value) for name in POLICY_LOSSES)
+    with pytest.raises(ValueError, match=r"policy loss 'steer': unknown \['lam_min'\] parameter") as e:
+        _method("steer", PARAMS["steer"] | {"lam_min": 0.8})
+    assert all(key in str(e.value) for key in ("weight_min", "weight_max", "mapping", "scope", "form"))
 
 
 def test_every_metric_key_is_declared_and_in_the_table_with_its_reduction(make_batch: MakeBatch) -> None:

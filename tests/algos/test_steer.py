@@ -9,9 +9,10 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from steer_bench.algos import omega, quadrant
-from steer_bench.algos.interventions.steer import steer_weights
-from tests.algos.calls import mini_batch_stats, policy_loss
+from steer_bench.algos import Method, TokenBatch, Totals, omega, quadrant
+from steer_bench.algos.advantages import Grpo
+from steer_bench.algos.interventions.ppo import PPO
+from steer_bench.algos.interventions.steer import Steer, steer_weights
 
 MakeBatch = Callable[..., dict[str, torch.Tensor]]  # the make_batch fixture (conftest.py)
 
@@ -26,6 +27,15 @@ STEER = {
 }
 RELEASE = {k: v for k, v in STEER.items() if k != "scope"}  # steer_weights: the release's λ settings
 CLIP = {"clip_low": 0.2, "clip_high": 0.28, "clip_c": 10.0, "agg": "token-mean", "entropy_coef": 0.0}
+GRPO = Grpo(norm_by_std=True, eps=1e-6)  # the loss never reads the estimator
+STEER_METHOD = Method(name="steer", advantage=GRPO, intervention=Steer(**STEER), **CLIP)
+PPO_METHOD = Method(name="ppo", advantage=GRPO, intervention=PPO(), **CLIP)
+
+
+def _steer_loss(x: dict[str, torch.Tensor], totals: Totals | None = None) -> tuple[torch.Tensor, dict]:
+    return STEER_METHOD.loss(
+        TokenBatch(x["logp"], x["old"], x["adv"], x["mask"], old_entropy=x["old_entropy"]), totals
+    )
 
 
 def _t(rows: list[list[float]]) -> torch.Tensor:
@@ -89,9 +99,7 @@ def naive_steer_loss(x: dict[str, torch.Tensor], lam_min: float, clip: dict[str,
 
 def test_vectorised_steer_matches_a_per_token_loop(make_batch: MakeBatch) -> None:
     x = make_batch(0, LENGTHS, 7, noise=0.2)
-    loss, metrics = policy_loss(
-        "steer", x["logp"], x["old"], x["adv"], x["mask"], old_entropy=x["old_entropy"], **CLIP, **STEER
-    )
+    loss, metrics = _steer_loss(x)
     expected, lams = naive_steer_loss(x, 0.8, CLIP)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     lam = steer_weights(x["adv"], x["old"], x["logp"], x["old_entropy"], x["mask"], **RELEASE)
@@ -124,9 +132,7 @@ def test_floor_keeps_small_omegas_near_one(make_batch: MakeBatch) -> None:
     k = -math.log(0.8) / 0.02
     assert torch.allclose(lam, torch.exp(-k * abs_om) * x["mask"])
     assert lam[x["mask"].bool()].min() > 0.99
-    _, m = policy_loss(
-        "steer", x["logp"], x["old"], x["adv"], x["mask"], old_entropy=x["old_entropy"], **CLIP, **STEER
-    )
+    _, m = _steer_loss(x)
     assert float(m["steer/floor_active"]) == 1.0
     assert float(m["steer/frac_lambda_below_099"]) == 0.0
 
@@ -177,11 +183,11 @@ def test_quantile_k_norm_is_our_ablation_of_the_normaliser(make_batch: MakeBatch
 def test_lambda_carries_no_gradient(make_batch: MakeBatch) -> None:
     x = make_batch(4, LENGTHS, 7, noise=0.2)
     logp = x["logp"].clone().requires_grad_(True)
-    loss, _ = policy_loss("steer", logp, x["old"], x["adv"], x["mask"], old_entropy=x["old_entropy"], **CLIP, **STEER)
+    loss, _ = _steer_loss(x | {"logp": logp})
     loss.backward()
     lam = steer_weights(x["adv"], x["old"], x["logp"], x["old_entropy"], x["mask"], **RELEASE)
     logp2 = x["logp"].clone().requires_grad_(True)
-    ppo, _ = policy_loss("ppo", logp2, x["old"], x["adv"] * lam, x["mask"], **CLIP)  # λ·L with λ a constant
+    ppo, _ = PPO_METHOD.loss(TokenBatch(logp2, x["old"], x["adv"] * lam, x["mask"]))  # λ·L with λ a constant
     ppo.backward()
     assert torch.allclose(logp.grad, logp2.grad, atol=1e-7)
 
@@ -207,58 +213,39 @@ SPLITS = [slice(0, 3), slice(3, 5), slice(5, 8)]
 
 def test_scope_micro_reproduces_the_release_per_micro_batch(make_batch: MakeBatch) -> None:
     x = make_batch(5, LENGTHS, 7, noise=0.2)
-    totals = {"batch_tokens": int(x["mask"].sum()), "batch_seqs": int((x["mask"].sum(-1) > 0).sum())}
-    ours = sum(
-        policy_loss(
-            "steer", m["logp"], m["old"], m["adv"], m["mask"], old_entropy=m["old_entropy"], **CLIP, **STEER, **totals
-        )[0].item()
-        for m in (_split(x, sl) for sl in SPLITS)
-    )
+    totals = Totals(batch_tokens=int(x["mask"].sum()), batch_seqs=int((x["mask"].sum(-1) > 0).sum()))
+    ours = sum(_steer_loss(m, totals)[0].item() for m in (_split(x, sl) for sl in SPLITS))
     release = 0.0
     for sl in SPLITS:
         m = _split(x, sl)
-        surrogate = policy_loss(
-            "ppo", m["logp"], m["old"], m["adv"] * release_token_weights(m, 0.8), m["mask"], **CLIP, **totals
-        )[0]
+        weighted = TokenBatch(m["logp"], m["old"], m["adv"] * release_token_weights(m, 0.8), m["mask"])
+        surrogate = PPO_METHOD.loss(weighted, totals)[0]
         release += surrogate.item()
     assert ours == pytest.approx(release, rel=1e-6)
-    whole = policy_loss(
-        "steer", x["logp"], x["old"], x["adv"], x["mask"], old_entropy=x["old_entropy"], **CLIP, **STEER
-    )[0].item()
+    whole = _steer_loss(x)[0].item()
     assert abs(ours - whole) > 1e-4  # the expected non-invariance of the released normalisation
 
 
 def test_scope_mini_is_invariant_to_micro_batching(make_batch: MakeBatch) -> None:
     x = make_batch(6, LENGTHS, 7, noise=0.2)
-    mini = STEER | {"scope": "mini"}
-    totals = {"batch_tokens": int(x["mask"].sum()), "batch_seqs": int((x["mask"].sum(-1) > 0).sum())}
-    extra = mini_batch_stats(
-        "steer", x["logp"], x["old"], x["adv"], x["mask"], old_entropy=x["old_entropy"], **CLIP, **mini
-    )
-    assert set(extra) == {"stats"}
+    mini = Method(name="steer", advantage=GRPO, intervention=Steer(**STEER | {"scope": "mini"}), **CLIP)
+    totals = Totals(batch_tokens=int(x["mask"].sum()), batch_seqs=int((x["mask"].sum(-1) > 0).sum()))
+    stats = mini.mini_batch_stats(TokenBatch(x["logp"], x["old"], x["adv"], x["mask"], old_entropy=x["old_entropy"]))
+    assert stats is not None
 
-    def run(splits: list[slice], kw: dict) -> tuple[float, torch.Tensor]:
+    def run(splits: list[slice], totals: Totals | None, stats: object) -> tuple[float, torch.Tensor]:
         logp = x["logp"].clone().requires_grad_(True)
         total = 0.0
         for sl in splits:
-            loss, _ = policy_loss(
-                "steer",
-                logp[sl],
-                x["old"][sl],
-                x["adv"][sl],
-                x["mask"][sl],
-                old_entropy=x["old_entropy"][sl],
-                **CLIP,
-                **mini,
-                **kw,
-            )
+            batch = TokenBatch(logp[sl], x["old"][sl], x["adv"][sl], x["mask"][sl], old_entropy=x["old_entropy"][sl])
+            loss, _ = mini.loss(batch, totals, stats)
             loss.backward()
             total += loss.item()
         return total, logp.grad
 
-    whole = run([slice(0, 8)], {})
+    whole = run([slice(0, 8)], None, None)
     for splits in (SPLITS, [slice(i, i + 1) for i in range(8)]):
-        split = run(splits, totals | extra)
+        split = run(splits, totals, stats)
         assert split[0] == pytest.approx(whole[0], rel=1e-6)
         assert torch.allclose(split[1], whole[1], atol=1e-7)
-    assert mini_batch_stats("steer", x["logp"], x["old"], x["adv"], x["mask"], **CLIP, **STEER) == {}
+    assert STEER_METHOD.mini_batch_stats(TokenBatch(x["logp"], x["old"], x["adv"], x["mask"])) is None

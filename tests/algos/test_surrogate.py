@@ -8,8 +8,11 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from steer_bench.algos import aggregate, clipped_surrogate
-from tests.algos.calls import policy_loss
+from steer_bench.algos import Method, TokenBatch, Totals, aggregate, clipped_surrogate
+from steer_bench.algos.advantages import Grpo
+from steer_bench.algos.interventions.ppo import PPO
+
+GRPO = Grpo(norm_by_std=True, eps=1e-6)  # the loss never reads the estimator
 
 MakeBatch = Callable[..., dict[str, torch.Tensor]]  # the make_batch fixture (conftest.py)
 
@@ -41,18 +44,9 @@ def test_dual_clip_surrogate_by_hand() -> None:
 
 def test_policy_loss_metrics_by_hand() -> None:
     mask = torch.ones(2, 3)
-    loss, m = policy_loss(
-        "ppo",
-        _logp(),
-        torch.zeros(2, 3),
-        ADV,
-        mask,
-        clip_low=0.2,
-        clip_high=0.28,
-        clip_c=3.0,
-        agg="token-mean",
-        entropy_coef=0.0,
-    )
+    ppo = Method(name="ppo", advantage=GRPO, intervention=PPO(), clip_low=0.2, clip_high=0.28, clip_c=3.0,
+                 agg="token-mean", entropy_coef=0.0)  # fmt: skip
+    loss, m = ppo.loss(TokenBatch(_logp(), torch.zeros(2, 3), ADV, mask))
     assert loss.item() == pytest.approx(sum(map(sum, EXPECTED)) / 6, abs=1e-6)
     assert float(m["loss/clipfrac_high"]) == pytest.approx(1 / 6)
     assert float(m["loss/clipfrac_low"]) == pytest.approx(1 / 6)
@@ -107,21 +101,16 @@ def test_aggregation_modes_by_hand() -> None:
 @pytest.mark.parametrize("entropy_coef", [0.0, 0.01])
 def test_micro_batch_accumulation_is_exact(agg: str, entropy_coef: float, make_batch: MakeBatch) -> None:
     x = make_batch(0, [6, 1, 0, 4, 6, 3, 2, 5], 6)
-    kw = {
-        "clip_low": 0.2,
-        "clip_high": 0.28,
-        "clip_c": 3.0,
-        "agg": agg,
-        "entropy_coef": entropy_coef,
-        "max_response_len": 10,
-    }
+    ppo = Method(name="ppo", advantage=GRPO, intervention=PPO(), clip_low=0.2, clip_high=0.28, clip_c=3.0, agg=agg,
+                 entropy_coef=entropy_coef)  # fmt: skip
 
     def run(splits: list[slice], totals: dict[str, int]) -> tuple[float, torch.Tensor, torch.Tensor]:
         logp = x["logp"].clone().requires_grad_(True)
         ent = x["entropy"].clone().requires_grad_(True)
         total = 0.0
         for sl in splits:
-            loss, _ = policy_loss("ppo", logp[sl], x["old"][sl], x["adv"][sl], x["mask"][sl], ent[sl], **kw, **totals)
+            batch = TokenBatch(logp[sl], x["old"][sl], x["adv"][sl], x["mask"][sl], ent[sl])
+            loss, _ = ppo.loss(batch, Totals(**totals, max_response_len=10))
             loss.backward()
             total += loss.item()
         return total, logp.grad, torch.zeros_like(ent) if ent.grad is None else ent.grad
