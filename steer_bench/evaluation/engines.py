@@ -17,6 +17,7 @@ import torch
 from steer_bench.errors import SteerBenchError
 from steer_bench.evaluation.schema import EvalSection
 from steer_bench.inputs import check_model_dir
+from steer_bench.rollout.vllm import VLLMEngine
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json")
@@ -77,20 +78,24 @@ def open_engine(
     reserves KV cache for it); ``seed``: the engine's base seed (requests carry their own)."""
     cuda = torch.cuda.is_available()
     if kind == "vllm":
-        from steer_bench.rollout.vllm import VLLMEngine  # imports vllm: only when asked for
-
-        v = settings.vllm
-        options = {
+        # no sleep mode: evaluation generates call after call without a weight sync, which a sleeping engine refuses
+        v = settings.vllm.model_copy(update={"enable_sleep_mode": "off"})
+        dtype = None if settings.dtype == "auto" else settings.dtype
+        vllm_engine = VLLMEngine.from_path(model, tokenizer, v, seed=seed, max_model_len=max_model_len, dtype=dtype)
+        recorded = {
             "seed": seed,
             "max_model_len": max_model_len,
-            "dtype": None if settings.dtype == "auto" else settings.dtype,
             "tensor_parallel_size": v.tensor_parallel_size,
             "gpu_memory_utilization": v.gpu_memory_utilization,
             "cpu_kvcache_gb": v.cpu_kvcache_gb,
-            "enforce_eager": not cuda,  # CUDA graphs speed up decoding; the CPU backend runs eager
+            "enforce_eager": not cuda if v.enforce_eager is None else v.enforce_eager,
         }
-        engine = VLLMEngine.from_path(model, tokenizer, **options)
-        return engine, {"kind": "vllm", **options, "dtype": engine.dtype, "device": "cuda" if cuda else "cpu"}
+        return vllm_engine, {
+            "kind": "vllm",
+            **recorded,
+            "dtype": vllm_engine.dtype,
+            "device": "cuda" if cuda else "cpu",
+        }
     if kind == "hf":
         from steer_bench.config.run import ModelConfig
         from steer_bench.rollout import HFEngine

@@ -102,8 +102,13 @@ def render_prompts(tokenizer: Any, problems: pd.DataFrame, protocol: Protocol) -
     return [tokenizer("\n\n".join(x["content"] for x in m))["input_ids"] for m in problems["prompt"]]
 
 
-def check_lengths(prompts: dict[str, list[list[int]]], problems: dict[str, pd.DataFrame], context: int,
-                  max_new_tokens: int, model: str) -> None:  # fmt: skip
+def check_lengths(
+    prompts: dict[str, list[list[int]]],
+    problems: dict[str, pd.DataFrame],
+    context: int,
+    max_new_tokens: int,
+    model: str,
+) -> None:
     """Every prompt + max_new_tokens must fit the model's context; one error naming the offenders otherwise."""
     budget = context - max_new_tokens
     lines = []
@@ -220,8 +225,7 @@ def evaluate(
     from steer_bench.tracking import Tracker
 
     tags = job.tags(protocol.name, settings.engine)
-    tracker = Tracker(job.experiment, run_name=job.run_name, tags=tags, uri=tracking_uri,
-                      enabled=track)  # fmt: skip
+    tracker = Tracker(job.experiment, run_name=job.run_name, tags=tags, uri=tracking_uri, enabled=track)
     status = "FAILED"
     try:
         tracker.log_params(
@@ -260,9 +264,13 @@ def _run_benchmarks(c: _Context, todo: list[str], open_engine: EngineOpener, tra
     versions = env_info()
     longest = max(len(p) for b in todo for p in c.prompts[b])
     engine, engine_info = open_engine(
-        c.settings.engine, c.job.model, c.tokenizer, c.settings,
-        seed=c.protocol.seed, max_model_len=longest + c.protocol.max_new_tokens,
-    )  # fmt: skip
+        c.settings.engine,
+        c.job.model,
+        c.tokenizer,
+        c.settings,
+        seed=c.protocol.seed,
+        max_model_len=longest + c.protocol.max_new_tokens,
+    )
     # The grading workers start at the first grade(), after the first generation: starting them while torch
     # generates on the same CPU cores slowed both (2 cores: generation 3.7 s -> 17 s, first grading 0.5 -> 11 s).
     grader = Grader(workers=c.settings.workers, timeout=c.settings.timeout_s, primary=c.protocol.grader)
@@ -292,15 +300,29 @@ def _run_one(c: _Context, b: str, engine: Any, grader: Any, info: dict[str, Any]
         log.warning("%s: %d of %d samples timed out in grading (counted wrong)", b, metrics["timeouts"], len(rows))
     engine_info = {k: v for k, v in info.items() if k != "versions"}
     summary = {
-        "benchmark": b, "row": c.job.row, "method": c.job.method, "seed": c.job.seed, **c.requests[b],
-        "model_fingerprint": c.fingerprint, "checkpoint": c.job.checkpoint, "checkpoint_used": c.job.checkpoint_used,
-        "checkpoint_step": c.job.checkpoint_step, "engine_options": engine_info, "versions": info["versions"],
-        "k": params.n, "sampling_seed": params.seed, "n_problems": len(problems), "n_samples": len(rows),
-        "data": str(c.job.benchmarks[b]), "timeouts": metrics["timeouts"],
+        "benchmark": b,
+        "row": c.job.row,
+        "method": c.job.method,
+        "seed": c.job.seed,
+        **c.requests[b],
+        "model_fingerprint": c.fingerprint,
+        "checkpoint": c.job.checkpoint,
+        "checkpoint_used": c.job.checkpoint_used,
+        "checkpoint_step": c.job.checkpoint_step,
+        "engine_options": engine_info,
+        "versions": info["versions"],
+        "k": params.n,
+        "sampling_seed": params.seed,
+        "n_problems": len(problems),
+        "n_samples": len(rows),
+        "data": str(c.job.benchmarks[b]),
+        "timeouts": metrics["timeouts"],
         "grading": {"workers": grader.workers, "timeout_s": grader.timeout, "restarts": grader.restarts},
         "time_s": {"generate": round(t1 - t0, 3), "grade": round(t2 - t1, 3)},
-        "metrics": finite(metrics), "correct_per_problem": problem_counts(rows), "complete": True,
-    }  # fmt: skip
+        "metrics": finite(metrics),
+        "correct_per_problem": problem_counts(rows),
+        "complete": True,
+    }
     # An earlier summary goes first: a crash between the two writes must leave no summary beside new samples.
     (c.job.out_dir / b / "summary.json").unlink(missing_ok=True)
     files.remove_temporaries(c.job.out_dir / b)  # left by a killed evaluation
@@ -343,12 +365,20 @@ def _finish(
     if job.train_run_id and track and error is None:
         error = _log_into_training_run(job, per_bench, avg, tracking_uri, tracker.run_id)
     done = {
-        "row": job.row, "method": job.method, "seed": job.seed, "model": job.model, "checkpoint": job.checkpoint,
-        "checkpoint_used": job.checkpoint_used, "checkpoint_step": job.checkpoint_step,
+        "row": job.row,
+        "method": job.method,
+        "seed": job.seed,
+        "model": job.model,
+        "checkpoint": job.checkpoint,
+        "checkpoint_used": job.checkpoint_used,
+        "checkpoint_step": job.checkpoint_step,
         "protocol": protocol,
-        "acc": {b: m["acc"] for b, m in per_bench.items()}, "avg_acc": avg.get("acc"),
-        "mlflow_run_id": tracker.run_id, "train_run_id": job.train_run_id, "tracking_s": round(tracker.seconds, 3),
-    }  # fmt: skip
+        "acc": {b: m["acc"] for b, m in per_bench.items()},
+        "avg_acc": avg.get("acc"),
+        "mlflow_run_id": tracker.run_id,
+        "train_run_id": job.train_run_id,
+        "tracking_s": round(tracker.seconds, 3),
+    }
     if error:  # the files are complete; the condition is recorded and was logged as a warning
         done["tracking_error"] = error
     files.write_json(job.out_dir / "eval.done", done)
@@ -364,8 +394,13 @@ def _log_into_training_run(
     metrics = {k: v for b, m in per_bench.items() for k, v in _prefixed(b, m).items()} | _prefixed("avg", avg)
     train = Tracker(job.experiment, run_id=job.train_run_id, uri=uri)
     train.log_metrics(metrics, step=job.checkpoint_step or 0)
-    train.set_tags({"eval.checkpoint": job.checkpoint, "eval.checkpoint_used": job.checkpoint_used,
-                    "eval_run_id": eval_run_id or ""})  # fmt: skip
+    train.set_tags(
+        {
+            "eval.checkpoint": job.checkpoint,
+            "eval.checkpoint_used": job.checkpoint_used,
+            "eval_run_id": eval_run_id or "",
+        }
+    )
     train.finish("FINISHED")
     if train.error:
         return (
@@ -386,13 +421,25 @@ def remirror(out_dir: Path, experiment: str, uri: str, *, train_run_id: str | No
     summaries = {b: files.read_json(out_dir / b / "summary.json") for b in done["acc"]}
     first = next(iter(summaries.values()))
     job = EvalJob(
-        model=done["model"], row=done["row"], out_dir=out_dir, benchmarks={b: Path(s["data"]) for b, s in
-        summaries.items()}, experiment=experiment, method=done["method"], seed=done["seed"],
-        checkpoint=done["checkpoint"], checkpoint_used=done["checkpoint_used"],
-        checkpoint_step=done["checkpoint_step"], train_run_id=train_run_id or done.get("train_run_id"),
-    )  # fmt: skip
-    tracker = Tracker(experiment, run_name=job.run_name, run_id=done.get("mlflow_run_id"),
-                      tags=job.tags(done["protocol"], first["engine"]), uri=uri)  # fmt: skip
+        model=done["model"],
+        row=done["row"],
+        out_dir=out_dir,
+        benchmarks={b: Path(s["data"]) for b, s in summaries.items()},
+        experiment=experiment,
+        method=done["method"],
+        seed=done["seed"],
+        checkpoint=done["checkpoint"],
+        checkpoint_used=done["checkpoint_used"],
+        checkpoint_step=done["checkpoint_step"],
+        train_run_id=train_run_id or done.get("train_run_id"),
+    )
+    tracker = Tracker(
+        experiment,
+        run_name=job.run_name,
+        run_id=done.get("mlflow_run_id"),
+        tags=job.tags(done["protocol"], first["engine"]),
+        uri=uri,
+    )
     tracker.log_params({"protocol": first["protocol"], "settings": {"engine": first["engine"]}})
     for b, s in summaries.items():
         tracker.log_metrics(_prefixed(b, s["metrics"]), step=0)

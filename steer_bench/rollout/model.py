@@ -141,8 +141,13 @@ def fit_prompts(
     if too_long and not any(keep):
         raise SteerBenchError(f"{source}: every prompt is longer than max_prompt_len={max_len} tokens")
     if too_long:
-        log.warning("%s: dropped %d prompt(s) over max_prompt_len=%d: %s", source, len(too_long), max_len,
-                    ", ".join(str(pid) for pid, _ in too_long[:10]))  # fmt: skip
+        log.warning(
+            "%s: dropped %d prompt(s) over max_prompt_len=%d: %s",
+            source,
+            len(too_long),
+            max_len,
+            ", ".join(str(pid) for pid, _ in too_long[:10]),
+        )
     kept = problems[keep].reset_index(drop=True) if too_long else problems
     return kept, [x for x, k in zip(ids, keep, strict=True) if k], [str(pid) for pid, _ in too_long]
 

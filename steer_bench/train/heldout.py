@@ -15,22 +15,22 @@ from typing import Any
 import numpy as np
 
 from steer_bench.config.run import TrainConfig
+from steer_bench.data import load_prepared
 from steer_bench.grading import Grader, summarize_verdicts
 from steer_bench.rollout import SamplingParams
 from steer_bench.rollout.model import fit_prompts
 
+HeldOut = tuple[list[list[int]], list[str]]
+"""(prompt ids, golds) of a held-out set."""
 
-def load_validation(
-    cfg: TrainConfig, tokenizer: Any, *, selection: bool = False
-) -> tuple[list[list[int]], list[str]] | None:
+
+def load_validation(cfg: TrainConfig, tokenizer: Any, *, selection: bool = False) -> HeldOut | None:
     """(prompt ids, golds) of the held-out set (``selection``: of the disjoint selection set, None when not
     configured); over-long prompts follow ``on_long_prompt``."""
     v = cfg.validation
     path, limit = (v.selection_data, v.selection_limit) if selection else (v.data, v.limit)
     if not v.every_n_steps or not path:
         return None
-    from steer_bench.data import load_prepared
-
     df = load_prepared(path)
     df = df.head(limit) if limit else df
     src = str(path)
@@ -46,7 +46,7 @@ def selectable(cfg: TrainConfig, step: int) -> bool:
 def validate(
     engine: Any,
     tokenizer: Any,
-    val: tuple[list[list[int]], list[str]],
+    val: HeldOut,
     cfg: TrainConfig,
     grader: Grader,
     seed: int,

@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -232,8 +232,12 @@ def sft_rows(train: pd.DataFrame, task: TaskConfig) -> pd.DataFrame:
 
 def prompt_ids(tokenizer: PreTrainedTokenizerFast, df: pd.DataFrame) -> list[list[int]]:
     """Chat-templated prompt ids, one per row of a normalised-schema frame."""
+    # apply_chat_template's return type covers every mode; tokenize=True, return_dict=False gives the ids
     return [
-        tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=True, return_dict=False)
+        cast(
+            "list[int]",
+            tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=True, return_dict=False),
+        )
         for p in df["prompt"]
     ]
 
