@@ -54,7 +54,7 @@ from steer_bench.rollout import SamplingParams, make_engine
 from steer_bench.rollout.model import load_policy, prompt_token_ids
 from steer_bench.train import forward, make_optimizer, policy_update, rollout_logprobs, train
 from steer_bench.train.update import Learner, UpdateRows
-from steer_bench.train.warmstart import WarmstartConfig, warmstart
+from steer_bench.warmstart import WarmstartConfig, warmstart
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,7 @@ from steer_bench.config import load_model
 from steer_bench.config.run import VllmConfig
 from steer_bench.data.synthetic import make_synthetic
 from steer_bench.rollout import SamplingParams, logprob_gap, make_engine, score_responses
-from steer_bench.train.warmstart import WarmstartConfig, prompt_ids, warmstart
+from steer_bench.warmstart import WarmstartConfig, prompt_ids, warmstart
 
 REPO = Path(__file__).resolve().parents[1]
 

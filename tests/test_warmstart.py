@@ -17,7 +17,7 @@ from steer_bench.cli import main
 from steer_bench.config import load_model, validate
 from steer_bench.data.synthetic import arithmetic_table, left_to_right, make_synthetic, solve
 from steer_bench.errors import SteerBenchError
-from steer_bench.train.warmstart import (
+from steer_bench.warmstart.build import (
     EOS,
     PAD,
     SFTConfig,
