@@ -53,7 +53,7 @@ CHAT_TEMPLATE = (  # ChatML, as Qwen's
 )
 
 
-class TaskConfig(StrictModel):
+class SyntheticTaskConfig(StrictModel):
     levels: list[int] = [1, 2, 3]
     """Synthetic levels (steer_bench.data.synthetic.LEVELS: level L has L+1 operands)."""
     n_train: int = Field(20000, ge=1)
@@ -76,7 +76,7 @@ class TaskConfig(StrictModel):
     problem of the levels, held-out ones included — facts, never a held-out problem or its solution."""
 
     @model_validator(mode="after")
-    def _whole_mix(self) -> TaskConfig:
+    def _whole_mix(self) -> SyntheticTaskConfig:
         wrong = self.wrong_order_fraction * self.solutions_per_problem
         if abs(wrong - round(wrong)) > 1e-9:
             raise ValueError(
@@ -131,7 +131,7 @@ class EvalConfig(StrictModel):
 class WarmstartConfig(StrictModel):
     seed: int = 0
     """Model init, batch order and evaluation sampling."""
-    task: TaskConfig = TaskConfig()
+    task: SyntheticTaskConfig = SyntheticTaskConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     model: TinyModelConfig = TinyModelConfig()
     sft: SFTConfig
@@ -209,7 +209,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, cfg: TinyModelConfig, *, see
     return Qwen2ForCausalLM(config)
 
 
-def sft_rows(train: pd.DataFrame, task: TaskConfig) -> pd.DataFrame:
+def sft_rows(train: pd.DataFrame, task: SyntheticTaskConfig) -> pd.DataFrame:
     """Each training problem ``solutions_per_problem`` times, ``wrong_order_fraction`` of its rows with the
     left-to-right solution (the rest keep the dataset's correct one)."""
     k = task.solutions_per_problem
