@@ -14,9 +14,12 @@ from typing import Any
 
 import torch
 
+from steer_bench.config.run import ModelConfig
 from steer_bench.errors import SteerBenchError
 from steer_bench.evaluation.schema import EvalSection
-from steer_bench.inputs import check_model_dir
+from steer_bench.inputs import ARCHITECTURE_KEYS, check_model_dir, read_config
+from steer_bench.rollout import HFEngine
+from steer_bench.rollout.model import load_policy
 from steer_bench.rollout.vllm import VLLMEngine
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -97,10 +100,6 @@ def open_engine(
             "device": "cuda" if cuda else "cpu",
         }
     if kind == "hf":
-        from steer_bench.config.run import ModelConfig
-        from steer_bench.rollout import HFEngine
-        from steer_bench.rollout.model import load_policy
-
         dtype = settings.dtype if settings.dtype != "auto" else ("bfloat16" if cuda else "float32")
         policy = load_policy(ModelConfig(path=model, dtype=dtype))
         device = "cuda" if cuda else "cpu"
@@ -141,9 +140,6 @@ class SharedEngine:
         return _KeepOpen(self.engine), self.info | {"shared": False}
 
     def _load(self, kind: str, model: str) -> None:
-        from steer_bench.config.run import ModelConfig
-        from steer_bench.rollout.model import load_policy
-
         if kind == "hf":  # the hf engine samples from the model object itself: swap it in
             policy = load_policy(ModelConfig(path=model, dtype=self.info["dtype"]))
             self.engine.sync_weights(policy.model.to(self.info["device"]))
@@ -172,8 +168,6 @@ class _KeepOpen:
 
 def _architecture(model: str) -> tuple[Any, ...]:
     """The architecture keys of ``model``'s config, and its generation config (the eos set the engine stops on)."""
-    from steer_bench.inputs import ARCHITECTURE_KEYS, read_config
-
     generation = Path(model) / "generation_config.json"
     eos = generation.read_text() if generation.is_file() else None
     return (*(read_config(model).get(k) for k in ARCHITECTURE_KEYS), eos)

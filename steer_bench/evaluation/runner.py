@@ -39,13 +39,16 @@ from typing import Any
 import pandas as pd
 
 from steer_bench import files
+from steer_bench.data import load_prepared
 from steer_bench.errors import SteerBenchError
 from steer_bench.evaluation import engines
 from steer_bench.evaluation.metrics import combined_se
 from steer_bench.evaluation.protocol import Protocol
 from steer_bench.evaluation.schema import EvalSection
 from steer_bench.evaluation.scoring import finite, problem_counts, sample_rows, score
-from steer_bench.tracking import PARENT_RUN_TAG
+from steer_bench.grading import Grader
+from steer_bench.rollout.model import render_prompt, resolve_model
+from steer_bench.tracking import PARENT_RUN_TAG, Tracker, env_info
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +98,6 @@ class EvalJob:
 # ------------------------------------------------------------------------------------------------ prompts
 def render_prompts(tokenizer: Any, problems: pd.DataFrame, protocol: Protocol) -> list[list[int]]:
     """Prompt token ids, rendered as training renders them (chat template) unless the protocol says not to."""
-    from steer_bench.rollout.model import render_prompt
-
     if protocol.chat_template:
         return [render_prompt(tokenizer, m) for m in problems["prompt"]]
     return [tokenizer("\n\n".join(x["content"] for x in m))["input_ids"] for m in problems["prompt"]]
@@ -194,9 +195,6 @@ def evaluate(
     ``open_engine(kind, model, tokenizer, settings, seed=, max_model_len=) -> (engine, info)`` builds the
     sampler (:func:`steer_bench.evaluation.engines.open_engine`; tests pass a scripted one).
     """
-    from steer_bench.data import load_prepared
-    from steer_bench.rollout.model import resolve_model
-
     job = dataclasses.replace(job, model=resolve_model(job.model))  # a GGUF file: its converted HF folder
     engines.check_model(job.model)
     if not job.benchmarks:
@@ -221,8 +219,6 @@ def evaluate(
         tokenizer = engines.load_tokenizer(job.model)
         prompts = {b: render_prompts(tokenizer, problems[b], protocol) for b in todo}
         check_lengths(prompts, problems, engines.context_len(job.model), protocol.max_new_tokens, job.model)
-
-    from steer_bench.tracking import Tracker
 
     tags = job.tags(protocol.name, settings.engine)
     tracker = Tracker(job.experiment, run_name=job.run_name, tags=tags, uri=tracking_uri, enabled=track)
@@ -258,9 +254,6 @@ class _Context:
 
 def _run_benchmarks(c: _Context, todo: list[str], open_engine: EngineOpener, tracker: Any) -> dict[str, dict]:
     """Evaluate ``todo`` with one engine and one grading pool; log each benchmark as soon as it is complete."""
-    from steer_bench.grading import Grader
-    from steer_bench.tracking import env_info
-
     versions = env_info()
     longest = max(len(p) for b in todo for p in c.prompts[b])
     engine, engine_info = open_engine(
@@ -389,8 +382,6 @@ def _log_into_training_run(
     job: EvalJob, per_bench: dict[str, dict], avg: dict, uri: str | None, eval_run_id: str | None
 ) -> str | None:
     """Copy the evaluation's metrics into its training run; returns the MLflow error, if any."""
-    from steer_bench.tracking import Tracker
-
     metrics = {k: v for b, m in per_bench.items() for k, v in _prefixed(b, m).items()} | _prefixed("avg", avg)
     train = Tracker(job.experiment, run_id=job.train_run_id, uri=uri)
     train.log_metrics(metrics, step=job.checkpoint_step or 0)
@@ -415,8 +406,6 @@ def remirror(out_dir: Path, experiment: str, uri: str, *, train_run_id: str | No
     re-attached by id, or created when the store never had it (its params then hold only the protocol and engine:
     the files do not keep the other settings); ``train_run_id`` (the training run as it is now, perhaps
     re-mirrored itself) gets the copy. Rewrites ``eval.done``; the mark stays when the store still fails."""
-    from steer_bench.tracking import Tracker
-
     done = files.read_json(out_dir / "eval.done")
     summaries = {b: files.read_json(out_dir / b / "summary.json") for b in done["acc"]}
     first = next(iter(summaries.values()))

@@ -28,6 +28,7 @@ import torch
 
 from steer_bench.config.run import ModelConfig
 from steer_bench.errors import SteerBenchError
+from steer_bench.files import atomic_dir, write_json
 from steer_bench.inputs import check_chat_template, check_model_dir
 from steer_bench.rollout.batch import PaddedRollout
 
@@ -94,8 +95,6 @@ def gguf_path(model: str) -> Path:
 
 def _convert_gguf(source: Path, folder: Path, digest: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from steer_bench.files import atomic_dir, write_json
 
     log.info("converting %s to an HF folder (dequantised to float32): %s", source, folder)
     try:

@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from steer_bench import files
 from steer_bench.config.run import TrainConfig
 from steer_bench.errors import SteerBenchError
+from steer_bench.rollout.weights import full_weights
 from steer_bench.sharding import reshard
 
 log = logging.getLogger(__name__)
@@ -227,8 +228,6 @@ def hf_state_dict(model: Any, accelerator: Any, dtype: torch.dtype) -> dict[str,
     """The full state dict for the HF folder in ``dtype``, on the main process (empty elsewhere). Collective:
     FSDP2 shards are all-gathered one tensor at a time, every rank taking part in each all-gather, only the main
     process keeping the (host) copies."""
-    from steer_bench.rollout.weights import full_weights
-
     out: dict[str, torch.Tensor] = {}
     for name, t in full_weights(accelerator.unwrap_model(model)):
         if accelerator.is_main_process:

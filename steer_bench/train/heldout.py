@@ -16,6 +16,7 @@ import numpy as np
 
 from steer_bench.config.run import TrainConfig
 from steer_bench.data import load_prepared
+from steer_bench.evaluation.metrics import pass_at_k
 from steer_bench.grading import Grader, summarize_verdicts
 from steer_bench.rollout import SamplingParams
 from steer_bench.rollout.model import fit_prompts
@@ -55,8 +56,6 @@ def validate(
 ) -> dict[str, float]:
     """Sample ``validation.n`` responses per held-out problem; avg@n (= ``val/avg_at_k``) and pass@n (keys under
     ``prefix``: ``sel/`` for the disjoint selection set)."""
-    from steer_bench.evaluation.metrics import pass_at_k
-
     v = cfg.validation
     prompts, golds = val
     params = SamplingParams(

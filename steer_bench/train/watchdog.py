@@ -36,6 +36,7 @@ from datetime import timedelta
 from typing import Any
 
 from steer_bench.errors import SteerBenchError
+from steer_bench.train.distributed import reduce_across_ranks
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,6 @@ class Watchdog:
         """Whether any rank got SIGTERM. Collective: every rank calls it at the same point of each step."""
         if accelerator.num_processes == 1:
             return self.sigterm
-        from steer_bench.train.distributed import reduce_across_ranks
-
         return reduce_across_ranks({"sigterm_max": float(self.sigterm)}, accelerator)["sigterm_max"] > 0
 
     # ---- heartbeats ----------------------------------------------------------------------------------------
