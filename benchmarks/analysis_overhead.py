@@ -53,8 +53,8 @@ from steer_bench.experiment import load_experiment
 from steer_bench.rollout import SamplingParams, make_engine
 from steer_bench.rollout.model import load_policy, prompt_token_ids
 from steer_bench.train import forward, make_optimizer, policy_update, rollout_logprobs, train
-from steer_bench.train.update import UpdateRows
-from steer_bench.train.warmstart import WarmstartConfig, warmstart
+from steer_bench.train.update import Learner, UpdateRows
+from steer_bench.warmstart import WarmstartConfig, warmstart
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,7 +139,7 @@ def bench_probe(method: str, args: argparse.Namespace, model_dir: Path, data: Pa
             t0, c0 = time.perf_counter(), time.process_time()
             probe = EntropyProbe(r + 1, m.resolve(), cfg, batch, old, adv, forward=forward) if with_probe else None
             rows = UpdateRows(batch, old, adv)
-            policy_update(model, optimizer, scheduler, accelerator, rows, m.resolve(), cfg, probe)
+            policy_update(Learner(model, optimizer, scheduler, accelerator), rows, m.resolve(), cfg, probe=probe)
             if probe is not None:
                 probe.save(work / "probe_bench" / f"step_{r + 1:06d}.parquet")
                 own.append(probe.seconds)

@@ -35,7 +35,7 @@ from steer_bench.config import load_model
 from steer_bench.data.synthetic import make_synthetic
 from steer_bench.files import read_json, read_jsonl
 from steer_bench.rollout import SamplingParams, make_engine
-from steer_bench.train.warmstart import (
+from steer_bench.warmstart.build import (
     WarmstartConfig,
     batch_backward,
     build_model,

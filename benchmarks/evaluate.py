@@ -24,7 +24,7 @@ from steer_bench.evaluation.protocol import Protocol
 from steer_bench.evaluation.runner import EvalJob, evaluate
 from steer_bench.evaluation.schema import EvalSection
 from steer_bench.files import read_json
-from steer_bench.train.warmstart import WarmstartConfig, warmstart
+from steer_bench.warmstart import WarmstartConfig, warmstart
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -214,7 +214,7 @@ def main() -> None:
         model = args.model
         if model is None:
             from steer_bench.config import load_model
-            from steer_bench.train.warmstart import WarmstartConfig, warmstart
+            from steer_bench.warmstart import WarmstartConfig, warmstart
 
             model = Path(tmp) / "model"
             warmstart(load_model(WarmstartConfig, REPO / "configs" / "warmstart" / "rehearsal.yaml"), model)

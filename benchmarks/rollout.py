@@ -22,9 +22,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from steer_bench.config import load_model
+from steer_bench.config.run import VllmConfig
 from steer_bench.data.synthetic import make_synthetic
 from steer_bench.rollout import SamplingParams, logprob_gap, make_engine, score_responses
-from steer_bench.train.warmstart import WarmstartConfig, prompt_ids, warmstart
+from steer_bench.warmstart import WarmstartConfig, prompt_ids, warmstart
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,7 @@ def train_step_time(model, batch, repeats: int) -> float:
 def bench_engine(kind: str, model, tok, prompts: list[list[int]], args: argparse.Namespace) -> dict[str, float]:
     params = SamplingParams(max_new_tokens=args.max_new_tokens, n=args.n, temperature=1.0, seed=0)
     t0 = time.perf_counter()
-    engine = make_engine(kind, model, tok, **({"cpu_kvcache_gb": 1} if kind == "vllm" else {}))
+    engine = make_engine(kind, model, tok, **({"vllm": VllmConfig(cpu_kvcache_gb=1)} if kind == "vllm" else {}))
     start = time.perf_counter() - t0
     batch = engine.generate(prompts, params)
     tokens = sum(len(r) for r in batch.response_ids)

@@ -33,7 +33,7 @@ from steer_bench.config.run import TrainConfig
 from steer_bench.data.prepare import prepare_dataset
 from steer_bench.files import read_jsonl
 from steer_bench.train import train
-from steer_bench.train.warmstart import WarmstartConfig, warmstart
+from steer_bench.warmstart import WarmstartConfig, warmstart
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("time/rollout", "time/grading", "time/old_logprobs", "time/update", "time/step")

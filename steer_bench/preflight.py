@@ -29,8 +29,10 @@ import torch
 
 from steer_bench import files
 from steer_bench.config.run import TrainConfig
+from steer_bench.data import load_prepared
 from steer_bench.errors import SteerBenchError
 from steer_bench.experiment import ExperimentConfig
+from steer_bench.train import train
 
 HEADROOM = 0.10
 VALIDATION_PROBLEMS = 2
@@ -70,8 +72,6 @@ class Measured:
 
 def measure(exp: ExperimentConfig, method: str, out: Path) -> Measured:
     """Runs A and B in this process (every rank of the launch calls it); their phase tables from every rank."""
-    from steer_bench.train import train
-
     world = launch_world()
     seed = exp.seeds[0]
     shrunk = exp.train_config(seed, shrink(exp.train_config(seed), world))
@@ -98,8 +98,6 @@ def launch_world() -> int:
 def _validation_problems(cfg: TrainConfig) -> int:
     if not cfg.validation.every_n_steps or cfg.validation.data is None:
         return 0
-    from steer_bench.data import load_prepared
-
     n = len(load_prepared(cfg.validation.data))
     return min(n, cfg.validation.limit) if cfg.validation.limit else n
 

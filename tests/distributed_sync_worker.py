@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from steer_bench.config.run import VllmConfig
 from steer_bench.errors import SteerBenchError
 from steer_bench.rollout import SamplingParams
 from steer_bench.rollout.vllm import VLLMEngine
@@ -110,8 +111,8 @@ def main() -> None:
         fully_shard(model, mesh=mesh)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)  # on the sharded parameters, before any forward
     sharded = [n for n, t in model.state_dict().items() if type(t).__name__ == "DTensor"]
-    engine = VLLMEngine(model, tok, model_path=args.model, seed=rank, cpu_kvcache_gb=0.25, max_model_len=128,
-                        sync_tol=1e-5)  # fmt: skip
+    knobs = VllmConfig(cpu_kvcache_gb=0.25, sync_tol=1e-5)
+    engine = VLLMEngine(model, tok, knobs, model_path=args.model, seed=rank, max_model_len=128)
     start_gap = engine.probe_gap(model)[0]
     ids = torch.tensor([engine.probe_ids])
     model(input_ids=ids, labels=ids).loss.backward()

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from steer_bench.config.run import VllmConfig
 from steer_bench.rollout import SamplingParams
 from steer_bench.rollout.vllm import VLLMEngine
 
@@ -41,8 +42,8 @@ def main() -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     tok, model = AutoTokenizer.from_pretrained(args.model), AutoModelForCausalLM.from_pretrained(args.model)
-    engine = VLLMEngine(model, tok, model_path=str(args.model), seed=0, tensor_parallel_size=2, max_model_len=128,
-                        cpu_kvcache_gb=0.0625, sync_tol=1e-5)  # fmt: skip
+    knobs = VllmConfig(tensor_parallel_size=2, cpu_kvcache_gb=0.0625, sync_tol=1e-5)
+    engine = VLLMEngine(model, tok, knobs, model_path=str(args.model), seed=0, max_model_len=128)
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(SCALE)

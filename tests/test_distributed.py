@@ -221,6 +221,7 @@ def test_four_ranks_form_two_tensor_parallel_engines_that_serve_each_rank_its_ow
     from distributed_tp_worker import SCALE, SHARED, rank_prompts
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from steer_bench.config.run import VllmConfig
     from steer_bench.rollout.vllm import VLLMEngine
 
     worker = REPO / "tests" / "distributed_tp_worker.py"
@@ -230,7 +231,9 @@ def test_four_ranks_form_two_tensor_parallel_engines_that_serve_each_rank_its_ow
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
     model, tok = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
-    reference = VLLMEngine(model, tok, model_path=str(model_dir), seed=0, max_model_len=128, cpu_kvcache_gb=0.0625)
+    reference = VLLMEngine(
+        model, tok, VllmConfig(cpu_kvcache_gb=0.0625), model_path=str(model_dir), seed=0, max_model_len=128
+    )
     try:
         with torch.no_grad():
             for p in model.parameters():
@@ -381,11 +384,12 @@ def test_two_ranks_share_one_tensor_parallel_engine(reference_run: tuple[Path, P
 def test_an_engine_that_cannot_start_fails_with_the_launch_named(model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from steer_bench.config.run import VllmConfig
     from steer_bench.rollout.vllm import VLLMEngine
 
     model, tok = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
     # Too little memory for the configured KV cache: vLLM's own check, re-raised before any rollout.
     with pytest.raises(SteerBenchError, match=r"engine could not start \(rank 0 of 1, backend in-process, tp 1\)"):
-        VLLMEngine(model, tok, model_path=str(model_dir), cpu_kvcache_gb=1e-6, max_model_len=128)
+        VLLMEngine(model, tok, VllmConfig(cpu_kvcache_gb=1e-6), model_path=str(model_dir), max_model_len=128)
     with pytest.raises(SteerBenchError, match="engine could not start"):  # longer than the model's context
-        VLLMEngine(model, tok, model_path=str(model_dir), cpu_kvcache_gb=0.25, max_model_len=100_000)
+        VLLMEngine(model, tok, VllmConfig(cpu_kvcache_gb=0.25), model_path=str(model_dir), max_model_len=100_000)

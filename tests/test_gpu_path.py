@@ -219,7 +219,7 @@ def test_fsdp2_accumulation_never_holds_an_unsharded_gradient(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from steer_bench.config.method import load_method
-    from steer_bench.train.update import UpdateRows, policy_update, rollout_logprobs
+    from steer_bench.train.update import Learner, UpdateRows, policy_update, rollout_logprobs
 
     if not dist.is_initialized():
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
@@ -247,7 +247,7 @@ def test_fsdp2_accumulation_never_holds_an_unsharded_gradient(
         held.append([n for n, p in model.named_parameters() if p.grad is None])
 
     monkeypatch.setattr(accelerator, "backward", checked_backward)
-    policy_update(model, opt, sched, accelerator, rows, load_method("grpo").resolve(), cfg)
+    policy_update(Learner(model, opt, sched, accelerator), rows, load_method("grpo").resolve(), cfg)
     assert len(held) == cfg.updates_per_rollout * 4  # 2 mini-batches of 8 rows, micro-batches of 2
     assert held == [[]] * len(held)
 

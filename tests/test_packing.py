@@ -140,7 +140,7 @@ def test_packed_equals_padded_to_rounding(
         model.train()
         model.zero_grad(set_to_none=True)
         with MemoryAudit(model, sharded=shard == "fsdp2") as audit:
-            calls = accumulate_gradients(model, accelerator, update_rows, rows, method, cfg, None, None, audit)
+            calls = accumulate_gradients(model, accelerator, update_rows, rows, cfg, loss=method.loss, audit=audit)
         grads = [p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad for p in model.parameters()]
         results[packed] = (logp, entropy, calls, grads)
     (logp, entropy, calls, grads), (logp_p, entropy_p, calls_p, grads_p) = results[False], results[True]

@@ -13,7 +13,7 @@ import torch
 
 from steer_bench.grading import Verdict
 from steer_bench.rollout.batch import RolloutBatch, score_responses
-from steer_bench.train.stepstats import rollout_metrics
+from steer_bench.train.stepstats import Step, rollout_metrics
 
 TAU = 0.7  # ≠ 1, so a pass that forgot to divide by τ would give other numbers
 V = 4
@@ -55,9 +55,22 @@ def test_entropy_and_surprisal_match_a_hand_computation() -> None:
 
     verdicts = [Verdict(correct=c, math_verify=c, strict=c, pred="1", status="ok") for c in (True, False)]
     adv = torch.tensor([[0.5] * 3, [-0.5] * 3]) * batch.response_mask
-    m = rollout_metrics(
-        batch, [False, False], verdicts, torch.tensor([1.0, 0.0]), adv, old_logp, old_entropy, torch.tensor([0, 0])
+    step = Step(
+        number=1,
+        prompts=[0, 1],
+        rollout=rollout,
+        texts=["", ""],
+        verdicts=verdicts,
+        scores=torch.tensor([1.0, 0.0]),
+        batch=batch,
+        old_logp=old_logp,
+        old_entropy=old_entropy,
+        group_ids=torch.tensor([0, 0]),
+        adv=adv,
+        times={},
     )
+    assert step.rollout.truncated == [False, False]
+    m = rollout_metrics(step)
 
     entropy, surprisal = _by_hand()
     # The uniform row by hand, whatever τ: H = −log p_y = ln 4.

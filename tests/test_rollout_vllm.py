@@ -12,6 +12,7 @@ import pytest
 import torch
 from tiny import chat_prompt_ids, load_tiny, tiny_model_dir
 
+from steer_bench.config.run import VllmConfig
 from steer_bench.errors import SteerBenchError
 from steer_bench.rollout import HFEngine, SamplingParams, logprob_gap, make_engine, score_responses
 
@@ -48,7 +49,8 @@ def engine(model_tok):
     model, tok = model_tok
     rng = torch.get_rng_state()
     # the scheduler caps as the paper recipe passes them (the release's 16384 / 1024, scaled to the test's engine)
-    eng = make_engine("vllm", model, tok, seed=0, cpu_kvcache_gb=0.25, max_num_batched_tokens=2048, max_num_seqs=96)
+    knobs = VllmConfig(cpu_kvcache_gb=0.25, max_num_batched_tokens=2048, max_num_seqs=96)
+    eng = make_engine("vllm", model, tok, vllm=knobs, seed=0)
     assert torch.equal(torch.get_rng_state(), rng)  # starting vLLM in-process does not reseed the trainer
     eng.sync_weights(model)
     yield eng

@@ -17,11 +17,11 @@ from steer_bench.cli import main
 from steer_bench.config import load_model, validate
 from steer_bench.data.synthetic import arithmetic_table, left_to_right, make_synthetic, solve
 from steer_bench.errors import SteerBenchError
-from steer_bench.train.warmstart import (
+from steer_bench.warmstart.build import (
     EOS,
     PAD,
     SFTConfig,
-    TaskConfig,
+    SyntheticTaskConfig,
     TinyModelConfig,
     WarmstartConfig,
     batch_backward,
@@ -231,7 +231,7 @@ def test_config_errors_name_the_key(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_sft_rows_mix_strategies_per_problem_and_add_the_table() -> None:
     problems = make_synthetic("train", 40, seed=0, levels=[5])
-    task = TaskConfig(levels=[5], n_train=40, solutions_per_problem=4, wrong_order_fraction=0.25)
+    task = SyntheticTaskConfig(levels=[5], n_train=40, solutions_per_problem=4, wrong_order_fraction=0.25)
     rows = sft_rows(problems, task)
     assert len(rows) == 160
     for p, group in rows.groupby("problem"):
@@ -242,4 +242,4 @@ def test_sft_rows_mix_strategies_per_problem_and_add_the_table() -> None:
     fact = facts[facts["problem"] == "7-42"].iloc[0]
     assert (fact["solution"], fact["prompt"]) == ("7-42=-35;\\boxed{-35}", [{"role": "user", "content": "7-42"}])
     with pytest.raises(ValueError, match="whole number of rows per problem"):
-        TaskConfig(solutions_per_problem=2, wrong_order_fraction=0.25)
+        SyntheticTaskConfig(solutions_per_problem=2, wrong_order_fraction=0.25)

@@ -22,7 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from steer_bench.config import load_model
-from steer_bench.train.warmstart import WarmstartConfig, warmstart
+from steer_bench.warmstart import WarmstartConfig, warmstart
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = REPO / "configs" / "warmstart" / "smoke.yaml"

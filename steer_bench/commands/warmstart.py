@@ -16,7 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from steer_bench.config import load_model
-    from steer_bench.train.warmstart import WarmstartConfig, warmstart
+    from steer_bench.warmstart import WarmstartConfig, warmstart
 
     exp, recipe, overrides = named_config(args, "warmstart", "recipe")
     out = args.out or str(exp.warmstart_dir())

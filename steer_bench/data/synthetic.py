@@ -12,7 +12,7 @@ Design:
 - **Precedence levels** 5 and 6: 3 and 4 operands in 1..9, only the expressions whose value differs when
   evaluated strictly left to right (``3+4*2``: 11, not 14). Their arithmetic is small (single-digit products,
   a two-digit number ± or × a digit), and each has a *strategy fork* that decides correctness: a warm start
-  SFT'd on a mix of correct and :func:`left_to_right` solutions (``train.warmstart``'s ``wrong_order_fraction``)
+  SFT'd on a mix of correct and :func:`left_to_right` solutions (``steer_bench.warmstart``'s ``wrong_order_fraction``)
   is unsure which step comes first, and only the precedence order earns the reward — the CPU miniature's
   task (docs/miniature.md). Level 5 has 1,296 problems (1,038 train / 258 test), level 6 has 69,984.
 - **Branch points**: evaluation follows the usual precedence, but the *order* of steps is free where it does

@@ -14,9 +14,13 @@ from typing import Any
 
 import torch
 
+from steer_bench.config.run import ModelConfig
 from steer_bench.errors import SteerBenchError
 from steer_bench.evaluation.schema import EvalSection
-from steer_bench.inputs import check_model_dir
+from steer_bench.inputs import ARCHITECTURE_KEYS, check_model_dir, read_config
+from steer_bench.rollout import HFEngine
+from steer_bench.rollout.model import load_policy
+from steer_bench.rollout.vllm import VLLMEngine
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json")
@@ -77,25 +81,25 @@ def open_engine(
     reserves KV cache for it); ``seed``: the engine's base seed (requests carry their own)."""
     cuda = torch.cuda.is_available()
     if kind == "vllm":
-        from steer_bench.rollout.vllm import VLLMEngine  # imports vllm: only when asked for
-
-        v = settings.vllm
-        options = {
+        # no sleep mode: evaluation generates call after call without a weight sync, which a sleeping engine refuses
+        v = settings.vllm.model_copy(update={"enable_sleep_mode": "off"})
+        dtype = None if settings.dtype == "auto" else settings.dtype
+        vllm_engine = VLLMEngine.from_path(model, tokenizer, v, seed=seed, max_model_len=max_model_len, dtype=dtype)
+        recorded = {
             "seed": seed,
             "max_model_len": max_model_len,
-            "dtype": None if settings.dtype == "auto" else settings.dtype,
             "tensor_parallel_size": v.tensor_parallel_size,
             "gpu_memory_utilization": v.gpu_memory_utilization,
             "cpu_kvcache_gb": v.cpu_kvcache_gb,
-            "enforce_eager": not cuda,  # CUDA graphs speed up decoding; the CPU backend runs eager
+            "enforce_eager": not cuda if v.enforce_eager is None else v.enforce_eager,
         }
-        engine = VLLMEngine.from_path(model, tokenizer, **options)
-        return engine, {"kind": "vllm", **options, "dtype": engine.dtype, "device": "cuda" if cuda else "cpu"}
+        return vllm_engine, {
+            "kind": "vllm",
+            **recorded,
+            "dtype": vllm_engine.dtype,
+            "device": "cuda" if cuda else "cpu",
+        }
     if kind == "hf":
-        from steer_bench.config.run import ModelConfig
-        from steer_bench.rollout import HFEngine
-        from steer_bench.rollout.model import load_policy
-
         dtype = settings.dtype if settings.dtype != "auto" else ("bfloat16" if cuda else "float32")
         policy = load_policy(ModelConfig(path=model, dtype=dtype))
         device = "cuda" if cuda else "cpu"
@@ -136,9 +140,6 @@ class SharedEngine:
         return _KeepOpen(self.engine), self.info | {"shared": False}
 
     def _load(self, kind: str, model: str) -> None:
-        from steer_bench.config.run import ModelConfig
-        from steer_bench.rollout.model import load_policy
-
         if kind == "hf":  # the hf engine samples from the model object itself: swap it in
             policy = load_policy(ModelConfig(path=model, dtype=self.info["dtype"]))
             self.engine.sync_weights(policy.model.to(self.info["device"]))
@@ -167,8 +168,6 @@ class _KeepOpen:
 
 def _architecture(model: str) -> tuple[Any, ...]:
     """The architecture keys of ``model``'s config, and its generation config (the eos set the engine stops on)."""
-    from steer_bench.inputs import ARCHITECTURE_KEYS, read_config
-
     generation = Path(model) / "generation_config.json"
     eos = generation.read_text() if generation.is_file() else None
     return (*(read_config(model).get(k) for k in ARCHITECTURE_KEYS), eos)

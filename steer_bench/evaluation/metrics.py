@@ -167,6 +167,7 @@ def combined_se(ses: Sequence[float | None]) -> float:
     sets): √(Σ se_b²) / B. NaN when any is unknown."""
     if not ses:
         raise SteerBenchError("combined_se: no standard errors")
-    if any(se is None or not math.isfinite(se) for se in ses):
+    known = [se for se in ses if se is not None and math.isfinite(se)]
+    if len(known) < len(ses):
         return math.nan
-    return math.sqrt(sum(se * se for se in ses)) / len(ses)
+    return math.sqrt(sum(se * se for se in known)) / len(ses)

@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 
 from steer_bench.config import StrictModel, apply_overrides, read_yaml, validate
 from steer_bench.config.run import Grader
+from steer_bench.data.registry import get_spec
 from steer_bench.errors import SteerBenchError
 from steer_bench.rollout import SamplingParams
 
@@ -81,8 +82,6 @@ def load_protocol(spec: str | dict[str, Any], overrides: list[str] | None = None
     """A protocol from a name (``configs/protocols/<name>.yaml``), a YAML path or a mapping, with
     ``key=value`` overrides (e.g. ``max_new_tokens=512``, ``k.aime24=8``). Benchmark names in ``k`` must be
     registered datasets."""
-    from steer_bench.data.registry import get_spec
-
     if isinstance(spec, dict):
         data, source = spec, f"protocol {spec.get('name', '<unnamed>')!r}"
     else:

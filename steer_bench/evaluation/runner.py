@@ -39,13 +39,16 @@ from typing import Any
 import pandas as pd
 
 from steer_bench import files
+from steer_bench.data import load_prepared
 from steer_bench.errors import SteerBenchError
 from steer_bench.evaluation import engines
 from steer_bench.evaluation.metrics import combined_se
 from steer_bench.evaluation.protocol import Protocol
 from steer_bench.evaluation.schema import EvalSection
 from steer_bench.evaluation.scoring import finite, problem_counts, sample_rows, score
-from steer_bench.tracking import PARENT_RUN_TAG
+from steer_bench.grading import Grader
+from steer_bench.rollout.model import render_prompt, resolve_model
+from steer_bench.tracking import PARENT_RUN_TAG, Tracker, env_info
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +98,18 @@ class EvalJob:
 # ------------------------------------------------------------------------------------------------ prompts
 def render_prompts(tokenizer: Any, problems: pd.DataFrame, protocol: Protocol) -> list[list[int]]:
     """Prompt token ids, rendered as training renders them (chat template) unless the protocol says not to."""
-    from steer_bench.rollout.model import render_prompt
-
     if protocol.chat_template:
         return [render_prompt(tokenizer, m) for m in problems["prompt"]]
     return [tokenizer("\n\n".join(x["content"] for x in m))["input_ids"] for m in problems["prompt"]]
 
 
-def check_lengths(prompts: dict[str, list[list[int]]], problems: dict[str, pd.DataFrame], context: int,
-                  max_new_tokens: int, model: str) -> None:  # fmt: skip
+def check_lengths(
+    prompts: dict[str, list[list[int]]],
+    problems: dict[str, pd.DataFrame],
+    context: int,
+    max_new_tokens: int,
+    model: str,
+) -> None:
     """Every prompt + max_new_tokens must fit the model's context; one error naming the offenders otherwise."""
     budget = context - max_new_tokens
     lines = []
@@ -189,9 +195,6 @@ def evaluate(
     ``open_engine(kind, model, tokenizer, settings, seed=, max_model_len=) -> (engine, info)`` builds the
     sampler (:func:`steer_bench.evaluation.engines.open_engine`; tests pass a scripted one).
     """
-    from steer_bench.data import load_prepared
-    from steer_bench.rollout.model import resolve_model
-
     job = dataclasses.replace(job, model=resolve_model(job.model))  # a GGUF file: its converted HF folder
     engines.check_model(job.model)
     if not job.benchmarks:
@@ -217,11 +220,8 @@ def evaluate(
         prompts = {b: render_prompts(tokenizer, problems[b], protocol) for b in todo}
         check_lengths(prompts, problems, engines.context_len(job.model), protocol.max_new_tokens, job.model)
 
-    from steer_bench.tracking import Tracker
-
     tags = job.tags(protocol.name, settings.engine)
-    tracker = Tracker(job.experiment, run_name=job.run_name, tags=tags, uri=tracking_uri,
-                      enabled=track)  # fmt: skip
+    tracker = Tracker(job.experiment, run_name=job.run_name, tags=tags, uri=tracking_uri, enabled=track)
     status = "FAILED"
     try:
         tracker.log_params(
@@ -254,15 +254,16 @@ class _Context:
 
 def _run_benchmarks(c: _Context, todo: list[str], open_engine: EngineOpener, tracker: Any) -> dict[str, dict]:
     """Evaluate ``todo`` with one engine and one grading pool; log each benchmark as soon as it is complete."""
-    from steer_bench.grading import Grader
-    from steer_bench.tracking import env_info
-
     versions = env_info()
     longest = max(len(p) for b in todo for p in c.prompts[b])
     engine, engine_info = open_engine(
-        c.settings.engine, c.job.model, c.tokenizer, c.settings,
-        seed=c.protocol.seed, max_model_len=longest + c.protocol.max_new_tokens,
-    )  # fmt: skip
+        c.settings.engine,
+        c.job.model,
+        c.tokenizer,
+        c.settings,
+        seed=c.protocol.seed,
+        max_model_len=longest + c.protocol.max_new_tokens,
+    )
     # The grading workers start at the first grade(), after the first generation: starting them while torch
     # generates on the same CPU cores slowed both (2 cores: generation 3.7 s -> 17 s, first grading 0.5 -> 11 s).
     grader = Grader(workers=c.settings.workers, timeout=c.settings.timeout_s, primary=c.protocol.grader)
@@ -292,15 +293,29 @@ def _run_one(c: _Context, b: str, engine: Any, grader: Any, info: dict[str, Any]
         log.warning("%s: %d of %d samples timed out in grading (counted wrong)", b, metrics["timeouts"], len(rows))
     engine_info = {k: v for k, v in info.items() if k != "versions"}
     summary = {
-        "benchmark": b, "row": c.job.row, "method": c.job.method, "seed": c.job.seed, **c.requests[b],
-        "model_fingerprint": c.fingerprint, "checkpoint": c.job.checkpoint, "checkpoint_used": c.job.checkpoint_used,
-        "checkpoint_step": c.job.checkpoint_step, "engine_options": engine_info, "versions": info["versions"],
-        "k": params.n, "sampling_seed": params.seed, "n_problems": len(problems), "n_samples": len(rows),
-        "data": str(c.job.benchmarks[b]), "timeouts": metrics["timeouts"],
+        "benchmark": b,
+        "row": c.job.row,
+        "method": c.job.method,
+        "seed": c.job.seed,
+        **c.requests[b],
+        "model_fingerprint": c.fingerprint,
+        "checkpoint": c.job.checkpoint,
+        "checkpoint_used": c.job.checkpoint_used,
+        "checkpoint_step": c.job.checkpoint_step,
+        "engine_options": engine_info,
+        "versions": info["versions"],
+        "k": params.n,
+        "sampling_seed": params.seed,
+        "n_problems": len(problems),
+        "n_samples": len(rows),
+        "data": str(c.job.benchmarks[b]),
+        "timeouts": metrics["timeouts"],
         "grading": {"workers": grader.workers, "timeout_s": grader.timeout, "restarts": grader.restarts},
         "time_s": {"generate": round(t1 - t0, 3), "grade": round(t2 - t1, 3)},
-        "metrics": finite(metrics), "correct_per_problem": problem_counts(rows), "complete": True,
-    }  # fmt: skip
+        "metrics": finite(metrics),
+        "correct_per_problem": problem_counts(rows),
+        "complete": True,
+    }
     # An earlier summary goes first: a crash between the two writes must leave no summary beside new samples.
     (c.job.out_dir / b / "summary.json").unlink(missing_ok=True)
     files.remove_temporaries(c.job.out_dir / b)  # left by a killed evaluation
@@ -343,12 +358,20 @@ def _finish(
     if job.train_run_id and track and error is None:
         error = _log_into_training_run(job, per_bench, avg, tracking_uri, tracker.run_id)
     done = {
-        "row": job.row, "method": job.method, "seed": job.seed, "model": job.model, "checkpoint": job.checkpoint,
-        "checkpoint_used": job.checkpoint_used, "checkpoint_step": job.checkpoint_step,
+        "row": job.row,
+        "method": job.method,
+        "seed": job.seed,
+        "model": job.model,
+        "checkpoint": job.checkpoint,
+        "checkpoint_used": job.checkpoint_used,
+        "checkpoint_step": job.checkpoint_step,
         "protocol": protocol,
-        "acc": {b: m["acc"] for b, m in per_bench.items()}, "avg_acc": avg.get("acc"),
-        "mlflow_run_id": tracker.run_id, "train_run_id": job.train_run_id, "tracking_s": round(tracker.seconds, 3),
-    }  # fmt: skip
+        "acc": {b: m["acc"] for b, m in per_bench.items()},
+        "avg_acc": avg.get("acc"),
+        "mlflow_run_id": tracker.run_id,
+        "train_run_id": job.train_run_id,
+        "tracking_s": round(tracker.seconds, 3),
+    }
     if error:  # the files are complete; the condition is recorded and was logged as a warning
         done["tracking_error"] = error
     files.write_json(job.out_dir / "eval.done", done)
@@ -359,13 +382,16 @@ def _log_into_training_run(
     job: EvalJob, per_bench: dict[str, dict], avg: dict, uri: str | None, eval_run_id: str | None
 ) -> str | None:
     """Copy the evaluation's metrics into its training run; returns the MLflow error, if any."""
-    from steer_bench.tracking import Tracker
-
     metrics = {k: v for b, m in per_bench.items() for k, v in _prefixed(b, m).items()} | _prefixed("avg", avg)
     train = Tracker(job.experiment, run_id=job.train_run_id, uri=uri)
     train.log_metrics(metrics, step=job.checkpoint_step or 0)
-    train.set_tags({"eval.checkpoint": job.checkpoint, "eval.checkpoint_used": job.checkpoint_used,
-                    "eval_run_id": eval_run_id or ""})  # fmt: skip
+    train.set_tags(
+        {
+            "eval.checkpoint": job.checkpoint,
+            "eval.checkpoint_used": job.checkpoint_used,
+            "eval_run_id": eval_run_id or "",
+        }
+    )
     train.finish("FINISHED")
     if train.error:
         return (
@@ -380,19 +406,29 @@ def remirror(out_dir: Path, experiment: str, uri: str, *, train_run_id: str | No
     re-attached by id, or created when the store never had it (its params then hold only the protocol and engine:
     the files do not keep the other settings); ``train_run_id`` (the training run as it is now, perhaps
     re-mirrored itself) gets the copy. Rewrites ``eval.done``; the mark stays when the store still fails."""
-    from steer_bench.tracking import Tracker
-
     done = files.read_json(out_dir / "eval.done")
     summaries = {b: files.read_json(out_dir / b / "summary.json") for b in done["acc"]}
     first = next(iter(summaries.values()))
     job = EvalJob(
-        model=done["model"], row=done["row"], out_dir=out_dir, benchmarks={b: Path(s["data"]) for b, s in
-        summaries.items()}, experiment=experiment, method=done["method"], seed=done["seed"],
-        checkpoint=done["checkpoint"], checkpoint_used=done["checkpoint_used"],
-        checkpoint_step=done["checkpoint_step"], train_run_id=train_run_id or done.get("train_run_id"),
-    )  # fmt: skip
-    tracker = Tracker(experiment, run_name=job.run_name, run_id=done.get("mlflow_run_id"),
-                      tags=job.tags(done["protocol"], first["engine"]), uri=uri)  # fmt: skip
+        model=done["model"],
+        row=done["row"],
+        out_dir=out_dir,
+        benchmarks={b: Path(s["data"]) for b, s in summaries.items()},
+        experiment=experiment,
+        method=done["method"],
+        seed=done["seed"],
+        checkpoint=done["checkpoint"],
+        checkpoint_used=done["checkpoint_used"],
+        checkpoint_step=done["checkpoint_step"],
+        train_run_id=train_run_id or done.get("train_run_id"),
+    )
+    tracker = Tracker(
+        experiment,
+        run_name=job.run_name,
+        run_id=done.get("mlflow_run_id"),
+        tags=job.tags(done["protocol"], first["engine"]),
+        uri=uri,
+    )
     tracker.log_params({"protocol": first["protocol"], "settings": {"engine": first["engine"]}})
     for b, s in summaries.items():
         tracker.log_metrics(_prefixed(b, s["metrics"]), step=0)

@@ -18,18 +18,30 @@ def sample_rows(
 ) -> list[dict[str, Any]]:
     """One row per sample (batch row i·k + j = sample j of problem i), in batch order. ``strict_pred`` is the
     extraction of ``grader``'s strict matcher (the release's box for a release grader), as ``strict`` is."""
-    rows, seen = [], {}
+    rows: list[dict[str, Any]] = []
+    seen: dict[int, int] = {}  # samples so far per problem
     for i, text, v, ids, finished in zip(
         batch.prompt_index, texts, verdicts, batch.response_ids, batch.finished, strict=True
     ):
         gold = problems["answer"].iat[i]
         seen[i] = seen.get(i, -1) + 1
-        rows.append({
-            "problem_id": problems["problem_id"].iat[i], "sample": seen[i], "gold": gold, "response": text,
-            "response_len": len(ids), "truncated": not finished, "pred": v.pred,
-            "strict_pred": strict_for(grader, text, gold)[1], "correct": v.correct, "math_verify": v.math_verify,
-            "strict": v.strict, "status": v.status, "error": v.error,
-        })  # fmt: skip
+        rows.append(
+            {
+                "problem_id": problems["problem_id"].iat[i],
+                "sample": seen[i],
+                "gold": gold,
+                "response": text,
+                "response_len": len(ids),
+                "truncated": not finished,
+                "pred": v.pred,
+                "strict_pred": strict_for(grader, text, gold)[1],
+                "correct": v.correct,
+                "math_verify": v.math_verify,
+                "strict": v.strict,
+                "status": v.status,
+                "error": v.error,
+            }
+        )
     return rows
 
 

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from steer_bench import files
+from steer_bench.data.prepare import prepare_dataset
 from steer_bench.data.registry import SHARED_DATA_ENV, get_spec
 from steer_bench.errors import SteerBenchError
 from steer_bench.evaluation.runner import EvalJob
@@ -121,8 +122,6 @@ def standalone_job(
 def _prepare_if_needed(
     name: str, path: Path, *, data_dir: str | os.PathLike[str] | None, limit: int | None, workers: int
 ) -> None:
-    from steer_bench.data.prepare import prepare_dataset
-
     spec = get_spec(name)  # an unknown benchmark fails here, naming the valid ones
     data_dir = data_dir if data_dir is not None else os.environ.get(SHARED_DATA_ENV) or None
     if spec.synthetic_split:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from steer_bench.config.run import VllmConfig
 from steer_bench.errors import SteerBenchError
 from steer_bench.rollout.batch import PaddedRollout, RolloutBatch, SamplingParams, logprob_gap, score_responses
 from steer_bench.rollout.hf import HFEngine
+from steer_bench.rollout.vllm import VLLMEngine
 
 if TYPE_CHECKING:  # transformers is imported where a model is loaded, not by importing the trainer
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -56,13 +58,18 @@ class RolloutEngine(Protocol):
 
 
 def make_engine(
-    kind: Literal["hf", "vllm"], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, **options: Any
+    kind: Literal["hf", "vllm"],
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    vllm: VllmConfig | None = None,
+    **options: Any,
 ) -> RolloutEngine:
-    """Build an engine. Options: hf — ``max_batch_size``; vllm — see :class:`steer_bench.rollout.vllm.VLLMEngine`."""
+    """Build an engine. hf: ``options`` = ``max_batch_size``. vllm: its knobs ``vllm`` (None: the config's
+    defaults) and ``options`` = the launch's ``model_path``, ``seed``, ``max_model_len``, ``dtype``
+    (:class:`steer_bench.rollout.vllm.VLLMEngine`; vllm itself is imported only when the engine starts)."""
     if kind == "hf":
         return HFEngine(model, tokenizer, **options)
     if kind == "vllm":
-        from steer_bench.rollout.vllm import VLLMEngine  # imports vllm: only when asked for
-
-        return VLLMEngine(model, tokenizer, **options)
+        return VLLMEngine(model, tokenizer, vllm or VllmConfig(), **options)
     raise SteerBenchError(f"rollout: unknown engine {kind!r}; valid engines: {', '.join(ENGINES)}")

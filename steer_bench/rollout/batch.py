@@ -14,6 +14,7 @@ so ``logits[:, P-1:-1]`` is (B, T, V).
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
 
 import torch
@@ -80,7 +81,11 @@ class PaddedRollout:
     def to(self, device: torch.device | str) -> PaddedRollout:
         lp = None if self.response_logprobs is None else self.response_logprobs.to(device)
         return PaddedRollout(
-            *(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids, self.response_mask)), lp
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            position_ids=self.position_ids.to(device),
+            response_mask=self.response_mask.to(device),
+            response_logprobs=lp,
         )
 
 
@@ -103,7 +108,7 @@ class RolloutBatch:
 
     def __post_init__(self) -> None:
         n = len(self.prompt_index)
-        lists = [self.prompt_ids, self.response_ids, self.finished]
+        lists: list[Sized] = [self.prompt_ids, self.response_ids, self.finished]
         if any(len(x) != n for x in lists):
             raise ValueError("RolloutBatch: per-sample lists differ in length")
         for name in ("response_logprobs", "response_entropy"):

@@ -122,7 +122,8 @@ class HFEngine:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
                 if seed is not None:
                     torch.manual_seed(seed)
-                out = self.model.generate(
+                # transformers types generate() so that mypy resolves it through nn.Module.__getattr__ (a Tensor)
+                out = self.model.generate(  # type: ignore[operator]
                     input_ids=input_ids.to(device),
                     attention_mask=attention_mask.to(device),
                     generation_config=config,

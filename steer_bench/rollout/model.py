@@ -28,6 +28,7 @@ import torch
 
 from steer_bench.config.run import ModelConfig
 from steer_bench.errors import SteerBenchError
+from steer_bench.files import atomic_dir, write_json
 from steer_bench.inputs import check_chat_template, check_model_dir
 from steer_bench.rollout.batch import PaddedRollout
 
@@ -95,8 +96,6 @@ def gguf_path(model: str) -> Path:
 def _convert_gguf(source: Path, folder: Path, digest: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from steer_bench.files import atomic_dir, write_json
-
     log.info("converting %s to an HF folder (dequantised to float32): %s", source, folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
@@ -141,8 +140,13 @@ def fit_prompts(
     if too_long and not any(keep):
         raise SteerBenchError(f"{source}: every prompt is longer than max_prompt_len={max_len} tokens")
     if too_long:
-        log.warning("%s: dropped %d prompt(s) over max_prompt_len=%d: %s", source, len(too_long), max_len,
-                    ", ".join(str(pid) for pid, _ in too_long[:10]))  # fmt: skip
+        log.warning(
+            "%s: dropped %d prompt(s) over max_prompt_len=%d: %s",
+            source,
+            len(too_long),
+            max_len,
+            ", ".join(str(pid) for pid, _ in too_long[:10]),
+        )
     kept = problems[keep].reset_index(drop=True) if too_long else problems
     return kept, [x for x, k in zip(ids, keep, strict=True) if k], [str(pid) for pid, _ in too_long]
 

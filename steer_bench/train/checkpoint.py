@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from steer_bench import files
 from steer_bench.config.run import TrainConfig
 from steer_bench.errors import SteerBenchError
+from steer_bench.rollout.weights import full_weights
 from steer_bench.sharding import reshard
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,12 @@ def log_save_budget(cfg: TrainConfig, n_params: int, world: int) -> None:
     log.info(
         "checkpoints: %.2f GB written by the main process (HF folder %.2f GB + its DCP share), %.2f GB by each other "
         "rank; inside collective_timeout_s=%d that needs >= %.1f MB/s of the checkpoint filesystem",
-        size["main"] / 1e9, size["hf"] / 1e9, size["dcp_per_rank"] / 1e9, cfg.collective_timeout_s, need,
-    )  # fmt: skip
+        size["main"] / 1e9,
+        size["hf"] / 1e9,
+        size["dcp_per_rank"] / 1e9,
+        cfg.collective_timeout_s,
+        need,
+    )
 
 
 def rank_file(path: Path, rank: int) -> Path:
@@ -154,6 +159,8 @@ def save_checkpoint(
             tmp = [str(stack.enter_context(files.atomic_dir(path))) if accelerator.is_main_process else None]
             if accelerator.num_processes > 1:
                 broadcast_object_list(tmp, from_process=0)
+            if tmp[0] is None:  # broadcast_object_list filled it on every rank
+                raise SteerBenchError(f"{path}: the main process's temporary checkpoint folder did not arrive")
             tmp_dir = Path(tmp[0])
             if optimizer is not None:
                 _save_trainer_state(tmp_dir, accelerator, model, optimizer, scheduler)
@@ -199,8 +206,11 @@ def _save_trainer_state(tmp_dir: Path, accelerator: Any, model: Any, optimizer: 
     reshard(unwrapped)  # the optimizer holds the sharded parameters
     model_sd, optim_sd = get_state_dict(unwrapped, _raw(optimizer))
     with _single_process_ok():
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp_dir / TRAINER_STATE,
-                 no_dist=not _distributed())  # fmt: skip
+        dcp.save(
+            {"model": model_sd, "optimizer": optim_sd},
+            checkpoint_id=tmp_dir / TRAINER_STATE,
+            no_dist=not _distributed(),
+        )
     blob = {"scheduler": scheduler.state_dict(), "rng": _rng_state()}
     _torch_save(blob, rank_file(tmp_dir, accelerator.process_index))
 
@@ -218,8 +228,6 @@ def hf_state_dict(model: Any, accelerator: Any, dtype: torch.dtype) -> dict[str,
     """The full state dict for the HF folder in ``dtype``, on the main process (empty elsewhere). Collective:
     FSDP2 shards are all-gathered one tensor at a time, every rank taking part in each all-gather, only the main
     process keeping the (host) copies."""
-    from steer_bench.rollout.weights import full_weights
-
     out: dict[str, torch.Tensor] = {}
     for name, t in full_weights(accelerator.unwrap_model(model)):
         if accelerator.is_main_process:
@@ -251,7 +259,7 @@ def load_trainer_state(path: Path, accelerator: Any, model: Any, optimizer: Any,
     unwrapped, raw = accelerator.unwrap_model(model), _raw(optimizer)
     reshard(unwrapped)  # the optimizer holds the sharded parameters
     model_sd, optim_sd = get_state_dict(unwrapped, raw)
-    saved = {"model": model_sd, "optimizer": optim_sd}
+    saved: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
     with _single_process_ok():
         dcp.load(saved, checkpoint_id=path / TRAINER_STATE, no_dist=not _distributed())
     set_state_dict(unwrapped, raw, model_state_dict=saved["model"], optim_state_dict=saved["optimizer"])

@@ -61,7 +61,8 @@ def param_checksums(model: Any, accelerator: Accelerator) -> list[float]:
     from torch.distributed.tensor import DTensor
 
     params = [p.detach() for p in accelerator.unwrap_model(model).parameters()]
-    total = sum((p.full_tensor() if isinstance(p, DTensor) else p).double().abs().sum() for p in params)
+    zero = torch.zeros((), dtype=torch.float64)  # the sum's start (0 + Σ: the same float64 additions as before)
+    total = sum(((p.full_tensor() if isinstance(p, DTensor) else p).double().abs().sum() for p in params), zero)
     return accelerator.gather(total.reshape(1).to(accelerator.device)).cpu().tolist()
 
 

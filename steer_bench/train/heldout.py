@@ -19,9 +19,13 @@ import pandas as pd
 from steer_bench.config.run import TrainConfig
 from steer_bench.data import load_prepared
 from steer_bench.data.holdout import split_holdout
+from steer_bench.evaluation.metrics import pass_at_k
 from steer_bench.grading import Grader, summarize_verdicts
 from steer_bench.rollout import SamplingParams
 from steer_bench.rollout.model import fit_prompts
+
+HeldOut = tuple[list[list[int]], list[str]]
+"""(prompt ids, golds) of a held-out set."""
 
 
 def hold_out(cfg: TrainConfig, problems: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -33,7 +37,7 @@ def hold_out(cfg: TrainConfig, problems: pd.DataFrame) -> tuple[pd.DataFrame, pd
 
 def load_validation(
     cfg: TrainConfig, tokenizer: Any, *, selection: bool = False, held: pd.DataFrame | None = None
-) -> tuple[list[list[int]], list[str]] | None:
+) -> HeldOut | None:
     """(prompt ids, golds) of the held-out set (``selection``: of the disjoint selection set — ``held``, the
     training set's held-out slice, or ``validation.selection_data`` — None when not configured); over-long prompts
     follow ``on_long_prompt``."""
@@ -59,7 +63,7 @@ def selectable(cfg: TrainConfig, step: int) -> bool:
 def validate(
     engine: Any,
     tokenizer: Any,
-    val: tuple[list[list[int]], list[str]],
+    val: HeldOut,
     cfg: TrainConfig,
     grader: Grader,
     seed: int,
@@ -68,8 +72,6 @@ def validate(
 ) -> dict[str, float]:
     """Sample ``validation.n`` responses per held-out problem; avg@n (= ``val/avg_at_k``) and pass@n (keys under
     ``prefix``: ``sel/`` for the disjoint selection set)."""
-    from steer_bench.evaluation.metrics import pass_at_k
-
     v = cfg.validation
     prompts, golds = val
     params = SamplingParams(

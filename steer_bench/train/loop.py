@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,43 +22,25 @@ import torch
 from tqdm.auto import tqdm
 
 from steer_bench import files
+from steer_bench.analysis import EntropyProbe
 from steer_bench.config.method import MethodConfig
 from steer_bench.config.run import TrainConfig
 from steer_bench.errors import NonFiniteError
-from steer_bench.grading import Grader, Verdict
+from steer_bench.grading import Grader
 from steer_bench.grading.release import reward_correct
 from steer_bench.rollout import SamplingParams
-from steer_bench.rollout.batch import PaddedRollout, RolloutBatch
+from steer_bench.tracking import headline_metrics
 from steer_bench.train.batching import order_for_update
 from steer_bench.train.checkpoint import hf_dtype, is_resumable, save_checkpoint
 from steer_bench.train.distributed import param_checksums, rank_reduce, reduce_across_ranks
 from steer_bench.train.heldout import selectable, validate
 from steer_bench.train.probeset import ProbeSet, load_probe_set, measure
 from steer_bench.train.setup import Run, prompt_order, rollout_seed, seed_everything, set_up, step_seed
-from steer_bench.train.stepstats import dump_rollouts, rollout_metrics
+from steer_bench.train.stepstats import Step, dump_rollouts, rollout_metrics
 from steer_bench.train.update import UpdateRows, engine_logprobs, forward, policy_update, rollout_logprobs
 from steer_bench.train.watchdog import Preempted, Watchdog
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Step:
-    """One step's data on this rank, filled phase by phase."""
-
-    number: int
-    prompts: list[int]  # indices of this rank's prompts
-    rollout: RolloutBatch
-    texts: list[str]
-    verdicts: list[Verdict]
-    scores: torch.Tensor  # (B,)
-    batch: PaddedRollout
-    old_logp: torch.Tensor  # (B, T) π_old
-    old_entropy: torch.Tensor  # (B, T)
-    group_ids: torch.Tensor  # (B,)
-    adv: torch.Tensor  # (B, T)
-    times: dict[str, float]
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def train(cfg: TrainConfig, preset: MethodConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -169,7 +150,20 @@ def collect(run: Run, grader: Grader, number: int) -> Step:
     adv = run.method.advantages(scores, group_ids, batch.response_mask, old_entropy=old_entropy, **schedule)
     t3 = time.perf_counter()
     times = {"rollout": t1 - t0, "grading": t2 - t1, "old_logprobs": t3 - t2, "start": t0}
-    return Step(number, idx, rollout, texts, verdicts, scores, batch, old_logp, old_entropy, group_ids, adv, times)
+    return Step(
+        number=number,
+        prompts=idx,
+        rollout=rollout,
+        texts=texts,
+        verdicts=verdicts,
+        scores=scores,
+        batch=batch,
+        old_logp=old_logp,
+        old_entropy=old_entropy,
+        group_ids=group_ids,
+        adv=adv,
+        times=times,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- update
@@ -182,12 +176,10 @@ def update(run: Run, step: Step) -> None:
     ubatch, uold, uadv = order_for_update(cfg.batch_order, step.batch, old, step.adv, acc, run.tokenizer.pad_token_id)
     probe = None
     if cfg.analysis.every_n_steps and step.number % cfg.analysis.every_n_steps == 0:
-        from steer_bench.analysis import EntropyProbe
-
         probe = EntropyProbe(step.number, run.method, cfg, ubatch, uold, uadv, forward=forward)
     rows = UpdateRows(ubatch, uold, uadv)
     coef = entropy_coef(run, step)  # the adaptive entropy coefficient's state crosses steps (run.state)
-    metrics = policy_update(run.model, run.optimizer, run.scheduler, acc, rows, run.method, cfg, probe, coef)
+    metrics = policy_update(run.learner, rows, run.method, cfg, probe=probe, entropy_coef=coef)
     if probe is not None:  # metrics on every rank (reduced later); the main process writes its rows
         path = run.out / "analysis" / f"step_{step.number:06d}.parquet"
         metrics |= probe.save(path) if run.main else probe.metrics()
@@ -227,10 +219,7 @@ def log_step(run: Run, step: Step, grader: Grader, probe: ProbeSet | None) -> No
     t4 = time.perf_counter()
     t0, update_tokens = step.times.pop("start"), step.metrics.pop("batch/update_tokens")
     metrics = step.metrics
-    metrics |= rollout_metrics(
-        step.batch, step.rollout.truncated, step.verdicts, step.scores, step.adv, step.old_logp, step.old_entropy,
-        step.group_ids,
-    )  # fmt: skip
+    metrics |= rollout_metrics(step)
     metrics |= run.engine.sync_metrics()
     metrics |= {f"time/{k}": v for k, v in step.times.items()} | {"time/step": t4 - t0}
     metrics |= {
@@ -240,7 +229,7 @@ def log_step(run: Run, step: Step, grader: Grader, probe: ProbeSet | None) -> No
         "batch/update_tokens_min": update_tokens,
     }
     metrics = reduce_across_ranks(metrics | run.phases.step_metrics(), acc)
-    if cfg.validation.every_n_steps and step.number % cfg.validation.every_n_steps == 0:
+    if run.validation is not None and step.number % cfg.validation.every_n_steps == 0:  # None: no validation
         with run.phases.phase("validation"):
             run.engine.sync_weights(acc.unwrap_model(run.model))  # validate the updated policy, not π_old
             seed = step_seed(cfg.seed, step.number) + 999_983
@@ -267,10 +256,7 @@ def log_step(run: Run, step: Step, grader: Grader, probe: ProbeSet | None) -> No
     if run.main:
         record(run, step.number, metrics)
         if cfg.log_rollouts_every and step.number % cfg.log_rollouts_every == 0:
-            dump_rollouts(
-                run.out / "rollouts" / f"step_{step.number:06d}.jsonl", run.problems, step.prompts, step.rollout,
-                step.texts, step.verdicts, step.scores, step.batch, step.old_entropy,
-            )  # fmt: skip
+            dump_rollouts(run.out / "rollouts" / f"step_{step.number:06d}.jsonl", run.problems, step)
 
 
 def record(run: Run, number: int, metrics: dict[str, float]) -> None:
@@ -290,16 +276,20 @@ def checkpoint(run: Run, step: Step, *, now: bool = False) -> None:
     if now or step.number % run.cfg.save_every == 0 or step.number == run.cfg.steps:
         with run.phases.phase("checkpoint", step_metric=False):
             save_checkpoint(
-                run.last_dir, run.accelerator, run.model, run.tokenizer, run.state, dtype=hf_dtype(run.cfg),
-                optimizer=run.optimizer, scheduler=run.scheduler,
-            )  # fmt: skip
+                run.last_dir,
+                run.accelerator,
+                run.model,
+                run.tokenizer,
+                run.state,
+                dtype=hf_dtype(run.cfg),
+                optimizer=run.optimizer,
+                scheduler=run.scheduler,
+            )
 
 
 def finish(run: Run, final: dict[str, float]) -> dict[str, Any]:
     """The summary (``train.done``, written last: Snakemake's target) and the runs table's headline metrics;
     ``final``: the last step's metrics (empty when a finished run is resumed)."""
-    from steer_bench.tracking import headline_metrics
-
     summary = {
         "param_checksums": param_checksums(run.model, run.accelerator),
         "method": run.preset.name,

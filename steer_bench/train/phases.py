@@ -38,8 +38,13 @@ class PhaseStats:
 
     def as_dict(self) -> dict[str, float]:
         s = self.seconds
-        return {"count": len(s), "seconds_mean": sum(s) / len(s), "seconds_max": max(s), "peak_mb": self.peak_mb,
-                "torch_peak_mb": self.torch_peak_mb}  # fmt: skip
+        return {
+            "count": len(s),
+            "seconds_mean": sum(s) / len(s),
+            "seconds_max": max(s),
+            "peak_mb": self.peak_mb,
+            "torch_peak_mb": self.torch_peak_mb,
+        }
 
 
 class PhaseMeter:

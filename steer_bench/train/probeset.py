@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from steer_bench.config.run import TrainConfig
+from steer_bench.data import load_prepared, synthetic
 from steer_bench.errors import SteerBenchError
 from steer_bench.grading import Grader
 from steer_bench.grading.release import reward_correct
@@ -54,16 +55,12 @@ def load_probe_set(cfg: TrainConfig, tokenizer: Any) -> ProbeSet | None:
     source = p.data or cfg.validation.data
     if not source:
         raise SteerBenchError("probe.every_n_steps > 0 needs probe.data or validation.data")
-    from steer_bench.data import load_prepared
-
     df = load_prepared(source).head(p.limit)
     df, prompts, _ = fit_prompts(tokenizer, df, max_len=cfg.max_prompt_len, source=source, on_long="error")
     return ProbeSet(prompts, df["answer"].tolist(), [_fork(tokenizer, row) for _, row in df.iterrows()])
 
 
 def _fork(tokenizer: Any, row: Any) -> tuple[list[int], int] | None:
-    from steer_bench.data import synthetic
-
     if row.get("source") != synthetic.SOURCE or not isinstance(row.get("solution"), str):
         return None
     right = tokenizer(row["solution"], add_special_tokens=False)["input_ids"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from accelerate import Accelerator
 
@@ -19,10 +20,13 @@ from steer_bench.algos import Method
 from steer_bench.config import dump_yaml
 from steer_bench.config.method import MethodConfig
 from steer_bench.config.run import TrainConfig
+from steer_bench.data import load_prepared
 from steer_bench.errors import SteerBenchError
 from steer_bench.inputs import check_same_architecture
-from steer_bench.rollout import make_engine
+from steer_bench.rollout import RolloutEngine, make_engine
 from steer_bench.rollout.model import fit_prompts, load_policy
+from steer_bench.rollout.vllm import VLLMEngine, launch_backend
+from steer_bench.tracking import Tracker, env_info, resolve_uri, train_run_tags
 from steer_bench.train.checkpoint import (
     TrainState,
     is_resumable,
@@ -31,8 +35,9 @@ from steer_bench.train.checkpoint import (
     truncate_metrics,
 )
 from steer_bench.train.distributed import ensure_process_group, make_accelerator, prepare, shard_fsdp2
-from steer_bench.train.heldout import hold_out, load_validation
+from steer_bench.train.heldout import HeldOut, hold_out, load_validation
 from steer_bench.train.phases import PhaseMeter
+from steer_bench.train.update import Learner
 
 
 def check_run(cfg: TrainConfig, method: MethodConfig, context_len: int | None, world_size: int) -> None:
@@ -48,8 +53,6 @@ def check_run(cfg: TrainConfig, method: MethodConfig, context_len: int | None, w
         )
     cfg.check_world(world_size)
     if cfg.rollout.engine == "vllm":  # an engine that cannot start in this world fails before the model is prepared
-        from steer_bench.rollout.vllm import launch_backend
-
         launch_backend(world_size, cfg.rollout.vllm.tensor_parallel_size)
 
 
@@ -92,16 +95,15 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> tuple[torch.opti
     return opt, get_scheduler(name, opt, num_warmup_steps=o.warmup_steps, num_training_steps=total)
 
 
-def engine_options(cfg: TrainConfig, model_path: str) -> dict[str, Any]:
-    """vLLM starts from the weights on disk (the trainer's model equals them); hf needs nothing."""
+def start_engine(cfg: TrainConfig, model: Any, tokenizer: Any, model_path: str) -> RolloutEngine:
+    """The rollout engine: vLLM starts from the weights on disk (the trainer's model equals them) with the knobs
+    of ``rollout.vllm``; hf samples from the model object itself."""
     if cfg.rollout.engine == "hf":
-        return {}
-    return {
-        "model_path": model_path,
-        "seed": cfg.seed,
-        "max_model_len": cfg.max_prompt_len + cfg.rollout.max_new_tokens,
-        **cfg.rollout.vllm.model_dump(),
-    }
+        return make_engine("hf", model, tokenizer)
+    longest = cfg.max_prompt_len + cfg.rollout.max_new_tokens
+    return make_engine(
+        "vllm", model, tokenizer, vllm=cfg.rollout.vllm, model_path=model_path, seed=cfg.seed, max_model_len=longest
+    )
 
 
 @dataclass
@@ -113,20 +115,25 @@ class Run:
     method: Method
     out: Path
     accelerator: Accelerator
-    model: Any
+    model: Any  # the prepared policy (a transformers model, DDP- or FSDP2-wrapped by the launch)
     tokenizer: Any
-    optimizer: Any
-    scheduler: Any
-    engine: Any
-    tracker: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # transformers' LambdaLR schedule
+    engine: RolloutEngine
+    tracker: Tracker
     state: TrainState
-    problems: Any  # the prepared training problems (pandas), after dropping over-long prompts
+    problems: pd.DataFrame  # the prepared training problems, after dropping over-long prompts
     prompts: list[list[int]]
-    dropped: list[int]
-    validation: Any  # (prompt ids, golds) of the held-out set, or None
-    selection: Any  # (prompt ids, golds) of the disjoint selection set (validation.selection_data), or None
+    dropped: list[str]  # problem ids of the over-long prompts left out (on_long_prompt: drop)
+    validation: HeldOut | None  # (prompt ids, golds) of the held-out set
+    selection: HeldOut | None  # the same of the disjoint selection set (validation.selection_data)
     startup: dict[str, float]  # model_load_s, then first_rollout_unix (time.time() as the first rollout starts)
     phases: PhaseMeter  # wall time and peak memory per phase (steer_bench.train.phases)
+
+    @property
+    def learner(self) -> Learner:
+        """What the update phase moves: the model, its optimizer and schedule, and the launch."""
+        return Learner(self.model, self.optimizer, self.scheduler, self.accelerator)
 
     @property
     def main(self) -> bool:
@@ -151,9 +158,6 @@ class Run:
 
 def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
     """Resume or start: model, data, optimizer and scheduler, trainer state, resolved configs, MLflow, engine."""
-    from steer_bench.data import load_prepared
-    from steer_bench.tracking import Tracker, env_info, resolve_uri, train_run_tags
-
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
     last_dir, best_dir = out / "checkpoints" / "last", out / "checkpoints" / "best"
@@ -211,11 +215,28 @@ def set_up(cfg: TrainConfig, preset: MethodConfig, out: Path) -> Run:
     state.mlflow_run_id = tracker.run_id
     tracker.log_params({"config": cfg.model_dump(mode="json"), "method": preset.model_dump(mode="json"), "env": env})
     with phases.phase("engine_start", step_metric=False):
-        options = engine_options(cfg, str(last_dir) if resume else cfg.model.path)
-        engine = make_engine(cfg.rollout.engine, accelerator.unwrap_model(model), tokenizer, **options)
-    if hasattr(engine, "concurrency"):  # what a wave of decoding holds (steer-bench preflight extrapolates with it)
+        weights = str(last_dir) if resume else cfg.model.path
+        engine = start_engine(cfg, accelerator.unwrap_model(model), tokenizer, weights)
+    if isinstance(engine, VLLMEngine):  # what a wave of decoding holds (steer-bench preflight extrapolates with it)
         startup["engine_full_length_seqs"] = engine.concurrency(cfg.max_prompt_len + cfg.rollout.max_new_tokens)
     return Run(
-        cfg, preset, preset.resolve(), out, accelerator, model, tokenizer, optimizer, scheduler, engine, tracker,
-        state, problems, prompts, dropped, validation, selection, startup, phases,
-    )  # fmt: skip
+        cfg=cfg,
+        preset=preset,
+        method=preset.resolve(),
+        out=out,
+        accelerator=accelerator,
+        model=model,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        engine=engine,
+        tracker=tracker,
+        state=state,
+        problems=problems,
+        prompts=prompts,
+        dropped=dropped,
+        validation=validation,
+        selection=selection,
+        startup=startup,
+        phases=phases,
+    )

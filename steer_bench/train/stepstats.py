@@ -1,31 +1,42 @@
-"""Per-step rollout statistics: rewards, accuracy, lengths, truncation, entropy (quantiles, by advantage sign),
-grader health and the rollout-engine/trainer log-prob gap. Pure functions of one step's tensors."""
+"""One step's data (:class:`Step`) and its rollout statistics: rewards, accuracy, lengths, truncation, entropy
+(quantiles, by advantage sign), grader health and the rollout-engine/trainer log-prob gap; the sample rollouts'
+file. Pure functions of one step's tensors."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+import pandas as pd
 import torch
 
 from steer_bench import files
 from steer_bench.algos.stats import masked_mean, masked_quantile
 from steer_bench.grading import Verdict, summarize_verdicts
-from steer_bench.rollout.batch import PaddedRollout
+from steer_bench.rollout.batch import PaddedRollout, RolloutBatch
 
 
-def rollout_metrics(
-    batch: PaddedRollout,
-    truncated: Sequence[bool],
-    verdicts: Sequence[Verdict],
-    scores: torch.Tensor,
-    adv: torch.Tensor,
-    old_logp: torch.Tensor,
-    old_entropy: torch.Tensor,
-    group_ids: torch.Tensor,
-) -> dict[str, float]:
-    """Metrics of one rollout batch (B sequences, T response tokens).
+@dataclass
+class Step:
+    """One step's data on this rank, filled phase by phase."""
+
+    number: int
+    prompts: list[int]  # indices of this rank's prompts
+    rollout: RolloutBatch
+    texts: list[str]
+    verdicts: list[Verdict]
+    scores: torch.Tensor  # (B,)
+    batch: PaddedRollout
+    old_logp: torch.Tensor  # (B, T) π_old
+    old_entropy: torch.Tensor  # (B, T)
+    group_ids: torch.Tensor  # (B,)
+    adv: torch.Tensor  # (B, T)
+    times: dict[str, float]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def rollout_metrics(step: Step) -> dict[str, float]:
+    """Metrics of one step's rollout batch (B sequences, T response tokens).
 
     ``old_logp``/``old_entropy`` (B, T) are π_old's (the distribution the rollout sampled from, at the sampling
     temperature τ: softmax(logits/τ), :func:`steer_bench.rollout.batch.score_responses`, or the engine's processed
@@ -37,19 +48,21 @@ def rollout_metrics(
     fraction of prompts whose responses all got the same score (zero GRPO signal). ``rollout/logprob_gap`` is
     the mean |logπ_engine − logπ_trainer| over response tokens (only when the engine returns log-probs).
     """
+    batch, scores, adv, old_logp, old_entropy = step.batch, step.scores, step.adv, step.old_logp, step.old_entropy
+    truncated = step.rollout.truncated
     mask = batch.response_mask
     lengths = mask.sum(-1)
     q10, q50, q90 = masked_quantile(old_entropy, mask, [0.1, 0.5, 0.9]).tolist()
     seq_adv = (adv * mask).sum(-1) / lengths.clamp(min=1)
     pos, neg = mask * (seq_adv > 0)[:, None], mask * (seq_adv < 0)[:, None]
-    g = summarize_verdicts(verdicts)
+    g = summarize_verdicts(step.verdicts)
     out = {
         "rollout/reward_mean": float(scores.mean()),
         "rollout/accuracy": float(g["accuracy"]),
         "rollout/response_len_mean": float(lengths.mean()),
         "rollout/response_len_max": float(lengths.max()),
         "rollout/truncation_rate": sum(truncated) / len(truncated),
-        "rollout/all_equal_groups": _all_equal_fraction(scores, group_ids),
+        "rollout/all_equal_groups": _all_equal_fraction(scores, step.group_ids),
         "rollout/entropy_mean": float(masked_mean(old_entropy, mask)),
         "rollout/entropy_p10": q10,
         "rollout/entropy_p50": q50,
@@ -74,19 +87,11 @@ def _all_equal_fraction(scores: torch.Tensor, group_ids: torch.Tensor) -> float:
     return sum(same) / len(same)
 
 
-def dump_rollouts(
-    path: Path,
-    problems: Any,
-    idx: list[int],
-    rollout: Any,
-    texts: list[str],
-    verdicts: list[Any],
-    scores: torch.Tensor,
-    batch: PaddedRollout,
-    entropy: torch.Tensor,
-) -> None:
-    mask = batch.response_mask
-    ent = ((entropy * mask).sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
+def dump_rollouts(path: Path, problems: pd.DataFrame, step: Step) -> None:
+    """The step's sample rollouts, one JSONL row per response: its problem, text, verdict, score, length and mean
+    π_old token entropy."""
+    idx, rollout, mask = step.prompts, step.rollout, step.batch.response_mask
+    ent = ((step.old_entropy * mask).sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
     rows = [
         {
             "problem_id": problems["problem_id"].iloc[idx[p]],
@@ -104,9 +109,9 @@ def dump_rollouts(
         for i, (p, text, v, s, r, t, e) in enumerate(
             zip(
                 rollout.prompt_index,
-                texts,
-                verdicts,
-                scores,
+                step.texts,
+                step.verdicts,
+                step.scores,
                 rollout.response_ids,
                 rollout.truncated,
                 ent,

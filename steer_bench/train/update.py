@@ -4,6 +4,9 @@ with micro-batch gradient accumulation — the only place the trainer calls the 
 from __future__ import annotations
 
 import contextlib
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,6 +14,7 @@ import torch
 from accelerate import Accelerator
 
 from steer_bench.algos import Method, TokenBatch, Totals
+from steer_bench.analysis import EntropyProbe
 from steer_bench.config.run import TrainConfig
 from steer_bench.errors import NonFiniteError, SteerBenchError
 from steer_bench.rollout.batch import PaddedRollout, RolloutBatch, score_responses
@@ -24,7 +28,7 @@ from steer_bench.train.guards import check_token_values, check_weights
 
 def forward(
     model: Any, batch: PaddedRollout, rows: torch.Tensor, temperature: float, *, packed: bool = False
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(logp, entropy), each (len(rows), T) of the full batch's T, for the sub-batch ``rows``: one forward of its
     real tokens packed into one row (``packed``, ``train.remove_padding``) or of its padded layout (the reference)."""
     if packed:
@@ -39,7 +43,9 @@ def micro_batches(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
-def forward_rows(model: Any, batch: PaddedRollout, rows: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, ...]:
+def forward_rows(
+    model: Any, batch: PaddedRollout, rows: torch.Tensor, cfg: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`forward` over ``rows`` in the trainer's micro-batches, concatenated."""
     temperature, packed = cfg.rollout.temperature, cfg.remove_padding
     parts = [forward(model, batch, r, temperature, packed=packed) for r in micro_batches(rows, cfg.micro_batch_size)]
@@ -69,15 +75,27 @@ def engine_logprobs(rollout: RolloutBatch, batch: PaddedRollout) -> tuple[torch.
     return logp, entropy
 
 
+@dataclass(frozen=True)
+class Learner:
+    """The policy under training and what moves it: its optimizer, learning-rate schedule and launch."""
+
+    model: Any  # a transformers model, as prepared for the launch (plain, DDP or FSDP2)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # transformers' LambdaLR schedule (or any object with step() and get_last_lr())
+    accelerator: Accelerator
+
+
+LossFn = Callable[[TokenBatch, Totals], tuple[torch.Tensor, dict[str, Any]]]
+"""One micro-batch's (loss, metrics): the method's loss with the mini-batch's statistics bound."""
+
+
 def policy_update(
-    model: Any,
-    optimizer: Any,
-    scheduler: Any,
-    accelerator: Accelerator,
+    learner: Learner,
     rows: UpdateRows,
     method: Method,
     cfg: TrainConfig,
-    probe: Any = None,
+    *,
+    probe: EntropyProbe | None = None,
     entropy_coef: float | None = None,
 ) -> dict[str, float]:
     """``updates_per_rollout`` optimizer steps on one rollout batch; returns the reduced loss metrics.
@@ -86,6 +104,7 @@ def policy_update(
     after its optimizer step, to measure every token's entropy change across exactly one update.
     ``entropy_coef``: this step's controller value (:meth:`Method.entropy_coef_step`; None: the preset's β).
     """
+    model, optimizer, scheduler, accelerator = learner.model, learner.optimizer, learner.scheduler, learner.accelerator
     batch, mask = rows.batch, rows.batch.response_mask
     mini = cfg.mini_batch_prompts * cfg.rollout.n // accelerator.num_processes
     calls: list[dict[str, Any]] = []
@@ -104,13 +123,14 @@ def policy_update(
                         logp, entropy = forward_rows(model, batch, index, cfg)
                     stats = method.mini_batch_stats(rows.tokens(index, logp, entropy), rank_reduce(accelerator))
                 optimizer.zero_grad(set_to_none=True)
-                calls += accumulate_gradients(model, accelerator, rows, index, method, cfg, stats, entropy_coef, audit)
+                loss = functools.partial(method.loss, stats=stats, entropy_coef=entropy_coef)
+                calls += accumulate_gradients(model, accelerator, rows, index, cfg, loss=loss, audit=audit)
                 grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
                 if not np.isfinite(grad_norm):
                     raise NonFiniteError(f"the gradient norm is {grad_norm}")
                 grad_norms.append(grad_norm)
-                first = probe is not None and epoch == 0 and start == 0
-                if first:
+                first = epoch == 0 and start == 0
+                if probe is not None and first:
                     probe.before(model, index)
                 reshard(model)  # a no-grad pass (the probe) leaves the root gathered: stale once the shards step
                 optimizer.step()
@@ -118,17 +138,21 @@ def policy_update(
                     model, accelerator, where=f"after the optimizer step on rows {start}..{index[-1].item()}"
                 )
                 scheduler.step()
-                if first:
+                if probe is not None and first:
                     probe.after(model, index)
     optimizer.zero_grad(set_to_none=True)  # the gradients are dead until the next update: not held during rollout
     minis = micro_batches(torch.arange(len(mask)), mini)  # the update's mini-batches, as the loop above cuts them
     real, positions = padding_share(batch, [m for index in minis for m in micro_batches(index, cfg.micro_batch_size)])
-    return method.reduce_metrics(calls) | audit.metrics() | {
-        "train/padding_share": 1 - real / positions,  # of the padded layout's positions: what remove_padding saves
-        "train/grad_norm": float(np.mean(grad_norms)),
-        "train/grad_norm_max": float(np.max(grad_norms)),
-        "train/lr": float(scheduler.get_last_lr()[0]),
-    }  # fmt: skip
+    return (
+        method.reduce_metrics(calls)
+        | audit.metrics()
+        | {
+            "train/padding_share": 1 - real / positions,  # of the padded layout's positions: what remove_padding saves
+            "train/grad_norm": float(np.mean(grad_norms)),
+            "train/grad_norm_max": float(np.max(grad_norms)),
+            "train/lr": float(scheduler.get_last_lr()[0]),
+        }
+    )
 
 
 def accumulate_gradients(
@@ -136,16 +160,16 @@ def accumulate_gradients(
     accelerator: Accelerator,
     rows: UpdateRows,
     index: torch.Tensor,
-    method: Method,
     cfg: TrainConfig,
-    stats: Any,
-    entropy_coef: float | None,
+    *,
+    loss: LossFn,
     audit: MemoryAudit,
 ) -> list[dict[str, Any]]:
-    """Forward and backward over the mini-batch ``index`` in micro-batches; returns each call's loss metrics."""
+    """Forward and backward over the mini-batch ``index`` in micro-batches; returns each call's loss metrics.
+    ``loss``: the method's loss of one micro-batch given the mini-batch's totals."""
     mask = rows.batch.response_mask
-    totals = global_totals(mask[index], accelerator) | {"max_response_len": cfg.rollout.max_new_tokens}
-    totals = Totals(**loss_totals(cfg.loss_scale, totals))  # release: each micro-batch's own counts
+    counts = global_totals(mask[index], accelerator) | {"max_response_len": cfg.rollout.max_new_tokens}
+    totals = Totals(**loss_totals(cfg.loss_scale, counts))  # release: each micro-batch's own counts
     micro = micro_batches(index, cfg.micro_batch_size)
     calls = []
     for j, mrows in enumerate(micro):
@@ -155,11 +179,11 @@ def accumulate_gradients(
         accumulate = cfg.shard == "ddp" and j < len(micro) - 1
         with accelerator.no_sync(model) if accumulate else contextlib.nullcontext():
             logp, entropy = forward(model, rows.batch, mrows, cfg.rollout.temperature, packed=cfg.remove_padding)
-            loss, metrics = method.loss(rows.tokens(mrows, logp, entropy), totals, stats, entropy_coef)
-            if not torch.isfinite(loss):
-                raise NonFiniteError(f"the loss is {loss.item()} (rows {mrows[0].item()}..{mrows[-1].item()})")
+            value, metrics = loss(rows.tokens(mrows, logp, entropy), totals)
+            if not torch.isfinite(value):
+                raise NonFiniteError(f"the loss is {value.item()} (rows {mrows[0].item()}..{mrows[-1].item()})")
             # global_tokens: global denominators, ×W undoes DDP's mean; release: ÷ accumulation steps.
-            accelerator.backward(loss * loss_factor(cfg.loss_scale, len(micro), accelerator.num_processes))
+            accelerator.backward(value * loss_factor(cfg.loss_scale, len(micro), accelerator.num_processes))
         audit.after_backward()
         calls.append(metrics)
     return calls

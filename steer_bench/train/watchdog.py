@@ -36,6 +36,7 @@ from datetime import timedelta
 from typing import Any
 
 from steer_bench.errors import SteerBenchError
+from steer_bench.train.distributed import reduce_across_ranks
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,8 @@ class Watchdog:
         pid = os.getpid()
         self._lock = threading.Lock()  # the store's users: the thread, and the main one (phase changes, check_now)
         self._store_error: Exception | None = None
-        self._me = {"rank": rank, "pid": pid, "started": (_stat(pid) or ("", ""))[1], "host": socket.gethostname()}
+        # this process's identity in every beat (step, phase and count change)
+        self._me = Beat(rank, 0, pid, (_stat(pid) or ("", ""))[1], socket.gethostname(), step=0, phase="")
 
     @classmethod
     def start(cls, timeout_s: float) -> Watchdog:
@@ -128,8 +130,12 @@ class Watchdog:
             # A client of the store torchrun's agent serves at MASTER_ADDR:MASTER_PORT (the rendezvous's): it lives
             # as long as the job, whichever rank dies. Keys per restart of the agent's worker group and per run of
             # this process (preflight trains twice; every rank starts the same runs in the same order).
-            client = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                              timeout=timedelta(seconds=max(timeout_s, 30)))  # fmt: skip
+            client = TCPStore(
+                os.environ["MASTER_ADDR"],
+                int(os.environ["MASTER_PORT"]),
+                is_master=False,
+                timeout=timedelta(seconds=max(timeout_s, 30)),
+            )
             restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
             store = PrefixStore(f"steer-bench/heartbeat/{restart}/{next(cls._runs)}", client)
         watchdog = cls(timeout_s, rank=rank, world=world, store=store)
@@ -180,8 +186,6 @@ class Watchdog:
         """Whether any rank got SIGTERM. Collective: every rank calls it at the same point of each step."""
         if accelerator.num_processes == 1:
             return self.sigterm
-        from steer_bench.train.distributed import reduce_across_ranks
-
         return reduce_across_ranks({"sigterm_max": float(self.sigterm)}, accelerator)["sigterm_max"] > 0
 
     # ---- heartbeats ----------------------------------------------------------------------------------------
@@ -189,7 +193,8 @@ class Watchdog:
         return self._meter.where if self._meter is not None else "set-up"
 
     def _write(self, phase: str) -> None:
-        beat = Beat(count=self._count, step=self.step, phase=phase, **self._me)
+        me = self._me
+        beat = Beat(me.rank, self._count, me.pid, me.started, me.host, step=self.step, phase=phase)
         with self._lock:  # the thread and the main one (a phase change) both write
             self.store.set(f"rank{self.rank}", json.dumps(asdict(beat)))
 
@@ -203,8 +208,12 @@ class Watchdog:
     def _store_failed(self, error: Exception) -> None:
         if self._store_error is None:
             self._store_error = error
-            log.warning("rank %d: the heartbeat store failed (%s: %s); not watching the other ranks any more",
-                        self.rank, type(error).__name__, error)  # fmt: skip
+            log.warning(
+                "rank %d: the heartbeat store failed (%s: %s); not watching the other ranks any more",
+                self.rank,
+                type(error).__name__,
+                error,
+            )
         self._closing = True
         self._tick.set()
 
@@ -243,7 +252,7 @@ class Watchdog:
             count, moved = self._seen.get(rank, (-1, now))
             if beat.count != count:
                 self._seen[rank], moved = (beat.count, now), now
-            here = beat.host == self._me["host"]
+            here = beat.host == self._me.host
             state = _state(beat) if here else "unknown"
             if state == "gone":
                 lost.append((beat, "died", "its process is gone"))
@@ -256,9 +265,16 @@ class Watchdog:
         for beat, what, why in lost:
             log.error(
                 "rank %d (pid %d on %s) %s in %s: %s. Ending the job (seen by rank %d); the next one resumes from the "
-                "last checkpoint", beat.rank, beat.pid, beat.host, what, beat.where(), why, self.rank,
-            )  # fmt: skip
-            if beat.host == self._me["host"] and _state(beat) != "gone":
+                "last checkpoint",
+                beat.rank,
+                beat.pid,
+                beat.host,
+                what,
+                beat.where(),
+                why,
+                self.rank,
+            )
+            if beat.host == self._me.host and _state(beat) != "gone":
                 os.kill(beat.pid, signal.SIGKILL)  # stopped: SIGTERM would wait until it is continued
         for handler in logging.getLogger().handlers:
             handler.flush()

@@ -7,12 +7,12 @@ import re
 from pydantic import Field, model_validator
 
 from steer_bench.config import StrictModel
-from steer_bench.tree.task import TaskConfig
+from steer_bench.tree.task import TreeTaskConfig
 
 _LABEL = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
-class TrainConfig(StrictModel):
+class TreeTrainConfig(StrictModel):
     steps: int = Field(ge=1)
     problems_per_step: int = Field(ge=1)
     samples_per_problem: int = Field(ge=1)
@@ -35,7 +35,7 @@ class TrainConfig(StrictModel):
     pass_k: list[int] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _divisible(self) -> TrainConfig:
+    def _divisible(self) -> TreeTrainConfig:
         batch = self.problems_per_step * self.samples_per_problem
         if batch % self.minibatches:
             raise ValueError(f"minibatches ({self.minibatches}) must divide the rollout's {batch} sequences")
@@ -44,8 +44,8 @@ class TrainConfig(StrictModel):
 
 class SettingConfig(StrictModel):
     description: str
-    task: TaskConfig
-    train: TrainConfig
+    task: TreeTaskConfig
+    train: TreeTrainConfig
     matched_accuracy: list[float] = Field(min_length=1)
     """Expected-accuracy levels at which the methods' entropies are compared (first crossing, interpolated)."""
     methods: list[str] | None = None

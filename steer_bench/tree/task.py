@@ -52,7 +52,7 @@ class TargetsVerifier(StrictModel):
     radius: int = Field(ge=0)
 
 
-class TaskConfig(StrictModel):
+class TreeTaskConfig(StrictModel):
     problems: int = Field(ge=1)
     depth: int = Field(ge=1)
     branching: int = Field(ge=2)
@@ -61,7 +61,7 @@ class TaskConfig(StrictModel):
     verifier: Annotated[ModVerifier | TargetsVerifier, Field(discriminator="kind")]
 
     @model_validator(mode="after")
-    def _sizes(self) -> TaskConfig:
+    def _sizes(self) -> TreeTaskConfig:
         v = self.verifier
         q = v.modulus if isinstance(v, ModVerifier) else (v.radius + 2) ** v.targets
         if q > MAX_AUTOMATON_STATES:
@@ -84,7 +84,7 @@ class TreeTask:
     ``delta`` (P, D, Q, K) long: next automaton state; ``accept`` (P, Q) bool.
     """
 
-    cfg: TaskConfig
+    cfg: TreeTaskConfig
     delta: torch.Tensor
     accept: torch.Tensor
 
@@ -189,7 +189,7 @@ def pass_at_k(acc: torch.Tensor, k: int) -> torch.Tensor:
     return 1.0 - (1.0 - acc).clamp(0.0, 1.0) ** k
 
 
-def make_task(cfg: TaskConfig, seed: int) -> TreeTask:
+def make_task(cfg: TreeTaskConfig, seed: int) -> TreeTask:
     """Draw the problems (offsets or target leaves) from ``seed``; the same seed gives the same task."""
     gen = torch.Generator().manual_seed(seed)
     K, D, P, v = cfg.branching, cfg.depth, cfg.problems, cfg.verifier

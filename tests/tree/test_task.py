@@ -10,7 +10,7 @@ import torch
 from steer_bench.config import validate
 from steer_bench.errors import SteerBenchError
 from steer_bench.tree.policy import TabularPolicy
-from steer_bench.tree.task import TaskConfig, TreeTask, make_task, pass_at_k
+from steer_bench.tree.task import TreeTask, TreeTaskConfig, make_task, pass_at_k
 
 CASES = [
     {"state": "prev", "share": 1, "verifier": {"kind": "mod", "modulus": 3}},
@@ -20,7 +20,7 @@ CASES = [
 
 
 def small_task(case: dict, seed: int = 1) -> TreeTask:
-    cfg = validate(TaskConfig, {"problems": 5, "depth": 4, "branching": 3, **case}, source="test")
+    cfg = validate(TreeTaskConfig, {"problems": 5, "depth": 4, "branching": 3, **case}, source="test")
     return make_task(cfg, seed)
 
 
@@ -127,6 +127,6 @@ def test_pass_at_k_is_one_minus_miss_probability() -> None:
 def test_oversized_verifier_is_rejected_with_the_culprit() -> None:
     data = {"problems": 2, "depth": 3, "branching": 3, "state": "prev", "share": 1}
     with pytest.raises(SteerBenchError, match="automaton states"):
-        validate(TaskConfig, {**data, "verifier": {"kind": "targets", "targets": 9, "radius": 2}}, source="x.yaml")
+        validate(TreeTaskConfig, {**data, "verifier": {"kind": "targets", "targets": 9, "radius": 2}}, source="x.yaml")
     with pytest.raises(SteerBenchError, match=r"verifier\.mod\.modulus"):
-        validate(TaskConfig, {**data, "verifier": {"kind": "mod", "modulus": 1}}, source="x.yaml")
+        validate(TreeTaskConfig, {**data, "verifier": {"kind": "mod", "modulus": 1}}, source="x.yaml")

@@ -16,7 +16,7 @@ from steer_bench.algos import QUADRANTS, TokenBatch, logprobs_and_entropy, omega
 from steer_bench.config import validate
 from steer_bench.tree.policy import TabularPolicy
 from steer_bench.tree.probe import probe_metrics, probe_step, state_entropy, vanilla
-from steer_bench.tree.task import TaskConfig, make_task
+from steer_bench.tree.task import TreeTaskConfig, make_task
 
 
 def direct_entropy(z: torch.Tensor) -> float:
@@ -27,7 +27,7 @@ def direct_entropy(z: torch.Tensor) -> float:
 
 def test_model_logp_and_entropy_equal_a_direct_computation() -> None:
     cfg = {"problems": 3, "depth": 3, "branching": 4, "state": "prefix", "share": 1}
-    task = make_task(validate(TaskConfig, {**cfg, "verifier": {"kind": "mod", "modulus": 2}}, source="t"), 0)
+    task = make_task(validate(TreeTaskConfig, {**cfg, "verifier": {"kind": "mod", "modulus": 2}}, source="t"), 0)
     policy = TabularPolicy(task, init_std=2.0, seed=1)
     problems, responses = torch.tensor([0, 2, 1]), torch.tensor([[3, 0, 1], [1, 1, 2], [0, 3, 3]])
     logp, entropy = logprobs_and_entropy(policy(problems, responses), responses, temperature=1.0)
@@ -108,7 +108,7 @@ def test_full_softmax_step_adds_the_normaliser_term_that_omega_omits(logits: lis
 
 def test_probe_linearisation_is_exact_to_second_order_and_leaves_the_table_alone() -> None:
     cfg = {"problems": 4, "depth": 4, "branching": 3, "state": "prev", "share": 2}
-    task = make_task(validate(TaskConfig, {**cfg, "verifier": {"kind": "mod", "modulus": 3}}, source="t"), 0)
+    task = make_task(validate(TreeTaskConfig, {**cfg, "verifier": {"kind": "mod", "modulus": 3}}, source="t"), 0)
     policy = TabularPolicy(task, init_std=1.0, seed=0)
     problems = torch.arange(4).repeat_interleave(3)
     responses = policy.sample(problems, torch.Generator().manual_seed(0))
@@ -126,7 +126,7 @@ def test_probe_linearisation_is_exact_to_second_order_and_leaves_the_table_alone
 
 def test_quadrant_shares_cover_the_signal_tokens_and_are_undefined_without_signal() -> None:
     cfg = {"problems": 4, "depth": 3, "branching": 3, "state": "prev", "share": 1}
-    task = make_task(validate(TaskConfig, {**cfg, "verifier": {"kind": "mod", "modulus": 3}}, source="t"), 0)
+    task = make_task(validate(TreeTaskConfig, {**cfg, "verifier": {"kind": "mod", "modulus": 3}}, source="t"), 0)
     policy = TabularPolicy(task, init_std=1.0, seed=0)
     problems = torch.arange(4).repeat_interleave(4)
     responses = policy.sample(problems, torch.Generator().manual_seed(0))
