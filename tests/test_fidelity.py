@@ -38,7 +38,9 @@ def test_paper_protocol_grades_as_the_release() -> None:
 def test_cpu_miniature_keeps_its_defaults() -> None:
     cfg = load_experiment(REPO / "configs" / "default.yaml").train_config(0)
     assert (cfg.reward.grader, cfg.reward.truncated) == ("math_verify", "auto")
-    assert (cfg.validation.grader, cfg.validation.select_after, cfg.on_long_prompt) == (None, 0, "error")
+    assert (cfg.validation.grader, cfg.on_long_prompt) == (None, "error")
+    # selection (the miniature's views (a) and (c)) from 40% of the run on, as the release's 80 of 200 steps
+    assert cfg.validation.select_after == 0.4 * cfg.steps
     assert (cfg.batch_order, cfg.loss_scale) == ("grouped", "global_tokens")
 
 

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("config",),  # typed configs (a preset resolves into an algos.Method)
     ("data", "grading"),
     ("rollout", "tracking"),
-    ("evaluation", "analysis", "train"),
+    ("evaluation", "analysis", "train", "warmstart"),  # warmstart: the SFT that builds the miniature's policy
     ("tree",),
     ("experiment",),  # the study: what Snakemake runs
     ("report", "preflight", "launch"),  # above the study: they run it
