@@ -74,6 +74,7 @@ class MethodConfig(StrictModel):
     loss: LossConfig
 
     _method: Method | None = PrivateAttr(default=None)
+    _built_from: dict[str, Any] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _resolves(self) -> MethodConfig:
@@ -81,11 +82,14 @@ class MethodConfig(StrictModel):
             self._method = build_method(self)
         except (ValueError, TypeError) as e:
             raise ValueError(f"method {self.name!r} does not run: {e}") from e
+        self._built_from = self.model_dump()
         return self
 
     def resolve(self) -> Method:
-        """The library's method object, built and dry-run once when the preset was validated."""
-        assert self._method is not None
+        """The library's method object, built and dry-run when the preset was validated; rebuilt when the fields
+        changed since (``model_copy(update=...)`` skips validation and copies the built object with the rest)."""
+        if self._method is None or self._built_from != self.model_dump():
+            self._method, self._built_from = build_method(self), self.model_dump()
         return self._method
 
 

@@ -154,3 +154,13 @@ def test_unknown_method_lists_the_presets() -> None:
         load_method("stear")
     with pytest.raises(SteerBenchError, match="config file not found"):
         load_method("missing.yaml")
+
+
+def test_a_copied_preset_resolves_to_its_own_parts() -> None:
+    """``model_copy(update=...)`` skips validation and copies the built Method with it: resolve() must rebuild, or
+    a preset with a swapped advantage would silently train with the old one."""
+    steer = load_method("steer")
+    mixed = steer.model_copy(update={"advantage": load_method("w_reinforce").advantage})
+    assert steer.resolve().advantage.name == "grpo"
+    assert mixed.resolve().advantage.name == "w_reinforce"
+    assert mixed.resolve() is mixed.resolve()  # built once per change, not per call
