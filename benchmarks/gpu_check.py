@@ -14,7 +14,7 @@ Each is printed beside the number docs/scaling.md plans (benchmarks/memory_plan.
 5 minutes and ~45 GB::
 
     python benchmarks/gpu_check.py                      # CUDA, the recipe's shapes
-    python benchmarks/gpu_check.py --device cpu --small # the same code at toy shapes (tests/test_gpu_path.py)
+    python benchmarks/gpu_check.py --device cpu --small # the same code at toy shapes (tests/system/test_gpu_path.py)
 """
 
 from __future__ import annotations

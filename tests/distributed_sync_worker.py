@@ -1,4 +1,5 @@
-"""One rank of the multi-rank weight-sync rehearsal; run under torchrun (gloo, CPU) by tests/test_distributed_sync.py.
+"""One rank of the multi-rank weight-sync rehearsal; run under torchrun (gloo, CPU) by
+tests/system/test_distributed.py.
 
 Each rank: loads the tiny model, optionally shards it with FSDP2 (``fully_shard`` per decoder layer and at the
 root, over a 1-D CPU mesh: Accelerate does not engage FSDP on CPU, so this is the direct call), builds its own

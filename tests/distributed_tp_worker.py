@@ -1,5 +1,5 @@
 """One rank of the tensor-parallel rollout rehearsal; run under torchrun (gloo, CPU, 4 ranks) by
-tests/test_distributed.py.
+tests/system/test_distributed.py.
 
 The ranks build the production ``VLLMEngine`` with ``tensor_parallel_size=2``: two engines of two ranks each
 (``external_launcher``). Every rank syncs the same perturbed weights (the tiny model's, × 1.05), then asks for its

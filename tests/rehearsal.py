@@ -1,6 +1,6 @@
 """The trimmed paper rehearsal (configs/paper/rehearsal.yaml cut further: one method, 2 steps, 2 problems per
-benchmark, a 30-step warm start), shared by the local run (tests/test_rehearsal.py) and the SLURM run
-(tests/test_slurm.py): the config, the `snakemake` environment and the checks of what it wrote."""
+benchmark, a 30-step warm start), shared by the local run (tests/system/test_rehearsal.py) and the SLURM run
+(tests/system/test_slurm.py): the config, the `snakemake` environment and the checks of what it wrote."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """steer-bench preflight: the shrunk launch, the extrapolation worked by hand, the checks; the command end to end
-(one process, the hf engine). Under 2 ranks with vLLM it runs as the first job of tests/test_rehearsal.py."""
+(one process, the hf engine). Under 2 ranks with vLLM it runs as the first job of tests/system/test_rehearsal.py."""
 
 from __future__ import annotations
 

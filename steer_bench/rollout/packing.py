@@ -17,7 +17,8 @@ never the prompts'), and the per-token results are scattered back to the (B, T) 
 
 What it saves: the padded forward computes B·(P_used + T_used) positions, the packed one N (the padding share is
 measured by :func:`padding_share`; docs/packing.md). The two compute the same per-token values up to float
-rounding (``tests/test_packing.py``); with sdpa or eager the block-diagonal mask is dense (N², see docs/packing.md).
+rounding (``tests/rollout/test_packing.py``); with sdpa or eager the block-diagonal mask is dense (N², see
+docs/packing.md).
 """
 
 from __future__ import annotations

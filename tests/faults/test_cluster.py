@@ -28,7 +28,7 @@ import pytest
 import torch
 import yaml
 from rehearsal import SNAKEMAKE, snakemake_env
-from test_slurm import PROFILE, slurm_cluster, slurm_jobs  # noqa: F401 (slurm_cluster: the fixture)
+from system.test_slurm import PROFILE, slurm_cluster, slurm_jobs  # noqa: F401 (slurm_cluster: the fixture)
 from trainrun import deterministic, experiment_yaml
 from transformers import AutoModelForCausalLM
 

@@ -51,9 +51,11 @@ def test_rehearsal_changes_only_the_scale() -> None:
 
 @pytest.mark.slow
 @pytest.mark.vllm
-# The same rehearsal runs through SLURM in tests/test_slurm.py wherever the local cluster is up (always in CI):
+# The same rehearsal runs through SLURM in tests/system/test_slurm.py wherever the local cluster is up (always in CI):
 # running both would cost CI the rehearsal twice.
-@pytest.mark.skipif(slurm_cluster_up(), reason="tests/test_slurm.py runs this rehearsal through the local SLURM")
+@pytest.mark.skipif(
+    slurm_cluster_up(), reason="tests/system/test_slurm.py runs this rehearsal through the local SLURM"
+)
 def test_trimmed_rehearsal_end_to_end(tmp_path: Path) -> None:
     config = trimmed_config(tmp_path, "rehearsal_ci")
     cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "2", "--configfile", str(config)]

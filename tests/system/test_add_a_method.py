@@ -14,7 +14,7 @@ import yaml
 
 from steer_bench.algos import TokenBatch, build
 from steer_bench.config.method import load_method
-from tests.test_distributed import _env, _experiment, _free_port
+from tests.system.test_distributed import _env, _experiment, _free_port
 
 PRESET = {
     "name": "mean_surprisal", "label": "MeanSurprisal (test)", "description": "a test-only method", "ablation": True,
@@ -61,7 +61,7 @@ def test_a_one_file_method_trains_on_two_ranks_with_identical_mini_batch_statist
         "--main_process_port", str(_free_port()), "-m", "steer_bench", "train", "--config", str(config),
         "--method", str(_preset(tmp_path)), "--seed", "0", "--out", str(out),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]

@@ -30,7 +30,7 @@ from steer_bench.errors import SteerBenchError
 from steer_bench.files import read_json, read_jsonl
 
 pytest.importorskip("vllm")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GAP = 1e-5
 
 

@@ -24,7 +24,7 @@ from steer_bench.files import read_json, read_jsonl
 from steer_bench.tracking import metric_history, search_runs
 from steer_bench.train import prompt_order, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Keys every step must log, whatever the method.
 CORE_KEYS = {
     "rollout/reward_mean", "rollout/accuracy", "rollout/entropy_mean", "rollout/entropy_p50", "rollout/surprisal_mean",

@@ -37,7 +37,7 @@ from steer_bench.report import document
 from steer_bench.rollout import RolloutBatch, score_responses
 from steer_bench.train import forward
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------------- statistics

@@ -11,7 +11,7 @@ import pytest
 from steer_bench.evaluation.protocol import load_protocol
 from steer_bench.experiment import load_experiment
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAPER = sorted((REPO / "configs" / "paper").glob("[!_]*.yaml"))
 
 

@@ -33,7 +33,7 @@ from steer_bench.rollout import RolloutBatch, SamplingParams
 from steer_bench.rollout.model import render_prompt
 from steer_bench.tracking import Tracker, metric_history, search_runs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PATHOLOGICAL = "\\boxed{9^{9^{9^{9}}}}"  # sympy grinds on it far past the timeout (as in test_grading.py)
 SAMPLE_KEYS = {"problem_id", "sample", "gold", "response", "response_len", "truncated", "pred", "strict_pred",
                "correct", "math_verify", "strict", "status", "error"}  # fmt: skip

@@ -18,9 +18,9 @@ import yaml
 from steer_bench.files import read_json
 
 pytestmark = pytest.mark.slow  # every test runs the real snakemake
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
-# The paper tables (rehearsal.yaml is the CPU dress rehearsal of them: tests/test_rehearsal.py).
+# The paper tables (rehearsal.yaml is the CPU dress rehearsal of them: tests/system/test_rehearsal.py).
 PAPER_CONFIGS = sorted(p.name for p in (REPO / "configs" / "paper").glob("[!_]*.yaml") if p.name != "rehearsal.yaml")
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SELF = "tests/test_provenance.py"
+ROOT = Path(__file__).resolve().parents[2]
+SELF = "tests/system/test_provenance.py"
 
 # The design notes outside the repository. "fidelity.md" alone is docs/fidelity.md (in the repository).
 OUTSIDE = re.compile(r"DESIGN\.md|peers\.md|field-2026|feasibility\.md|aesthetics\.md|notes/fidelity\.md|shared/notes")

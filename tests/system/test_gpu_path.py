@@ -279,7 +279,7 @@ def test_the_gpu_check_script_runs_its_code_on_cpu(tmp_path: Path) -> None:
     import sys
 
     out = tmp_path / "gpu_check.json"
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
     proc = subprocess.run([sys.executable, str(script), "--device", "cpu", "--small", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "steer_bench"
+PACKAGE = Path(__file__).resolve().parents[2] / "steer_bench"
 
 # Lowest first. A top-level package or root module of steer_bench belongs to exactly one layer.
 LAYERS: list[tuple[str, ...]] = [

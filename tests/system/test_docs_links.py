@@ -3,7 +3,7 @@
 The README is a front door that sends the reader to pages under docs/, so a moved or renamed page must not leave a
 dead link behind. This checks the link forms a page can use — inline links and images (with or without a title,
 in angle brackets), reference definitions ``[x]: path`` and HTML ``href``/``src`` — for the file and, when the
-target is a Markdown page, the ``#anchor`` among its headings (GitHub's slugs, as ``tests/test_provenance.py``
+target is a Markdown page, the ``#anchor`` among its headings (GitHub's slugs, as ``tests/system/test_provenance.py``
 computes them). Code (fenced blocks and inline spans) is not a link. ``test_provenance.py`` checks the simple
 inline form across every tracked file; this test covers the docs pages themselves, tracked or not yet.
 """
@@ -16,9 +16,9 @@ from urllib.parse import unquote
 
 import pytest
 
-from tests.test_provenance import page
+from tests.system.test_provenance import page
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # [text](target "title") or ![alt](<target with spaces>); the target ends at whitespace or ")".
 INLINE = re.compile(r"\]\(\s*(?:<(?P<angled>[^>]*)>|(?P<plain>[^)\s]*))(?:\s+[\"'(][^)]*)?\)")
