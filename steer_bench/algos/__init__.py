@@ -1,8 +1,8 @@
 """The RLVR objective library: pure torch over (B, T) response-token tensors with a mask; no I/O.
 
 A method is built from parts (:mod:`~steer_bench.algos.registry`: an advantage estimator, a surrogate, a
-token-level intervention, optionally a rollout correction and an entropy controller), each a frozen keyword-only
-dataclass that a preset section names; the config layer builds the :class:`Method` once per run from
+token-level intervention, optionally a rollout correction, regularisers and an entropy controller), each a frozen
+keyword-only dataclass that a preset section names; the config layer builds the :class:`Method` once per run from
 ``configs/methods/*.yaml``, and every caller — the trainer, the reasoning-tree testbed, the load-time dry run —
 uses it the same way, per rollout and per mini-batch / micro-batch (gradient accumulation)::
 
@@ -17,9 +17,10 @@ uses it the same way, per rollout and per mini-batch / micro-batch (gradient acc
 Modules: ``registry`` (the one registry of parts and the one hyperparameter check), ``base`` (what a method
 file defines: :class:`Intervention`, :class:`TokenBatch`), ``method`` (:class:`Method`, the shared metrics, the
 dry run), ``interventions/`` (one file per token-level intervention), ``advantages`` (estimators),
-``surrogates`` (dual-clip PPO and its replacements, aggregation), ``rollout_correction``, ``entropy_control``
-and ``entropic`` (controllers), ``entropy`` (entropy from logits, Ω, covariance, quadrants), ``stats`` (masked
-statistics, metric reductions).
+``surrogates`` (dual-clip PPO and its replacements, aggregation), ``rollout_correction``, ``regularisers``
+(terms added to the loss: the entropy bonus), ``entropy_control`` and ``entropic`` (controllers; EntroPIC's
+term), ``entropy`` (entropy from logits, Ω, covariance, quadrants), ``stats`` (masked statistics, metric
+reductions).
 """
 
 from steer_bench.algos import interventions
@@ -36,6 +37,7 @@ from steer_bench.algos.entropy import (
 from steer_bench.algos.entropy_control import Controller
 from steer_bench.algos.method import SHARED_METRICS, Method, Needs, metric_table
 from steer_bench.algos.registry import REGISTRY, ROLES, Metric, Part, build, lookup, register
+from steer_bench.algos.regularisers import EntropyBonus, Regulariser, entropy_bonus
 from steer_bench.algos.stats import masked_mean, masked_quantile, reduce_metrics
 from steer_bench.algos.surrogates import AGG_MODES, PolicySurrogate, Surrogate, aggregate, clipped_surrogate
 
@@ -51,6 +53,7 @@ __all__ = [
     "SHARED_METRICS",
     "Advantage",
     "Controller",
+    "EntropyBonus",
     "Intervention",
     "Method",
     "Metric",
@@ -58,6 +61,7 @@ __all__ = [
     "Part",
     "PolicySurrogate",
     "Reduce",
+    "Regulariser",
     "Surrogate",
     "TokenBatch",
     "Totals",
@@ -66,6 +70,7 @@ __all__ = [
     "clipped_surrogate",
     "compute_advantages",
     "covariance",
+    "entropy_bonus",
     "entropy_from_logits",
     "interventions",
     "local_reduce",

@@ -1,7 +1,7 @@
 """The adaptive entropy coefficient (Skywork-OR1, arXiv 2505.22312, "adaptive entropy control"; TRL
 ``use_adaptive_entropy``), a controller whose state crosses steps (``docs/methods.md`` §M27).
 
-    applied_k = c_k · 1[H_k ≤ target]             the bonus coefficient of step k (loss −= applied_k·agg(H))
+    applied_k = c_k · 1[H_k ≤ target]             the entropy bonus's coefficient in step k (term −applied_k·agg(H))
     c_{k+1}   = clamp(c_k + δ, c_min, c_max)  if H_k ≤ target
                 clamp(c_k − δ, c_min, c_max)  otherwise       c_0 = ``coef_init``
 
@@ -18,10 +18,6 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-from torch import Tensor
-
-from steer_bench.algos.base import Metrics, TokenBatch
 from steer_bench.algos.registry import Metric, Part, register
 
 METRICS: dict[str, Metric] = {
@@ -33,13 +29,27 @@ METRICS: dict[str, Metric] = {
 
 @dataclass(frozen=True, kw_only=True)
 class Controller(Part):
-    """A controller of the loss whose value changes by step (at most one per method; the preset's
+    """A controller of one regulariser's coefficient by step (at most one per method; the preset's
     ``loss.<name>``): :meth:`step` once per training step gives the step's value and the state to keep (the
-    trainer checkpoints it); every loss call then hands that value to :meth:`apply`. ``needs_entropy``: the
-    value is the entropy-bonus coefficient, so the loss needs the current policy's entropy with gradient."""
+    trainer checkpoints it); every loss call then uses that value as the coefficient of the regulariser named
+    ``drives`` (:mod:`~steer_bench.algos.regularisers`) and logs it under ``value_key``."""
 
     role = "controller"
+    drives: ClassVar[str]  # the name of the regulariser whose coefficient the value is
+    value_key: ClassVar[str]  # the metric of the value applied in a call (one of ``metrics``)
     reads_entropy: ClassVar[bool] = True  # :meth:`step` reads the step's mean π_old entropy over every rank
+
+    @classmethod
+    def check_declaration(cls) -> None:
+        if not isinstance(getattr(cls, "drives", None), str):
+            raise TypeError(f"controller {cls.name!r} must name the regulariser it drives (ClassVar drives)")
+        if getattr(cls, "value_key", None) not in cls.metrics:
+            raise TypeError(f"controller {cls.name!r}: its value_key must be one of its metrics")
+
+    @property
+    def initial(self) -> float:
+        """The value before any step (a loss call without one: the load-time dry run, a direct call)."""
+        raise NotImplementedError
 
     def step(
         self, state: float | None, entropy: float | None, *, step: int = 0, total_steps: int = 1
@@ -48,22 +58,6 @@ class Controller(Part):
         entropy (None unless ``reads_entropy``), the steps done before this one and the run's steps."""
         raise NotImplementedError
 
-    def check_agg(self, agg: str) -> None:
-        """Raise ValueError if the controller is not implemented for the method's loss aggregation."""
-
-    def apply(
-        self, batch: TokenBatch, value: float | None, entropy_coef: float, share: Tensor
-    ) -> tuple[float, Tensor | None, Metrics]:
-        """(the entropy-bonus coefficient of the call, a term added to the loss or None, metrics) from the step's
-        value (None: the value before any step), the preset's β and the call's share of the mini-batch's tokens."""
-        raise NotImplementedError
-
-
-def bonus_value(coef_init: float, value: float | None) -> tuple[float, None, Metrics]:
-    """A controller whose value is the bonus coefficient: the value (None: the first step's), no term, its metric."""
-    coef = coef_init if value is None else value
-    return coef, None, {"loss/entropy_coef": torch.tensor(float(coef))}
-
 
 @register
 @dataclass(frozen=True, kw_only=True)
@@ -71,7 +65,8 @@ class AdaptiveEntropy(Controller):
     """The preset's ``loss.adaptive_entropy`` (module docstring); the state c lives with the caller."""
 
     name = "adaptive_entropy"
-    needs_entropy = True
+    drives = "entropy_bonus"
+    value_key = "loss/entropy_coef"
     metrics = METRICS
 
     coef_init: float  # c_0
@@ -99,10 +94,9 @@ class AdaptiveEntropy(Controller):
         nxt = min(max(c + self.delta if below else c - self.delta, self.coef_min), self.coef_max)
         return (c if below else 0.0), nxt
 
-    def apply(
-        self, batch: TokenBatch, value: float | None, entropy_coef: float, share: Tensor
-    ) -> tuple[float, Tensor | None, Metrics]:
-        return bonus_value(self.coef_init, value)
+    @property
+    def initial(self) -> float:
+        return self.coef_init
 
 
 SCHEDULE_KINDS = ("constant", "linear", "cosine")
@@ -127,7 +121,8 @@ class EntropySchedule(Controller):
     """
 
     name = "entropy_schedule"
-    needs_entropy = True
+    drives = "entropy_bonus"
+    value_key = "loss/entropy_coef"
     reads_entropy = False
     metrics = METRICS
     kind: str  # constant | linear | cosine
@@ -149,10 +144,9 @@ class EntropySchedule(Controller):
         """(β_k, the state untouched): a function of the step alone."""
         return self.at(step, total_steps), state
 
-    def apply(
-        self, batch: TokenBatch, value: float | None, entropy_coef: float, share: Tensor
-    ) -> tuple[float, Tensor | None, Metrics]:
-        return bonus_value(self.coef_init, value)
+    @property
+    def initial(self) -> float:
+        return self.coef_init
 
     def at(self, step: int, total_steps: int) -> float:
         """β_k for k = ``step`` steps done out of N = ``total_steps``."""

@@ -1,12 +1,13 @@
 """A method, resolved once from its preset: an advantage estimator, a surrogate, one token-level intervention,
-the entropy bonus and optionally a rollout correction and an entropy controller. The trainer, the reasoning-tree
+and optionally a rollout correction, regularisers and an entropy controller. The trainer, the reasoning-tree
 testbed and the load-time dry run all call it the same way (see :mod:`steer_bench.algos`)::
 
-    loss = agg(L_method) − β · agg(H)        (the bonus term only when ``entropy_coef`` β ≠ 0)
+    loss = agg(w · L_method) + Σ_j term_j          e.g. the entropy bonus's term −β·agg(H)
 
 L is the preset's surrogate (:mod:`~steer_bench.algos.surrogates`; default the dual-clip
 :func:`~steer_bench.algos.surrogates.clipped_surrogate`); the intervention turns it into L_method, and a rollout
-correction, if any, weights it; a controller, if any, sets the bonus coefficient by step or adds its own term.
+correction, if any, weights it (w; 1 without). Each regulariser (:mod:`~steer_bench.algos.regularisers`) adds its
+term with its coefficient; a controller, if any, sets by step the coefficient of the one regulariser it drives.
 Every piece is a part (:mod:`steer_bench.algos.registry`): the preset's sections map onto them one to one.
 Weights that remove tokens (clip_cov, fork_tokens) or shrink them (steer) never change the denominator of the
 aggregation: it stays the count of valid tokens (as the release for λ, verl for clip_cov and TRL for the
@@ -29,7 +30,8 @@ from torch import Tensor
 from steer_bench.algos.advantages import Advantage
 from steer_bench.algos.base import Intervention, Metrics, Reduce, TokenBatch, Totals, frac, local_reduce
 from steer_bench.algos.entropy_control import Controller
-from steer_bench.algos.registry import Metric, Part, registered
+from steer_bench.algos.registry import ROLES, Metric, Part, registered
+from steer_bench.algos.regularisers import Regulariser, counts
 from steer_bench.algos.rollout_correction import RolloutCorrection
 from steer_bench.algos.stats import masked_mean, reduce_metrics
 from steer_bench.algos.surrogates import AGG_MODES, DualClip, PolicySurrogate, Surrogate, aggregate
@@ -39,9 +41,6 @@ SHARED_METRICS: dict[str, Metric] = {
     "loss/n_tokens": Metric("valid tokens in the call", "sum"),
     "loss/pg": Metric(
         "the policy-gradient part of the returned loss (this call's share of the mini-batch loss)", "sum"
-    ),
-    "loss/entropy_bonus": Metric(
-        "β·agg(H), H the full-vocabulary entropy at τ, subtracted from the loss (only when β ≠ 0)", "sum"
     ),
     "loss/clipfrac": Metric("fraction where the PPO clip binds (L2 > L1), verl's pg_clipfrac"),
     "loss/clipfrac_high": Metric("fraction with r > 1 + ε_high and A > 0"),
@@ -63,7 +62,7 @@ class Needs:
 
     groups: bool  # the advantage baseline is a group statistic: rollout.n ≥ 2
     entropy: bool  # the current policy's entropy in every loss call
-    entropy_grad: bool  # ... with gradient (the entropy bonus)
+    entropy_grad: bool  # ... with gradient (a regulariser of the entropy: the entropy bonus)
     old_entropy: bool  # π_old's entropy (STEER's Ω, entropy-shaped advantages)
     mini_batch_stats: bool  # one no-grad pass over each mini-batch for :meth:`Method.mini_batch_stats`
     step_stats: bool  # :meth:`Method.step_stats` once per step from π_old's entropy (no extra pass)
@@ -81,40 +80,44 @@ class Method:
     clip_high: float | None  # ε_high; None: no upper bound
     clip_c: float | None  # dual-clip constant c > 1; None: no dual clip
     agg: str  # see steer_bench.algos.surrogates.aggregate
-    entropy_coef: float  # β (a controller with ``needs_entropy`` replaces it by its value)
     surrogate: PolicySurrogate = dataclasses.field(default_factory=DualClip)
     rollout_correction: RolloutCorrection | None = None  # weight from π_old / π_rollout
-    controller: Controller | None = None  # adaptive entropy, entropy schedule or EntroPIC
+    regularisers: tuple[Regulariser, ...] = ()  # terms added to the loss, in this order (the entropy bonus, ...)
+    controller: Controller | None = None  # sets one regulariser's coefficient by step (adaptive entropy, ...)
 
     def __post_init__(self) -> None:
         if self.agg not in AGG_MODES:
             raise ValueError(f"unknown loss aggregation {self.agg!r}; valid: {', '.join(AGG_MODES)}")
         if self.clip_c is not None and self.clip_c <= 1:
             raise ValueError(f"dual-clip constant clip_c must be > 1 (or None to disable), got {self.clip_c}")
-        if self.controller is not None:
-            self.controller.check_agg(self.agg)
+        names = [r.name for r in self.regularisers]
+        if len(set(names)) < len(names):
+            raise ValueError(f"a regulariser appears twice: {', '.join(names)}")
+        for r in self.regularisers:
+            r.check_agg(self.agg)
+        if self.controller is not None and self.controller.drives not in names:
+            raise ValueError(
+                f"entropy controller {self.controller.name!r} drives regulariser {self.controller.drives!r}, "
+                f"which the method lacks (its regularisers: {', '.join(names) or 'none'})"
+            )
 
     @property
     def parts(self) -> tuple[Part, ...]:
         """The method's parts, in the order of the objective."""
-        optional = (self.rollout_correction, self.controller)
+        optional = (self.rollout_correction, *self.regularisers, self.controller)
         return (self.advantage, self.surrogate, self.intervention, *(p for p in optional if p is not None))
 
     @property
     def needs(self) -> Needs:
-        iv = self.intervention
+        iv, regs = self.intervention, self.regularisers
         return Needs(
             groups=self.advantage.groups,
-            entropy=iv.needs_entropy or self._has_bonus,
-            entropy_grad=self._has_bonus,
+            entropy=iv.needs_entropy or any(r.needs_entropy for r in regs),
+            entropy_grad=any(r.needs_entropy_grad for r in regs),
             old_entropy=iv.needs_old_entropy or self.advantage.needs_old_entropy,
             mini_batch_stats=iv.uses_mini_batch_stats,
             step_stats=iv.uses_step_stats,
         )
-
-    @property
-    def _has_bonus(self) -> bool:
-        return self.entropy_coef != 0 or (self.controller is not None and self.controller.needs_entropy)
 
     @property
     def has_controller(self) -> bool:
@@ -136,10 +139,11 @@ class Method:
         this step's mean π_old entropy over all ranks (read by controllers with ``reads_entropy``), the steps
         done before this one and the run's steps.
 
-        The value is the bonus coefficient (adaptive entropy: c_k; entropy_schedule: β_k, no state), or EntroPIC's
-        α_k (state: the integral); without a controller: (β, state)."""
+        The value is the coefficient of the regulariser the controller drives: the entropy bonus's (adaptive
+        entropy: c_k; entropy_schedule: β_k, no state) or EntroPIC's term's α_k (state: the integral). Without a
+        controller: (the entropy bonus's β, 0 without a bonus; state)."""
         if self.controller is None:
-            return self.entropy_coef, state
+            return next((r.coef for r in self.regularisers if r.name == "entropy_bonus"), 0.0), state
         return self.controller.step(state, entropy, step=step, total_steps=total_steps)
 
     # ------------------------------------------------------------------------------------- the three calls
@@ -191,8 +195,9 @@ class Method:
         ``totals``: the mini-batch's counts for exact gradient accumulation (default: this call's own).
         ``stats``: :meth:`step_stats` of the step or :meth:`mini_batch_stats` of the mini-batch (None: the
         intervention's per-call statistics).
-        ``entropy_coef``: this step's value from :meth:`entropy_coef_step` (None: β, c_0 with the adaptive
-        controller, β_0 with a schedule); with EntroPIC it is α (None: 0) and the bonus stays β.
+        ``entropy_coef``: this step's value from :meth:`entropy_coef_step`, the coefficient of the regulariser the
+        controller drives (None: the controller's ``initial``: c_0 with the adaptive controller, β_0 with a
+        schedule, α = 0 with EntroPIC); without a controller it is not read (each regulariser's own ``coef``).
         """
         self._check(batch)
         b = TokenBatch(
@@ -205,10 +210,8 @@ class Method:
             batch.generator,
             None if batch.rollout_log_probs is None else batch.rollout_log_probs.detach(),
         )
-        surr = self.surrogate(
-            b.log_probs, b.old_log_probs, b.advantages, b.mask,
-            clip_low=self.clip_low, clip_high=self.clip_high, clip_c=self.clip_c,
-        )  # fmt: skip
+        clip = {"clip_low": self.clip_low, "clip_high": self.clip_high, "clip_c": self.clip_c}
+        surr = self.surrogate(b.log_probs, b.old_log_probs, b.advantages, b.mask, **clip)
         token_loss, extra = self.intervention.token_loss(surr, b, stats)
         if self.rollout_correction is not None:
             if b.rollout_log_probs is None:
@@ -217,24 +220,19 @@ class Method:
             token_loss = token_loss * weight
             extra = {**extra, **corr}
         t = totals or Totals()
-        counts = {"batch_tokens": t.batch_tokens, "batch_seqs": t.batch_seqs, "max_response_len": t.max_response_len}
-        pg = aggregate(token_loss, b.mask, agg=self.agg, **counts)
+        pg = aggregate(token_loss, b.mask, agg=self.agg, **counts(t))
         loss = pg
         with torch.no_grad():
             metrics = _shared_metrics(surr, b, pg)
-        if self.controller is None:
-            coef = self.entropy_coef if entropy_coef is None else entropy_coef
-        else:
-            share = torch.ones(()) if t.batch_tokens is None else b.mask.sum() / t.batch_tokens
-            coef, term, ctl_metrics = self.controller.apply(b, entropy_coef, self.entropy_coef, share)
+        driven: dict[str, float] = {}  # the controller's regulariser → this step's coefficient
+        if (ctl := self.controller) is not None:
+            driven[ctl.drives] = ctl.initial if entropy_coef is None else entropy_coef
+            metrics[ctl.value_key] = torch.tensor(float(driven[ctl.drives]))
+        for reg in self.regularisers:
+            term, reg_metrics = reg.term(b, driven.get(reg.name, reg.coef), agg=self.agg, totals=t)
             if term is not None:
                 loss = loss + term
-            metrics.update(ctl_metrics)
-        if coef != 0:
-            assert b.entropy is not None
-            bonus = coef * aggregate(b.entropy, b.mask, agg=self.agg, **counts)
-            loss = loss - bonus
-            metrics["loss/entropy_bonus"] = bonus.detach()
+            metrics.update(reg_metrics)
         metrics.update({k: v.detach() for k, v in extra.items()})
         return loss, metrics
 
@@ -244,7 +242,8 @@ class Method:
 
     def _check(self, batch: TokenBatch) -> None:
         if self.needs.entropy and batch.entropy is None:
-            why = "the entropy bonus" if self._has_bonus else f"policy loss {self.intervention.name!r}"
+            part = next(p for p in (self.intervention, *self.regularisers) if p.needs_entropy)
+            why = f"{ROLES[part.role]} {part.name!r}"
             raise ValueError(f"{why} needs the current policy's entropy (TokenBatch.entropy)")
         if self.intervention.needs_old_entropy and batch.old_entropy is None:
             raise ValueError(f"policy loss {self.intervention.name!r} needs π_old's entropy (TokenBatch.old_entropy)")
@@ -291,7 +290,8 @@ def metric_table() -> str:
     """The Markdown table of every metric a loss can return (shared, then each registered part's)."""
     rows = ["| key | reduction | meaning |", "|---|---|---|"]
     groups = [SHARED_METRICS] + [dict(c.metrics) for c in sorted(registered("intervention").values(), key=_name)]
-    groups += [dict(c.metrics) for role in ("correction", "controller") for c in registered(role).values()]
+    roles = ("correction", "regulariser", "controller")
+    groups += [dict(c.metrics) for role in roles for c in registered(role).values()]
     seen: set[str] = set()
     for metrics in groups:
         rows += [f"| `{k}` | {m.reduce} | {m.meaning} |" for k, m in metrics.items() if k not in seen]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -21,6 +21,7 @@ ROLES: dict[str, str] = {
     "surrogate": "surrogate",
     "intervention": "policy loss",
     "correction": "rollout correction",
+    "regulariser": "regulariser",
     "controller": "entropy controller",
 }
 # The library's own parts register when these modules are imported (a fixed list, not a package scan).
@@ -29,6 +30,7 @@ _BUILTIN = (
     "steer_bench.algos.surrogates",
     "steer_bench.algos.interventions",
     "steer_bench.algos.rollout_correction",
+    "steer_bench.algos.regularisers",
     "steer_bench.algos.entropy_control",
     "steer_bench.algos.entropic",
 )
@@ -108,22 +110,28 @@ def hyperparameters(cls: type[Part]) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.init)
 
 
+def required(cls: type[Part]) -> tuple[str, ...]:
+    """A part's hyperparameters without a default."""
+    no_default = dataclasses.MISSING
+    fields = dataclasses.fields(cls)
+    return tuple(f.name for f in fields if f.init and f.default is no_default and f.default_factory is no_default)
+
+
+def check_params(what: str, params: Mapping[str, Any], valid: Sequence[str], needed: Sequence[str]) -> None:
+    """ValueError naming ``what`` (e.g. "surrogate 'gspo'"), the unknown and missing keys of ``params`` and the
+    valid ones."""
+    unknown, missing = sorted(set(params) - set(valid)), [p for p in needed if p not in params]
+    if unknown or missing:
+        parts = [f"unknown {unknown}" if unknown else "", f"missing {missing}" if missing else ""]
+        raise ValueError(
+            f"{what}: {' and '.join(p for p in parts if p)} parameter(s); "
+            f"its parameters are: {', '.join(valid) if valid else '(none)'}"
+        )
+
+
 def build(role: str, name: str, params: Mapping[str, Any]) -> Part:
     """The part ``name`` of ``role`` with ``params``: ValueError naming the part, its unknown and missing
     hyperparameters and the valid ones; the part's own checks of the values run in its ``__post_init__``."""
     cls = lookup(role, name)
-    valid = hyperparameters(cls)
-    no_default = dataclasses.MISSING
-    required = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.init and f.default is no_default and f.default_factory is no_default
-    ]
-    unknown, missing = sorted(set(params) - set(valid)), [p for p in required if p not in params]
-    if unknown or missing:
-        parts = [f"unknown {unknown}" if unknown else "", f"missing {missing}" if missing else ""]
-        raise ValueError(
-            f"{ROLES[role]} {name!r}: {' and '.join(p for p in parts if p)} parameter(s); "
-            f"its parameters are: {', '.join(valid) if valid else '(none)'}"
-        )
+    check_params(f"{ROLES[role]} {name!r}", params, hyperparameters(cls), required(cls))
     return cls(**params)

@@ -4,8 +4,10 @@ into the objective library's :class:`~steer_bench.algos.Method` (:meth:`MethodCo
 A method is an advantage estimator plus a policy loss (one intervention of ``steer_bench/algos/interventions/``)
 with its surrogate, clip settings, aggregation, entropy bonus and optional rollout correction and controller.
 Each section with a name and parameters maps onto one part of the library's registry
-(:func:`~steer_bench.algos.build`: names and hyperparameters checked there, once), and every preset is run once
-on a tiny batch at load time, so a config that loads can train.
+(:func:`~steer_bench.algos.build`: names and hyperparameters checked there, once), except the two keys that
+became regularisers: ``loss.entropy_coef`` is the entropy bonus, and a controller section also brings the
+regulariser it drives (:func:`control`). Every preset is run once on a tiny batch at load time, so a config that
+loads can train.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from steer_bench.algos import Advantage, Controller, Intervention, Method, PolicySurrogate, build, lookup
 from steer_bench.algos.method import dry_run
+from steer_bench.algos.registry import check_params, hyperparameters, required
+from steer_bench.algos.regularisers import Regulariser
 from steer_bench.algos.rollout_correction import RolloutCorrection
 from steer_bench.config.base import StrictModel, load_model
 from steer_bench.errors import SteerBenchError
@@ -49,11 +53,12 @@ class LossConfig(StrictModel):
     clip_high: float | None  # ε_high; None: no upper bound
     clip_c: float | None  # dual-clip constant c > 1; None: no dual clip
     agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-    entropy_coef: float  # β of the entropy bonus (loss −= β·agg(H))
+    entropy_coef: float  # β of the entropy bonus (the regulariser entropy_bonus, term −β·agg(H)); 0: none
     params: dict[str, Any] = Field(default_factory=dict)
     surrogate: SurrogateConfig = Field(default_factory=SurrogateConfig)  # the surrogate L the intervention reshapes
     rollout_correction: dict[str, Any] | None = None  # steer_bench.algos.rollout_correction fields; None: off
-    # the controllers (at most one), each the fields of the registered controller of that name; None: fixed β
+    # the controllers (at most one), each the fields of the registered controller of that name (entropic: and of
+    # its regulariser, see control()); None: no controller
     adaptive_entropy: dict[str, Any] | None = None  # steer_bench.algos.entropy_control.AdaptiveEntropy
     entropy_schedule: dict[str, Any] | None = None  # steer_bench.algos.entropy_control.EntropySchedule (β by step)
     entropic: dict[str, Any] | None = None  # steer_bench.algos.entropic.EntroPIC
@@ -97,11 +102,9 @@ CONTROLLERS = ("adaptive_entropy", "entropy_schedule", "entropic")  # the LossCo
 
 
 def build_method(m: MethodConfig) -> Method:
-    """The preset's sections as the library's parts, one to one, run once on a tiny batch."""
+    """The preset's sections as the library's parts, run once on a tiny batch."""
     loss = m.loss
-    controllers = [k for k in CONTROLLERS if getattr(loss, k) is not None]
-    if len(controllers) > 1:
-        raise ValueError(f"at most one of {', '.join(CONTROLLERS)}; got {', '.join(controllers)}")
+    regularisers, controller = control(loss)
     method = Method(
         name=m.name,
         advantage=_part(Advantage, "advantage", m.advantage.estimator, m.advantage.params),
@@ -111,16 +114,43 @@ def build_method(m: MethodConfig) -> Method:
         clip_high=loss.clip_high,
         clip_c=loss.clip_c,
         agg=loss.agg,
-        entropy_coef=loss.entropy_coef,
         rollout_correction=None
         if loss.rollout_correction is None
         else _part(RolloutCorrection, "correction", "rollout_correction", loss.rollout_correction),
-        controller=None
-        if not controllers
-        else _part(Controller, "controller", controllers[0], getattr(loss, controllers[0])),
+        regularisers=regularisers,
+        controller=controller,
     )
     dry_run(method)
     return method
+
+
+def control(loss: LossConfig) -> tuple[tuple[Regulariser, ...], Controller | None]:
+    """The regularisers and the controller of ``loss``: the entropy bonus β when β ≠ 0 or a controller sets its
+    coefficient (adaptive_entropy, entropy_schedule), and EntroPIC's confident-token term with ``entropic``.
+
+    ``loss.entropic`` feeds two parts: the release configures the PI controller and the term's threshold p_high
+    in one block (its config/entropic.yaml), and the preset keeps that shape so that run configs and MLflow params
+    stay as they were. Its ``high_prob`` goes to the term, whose coefficient α is the controller's (0 before the
+    first step), the rest to the controller; the section is checked as one, so an error names ``entropic``. The
+    term comes first, the bonus last (the order in which they are added to the loss)."""
+    names = [k for k in CONTROLLERS if getattr(loss, k) is not None]
+    if len(names) > 1:
+        raise ValueError(f"at most one of {', '.join(CONTROLLERS)}; got {', '.join(names)}")
+    regularisers: list[Regulariser] = []
+    controller = None
+    if names:
+        name, params = names[0], dict(getattr(loss, names[0]))
+        if name == "entropic":
+            ctl, term = lookup("controller", name), lookup("regulariser", "entropic_term")
+            own = [k for k in hyperparameters(term) if k != "coef"]
+            check_params(f"entropy controller {name!r}", params, [*hyperparameters(ctl), *own], [*required(ctl), *own])
+            regularisers.append(
+                _part(Regulariser, "regulariser", term.name, {"coef": 0.0} | {k: params.pop(k) for k in own})
+            )
+        controller = _part(Controller, "controller", name, params)
+    if loss.entropy_coef != 0 or (controller is not None and controller.drives == "entropy_bonus"):
+        regularisers.append(_part(Regulariser, "regulariser", "entropy_bonus", {"coef": loss.entropy_coef}))
+    return tuple(regularisers), controller
 
 
 def _part(base: type[P], role: str, name: str, params: dict[str, Any]) -> P:

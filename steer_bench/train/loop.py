@@ -189,7 +189,8 @@ def update(run: Run, step: Step) -> None:
 
 
 def entropy_coef(run: Run, step: Step) -> float | None:
-    """This step's controller value (the entropy-bonus coefficient; EntroPIC: α) and the controller's next state
+    """This step's controller value (the coefficient of the regulariser it drives: the entropy bonus's; EntroPIC's
+    term's α) and the controller's next state
     (kept in ``run.state``, so in the checkpoint) from the step's mean π_old entropy over every rank's valid tokens
     and the step number (an entropy schedule: a function of the step alone); None without a controller."""
     method = run.method

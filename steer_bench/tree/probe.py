@@ -49,10 +49,9 @@ from steer_bench.analysis.stats import (
 @functools.cache
 def vanilla() -> Method:
     """The unclipped policy gradient −A·r (token mean): the loss the first-order analysis differentiates."""
-    return Method(
-        name="vanilla", advantage=Grpo(norm_by_std=True, eps=1e-6), intervention=PPO(), clip_low=None,
-        clip_high=None, clip_c=None, agg="token-mean", entropy_coef=0.0,
-    )  # fmt: skip
+    grpo = Grpo(norm_by_std=True, eps=1e-6)
+    no_clip = {"clip_low": None, "clip_high": None, "clip_c": None}
+    return Method(name="vanilla", advantage=grpo, intervention=PPO(), agg="token-mean", **no_clip)
 
 
 ESTIMATORS = ("paper", "first_order", "cov", "linear")

@@ -13,12 +13,12 @@ import torch.multiprocessing as mp
 from gloo import GlooAccelerator, gloo_group, run_ranks
 
 from steer_bench.algos import TokenBatch, Totals
-from steer_bench.algos.entropic import EntroPIC
+from steer_bench.algos.entropic import EntroPIC, EntroPICTerm
 from steer_bench.config.method import load_method
 from steer_bench.errors import SteerBenchError
 from steer_bench.files import read_json, read_jsonl
 
-CTRL = EntroPIC(target=0.5, kp=1.0, ki=0.1, alpha_min=-0.3, alpha_max=0.3, high_prob=0.95)
+CTRL = EntroPIC(target=0.5, kp=1.0, ki=0.1, alpha_min=-0.3, alpha_max=0.3)
 
 
 def test_controller_steps_by_hand() -> None:
@@ -34,9 +34,10 @@ def test_controller_steps_by_hand() -> None:
 
 @pytest.mark.parametrize("kw", [{"alpha_min": 0.1}, {"alpha_max": -0.1}, {"high_prob": 1.0}, {"ki": -0.01}])
 def test_bad_settings(kw: dict) -> None:
-    base = {"target": 0.1, "kp": 1.0, "ki": 0.01, "alpha_min": -1.0, "alpha_max": 1.0, "high_prob": 0.95}
+    base = {"target": 0.1, "kp": 1.0, "ki": 0.01, "alpha_min": -1.0, "alpha_max": 1.0}
+    part, params = (EntroPICTerm, {"coef": 0.0} | kw) if "high_prob" in kw else (EntroPIC, base | kw)  # the term's
     with pytest.raises(ValueError, match="entropic"):
-        EntroPIC(**(base | kw))
+        part(**params)
 
 
 def test_preset_is_the_release_script() -> None:

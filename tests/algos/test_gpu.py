@@ -20,6 +20,7 @@ from steer_bench.algos import (
     TokenBatch,
     build,
     compute_advantages,
+    entropy_bonus,
     logprobs_and_entropy,
 )
 from steer_bench.algos.advantages import Grpo
@@ -43,7 +44,7 @@ def _method(name: str) -> Method:
     intervention = build("intervention", name, m["loss"].get("params", {}))
     assert isinstance(intervention, Intervention)
     grpo = Grpo(norm_by_std=True, eps=1e-6)
-    return Method(name=name, advantage=grpo, intervention=intervention, entropy_coef=0.01, **shared)
+    return Method(name=name, advantage=grpo, intervention=intervention, regularisers=entropy_bonus(0.01), **shared)
 
 
 LENGTHS = [9, 3, 0, 7, 9, 5]

@@ -13,12 +13,14 @@ import torch
 from steer_bench.algos import (
     INTERVENTIONS,
     SHARED_METRICS,
+    EntropyBonus,
     Intervention,
     Method,
     TokenBatch,
     Totals,
     build,
     covariance,
+    entropy_bonus,
     metric_table,
     reduce_metrics,
 )
@@ -27,7 +29,7 @@ from steer_bench.config.method import list_methods, load_method
 
 MakeBatch = Callable[..., dict[str, torch.Tensor]]  # the make_batch fixture (conftest.py)
 
-PPO = {"clip_low": 0.2, "clip_high": 0.28, "clip_c": 10.0, "agg": "token-mean", "entropy_coef": 0.0}
+PPO = {"clip_low": 0.2, "clip_high": 0.28, "clip_c": 10.0, "agg": "token-mean", "entropy_coef": 0.0}  # β: the bonus
 
 
 def _params_by_loss() -> dict[str, dict]:
@@ -54,8 +56,9 @@ def _method(name: str, params: dict) -> Method:
     """The intervention ``name`` (its parameters: ``params`` less the clip / aggregation / bonus settings)."""
     intervention = build("intervention", name, {k: v for k, v in params.items() if k not in SETTINGS})
     assert isinstance(intervention, Intervention)
-    settings = {k: params[k] for k in SETTINGS}
-    return Method(name=name, advantage=Grpo(norm_by_std=True, eps=1e-6), intervention=intervention, **settings)
+    settings = {k: params[k] for k in SETTINGS if k != "entropy_coef"}
+    grpo, bonus = Grpo(norm_by_std=True, eps=1e-6), entropy_bonus(params["entropy_coef"])
+    return Method(name=name, advantage=grpo, intervention=intervention, regularisers=bonus, **settings)
 
 
 LENGTHS = [5, 2, 0, 4, 5, 3]
@@ -135,7 +138,7 @@ def test_entropy_bonus_by_hand() -> None:
     assert float(m["loss/entropy_bonus"]) == pytest.approx(0.1)
     loss.backward()
     assert ent.grad[0].tolist() == pytest.approx([-0.05, -0.05, 0.0])
-    with pytest.raises(ValueError, match="the entropy bonus needs"):
+    with pytest.raises(ValueError, match="regulariser 'entropy_bonus' needs"):
         bonus.loss(TokenBatch(torch.zeros(1, 3), torch.zeros(1, 3), torch.zeros(1, 3), mask))
 
 
@@ -259,7 +262,7 @@ def test_every_metric_key_is_declared_and_in_the_table_with_its_reduction(make_b
     is declared (the dry run refuses undeclared ones) and every declared key is returned by some call."""
     table = metric_table()
     seen: set[str] = set()
-    declared = dict(SHARED_METRICS)
+    declared = dict(SHARED_METRICS) | EntropyBonus.metrics  # the bonus: the runs with entropy_coef 0.01
     for name in POLICY_LOSSES:
         declared |= INTERVENTIONS[name].metrics
         for coef in (0.0, 0.01):

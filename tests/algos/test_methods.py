@@ -96,7 +96,7 @@ def test_what_the_trainer_must_provide() -> None:
     assert ent_adv.resolve().needs.old_entropy
     assert not ent_adv.resolve().needs.entropy
     m = grpo.resolve()
-    assert (m.clip_low, m.clip_high, m.clip_c, m.agg, m.entropy_coef) == (0.2, 0.2, 10.0, "token-mean", 0.0)
+    assert (m.clip_low, m.clip_high, m.clip_c, m.agg, m.regularisers) == (0.2, 0.2, 10.0, "token-mean", ())
     assert m.advantage == Grpo(norm_by_std=True, eps=1e-6)
 
 

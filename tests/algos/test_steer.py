@@ -26,7 +26,7 @@ STEER = {
     "form": "paper",
 }
 RELEASE = {k: v for k, v in STEER.items() if k != "scope"}  # steer_weights: the release's λ settings
-CLIP = {"clip_low": 0.2, "clip_high": 0.28, "clip_c": 10.0, "agg": "token-mean", "entropy_coef": 0.0}
+CLIP = {"clip_low": 0.2, "clip_high": 0.28, "clip_c": 10.0, "agg": "token-mean"}
 GRPO = Grpo(norm_by_std=True, eps=1e-6)  # the loss never reads the estimator
 STEER_METHOD = Method(name="steer", advantage=GRPO, intervention=Steer(**STEER), **CLIP)
 PPO_METHOD = Method(name="ppo", advantage=GRPO, intervention=PPO(), **CLIP)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from steer_bench.algos import Method, TokenBatch, Totals, aggregate, clipped_surrogate
+from steer_bench.algos import Method, TokenBatch, Totals, aggregate, clipped_surrogate, entropy_bonus
 from steer_bench.algos.advantages import Grpo
 from steer_bench.algos.interventions.ppo import PPO
 
@@ -45,7 +45,7 @@ def test_dual_clip_surrogate_by_hand() -> None:
 def test_policy_loss_metrics_by_hand() -> None:
     mask = torch.ones(2, 3)
     ppo = Method(name="ppo", advantage=GRPO, intervention=PPO(), clip_low=0.2, clip_high=0.28, clip_c=3.0,
-                 agg="token-mean", entropy_coef=0.0)  # fmt: skip
+                 agg="token-mean")  # fmt: skip
     loss, m = ppo.loss(TokenBatch(_logp(), torch.zeros(2, 3), ADV, mask))
     assert loss.item() == pytest.approx(sum(map(sum, EXPECTED)) / 6, abs=1e-6)
     assert float(m["loss/clipfrac_high"]) == pytest.approx(1 / 6)
@@ -102,7 +102,7 @@ def test_aggregation_modes_by_hand() -> None:
 def test_micro_batch_accumulation_is_exact(agg: str, entropy_coef: float, make_batch: MakeBatch) -> None:
     x = make_batch(0, [6, 1, 0, 4, 6, 3, 2, 5], 6)
     ppo = Method(name="ppo", advantage=GRPO, intervention=PPO(), clip_low=0.2, clip_high=0.28, clip_c=3.0, agg=agg,
-                 entropy_coef=entropy_coef)  # fmt: skip
+                 regularisers=entropy_bonus(entropy_coef))  # fmt: skip
 
     def run(splits: list[slice], totals: dict[str, int]) -> tuple[float, torch.Tensor, torch.Tensor]:
         logp = x["logp"].clone().requires_grad_(True)

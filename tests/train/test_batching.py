@@ -24,7 +24,7 @@ from steer_bench.train.batching import (
     release_order,
 )
 
-CLIP = {"clip_low": 0.2, "clip_high": 0.28, "clip_c": 10.0, "agg": "token-mean", "entropy_coef": 0.0}
+CLIP = {"clip_low": 0.2, "clip_high": 0.28, "clip_c": 10.0, "agg": "token-mean"}
 PPO_METHOD = Method(name="ppo", advantage=Grpo(norm_by_std=True, eps=1e-6), intervention=PPO(), **CLIP)
 
 

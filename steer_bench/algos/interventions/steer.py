@@ -207,8 +207,9 @@ class Steer(Intervention):
     def release(cls) -> Steer:
         """The release's STEER (zz-haooo/STEER run/run_exp.sh:61-63 and compute_token_weights, docs/methods.md
         §M14): the settings of ``configs/methods/steer.yaml`` (a test keeps the two equal)."""
-        return cls(weight_min=0.8, weight_max=1.0, mapping="exp", scope="micro", omega_floor=0.02, k_norm="max",
-                   form="paper")  # fmt: skip
+        return cls(
+            weight_min=0.8, weight_max=1.0, mapping="exp", scope="micro", omega_floor=0.02, k_norm="max", form="paper"
+        )
 
     def weights(
         self, advantages: Tensor, old_log_probs: Tensor, log_probs: Tensor, old_entropy: Tensor, mask: Tensor
