@@ -36,11 +36,14 @@ def sharded_resume(model: torch.nn.Module, tok: object, opt: torch.optim.Optimiz
     from torch.distributed.fsdp import fully_shard
 
     from steer_bench.train.checkpoint import TrainState, load_trainer_state, save_checkpoint
+    from steer_bench.train.update import Learner
 
     acc = Accelerator(cpu=True)  # MULTI_CPU: the checkpoint gathers the fully_shard shards itself
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     # the HF folder in bf16, as under mixed_precision bf16: the float32 masters must come back from DCP, not from it
-    save_checkpoint(ckpt, acc, model, tok, TrainState(step=1), dtype=torch.bfloat16, optimizer=opt, scheduler=sched)
+    save_checkpoint(
+        ckpt, Learner(model, opt, sched, acc), tok, TrainState(step=1), dtype=torch.bfloat16, resumable=True
+    )
     hf = safetensors.torch.load_file(str(ckpt / "model.safetensors"))
     again = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
     mesh = next(p for p in model.parameters()).device_mesh

@@ -64,16 +64,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from steer_bench.evaluation.engines import SharedEngine
-    from steer_bench.evaluation.runner import evaluate
+    from steer_bench.evaluation.runner import Redo, evaluate
     from steer_bench.tracking import resolve_uri
 
     jobs, settings, protocol, db = _from_config(args) if args.config else _standalone(args)
     uri = None if args.no_track else (args.tracking_uri or resolve_uri(db))
+    redo: Redo = (
+        "all" if args.force else "stale" if args.config else "none"
+    )  # the pipeline's folders follow the config
     shared = SharedEngine()  # one engine for every job of this call (one job unless --all)
     try:
         for job in jobs:
-            done = evaluate(job, settings, protocol, force=args.force, replace_stale=bool(args.config),
-                            track=not args.no_track, tracking_uri=uri, open_engine=shared)  # fmt: skip
+            done = evaluate(
+                job, settings, protocol, redo=redo, track=not args.no_track, tracking_uri=uri, open_engine=shared
+            )
             print(f"{job.row}: {job.model} ({protocol.name}); evaluated {done['evaluated'] or 'nothing'}")
             for b, acc in done["acc"].items():
                 print(f"  {b:<16} acc {acc:.4f}")
@@ -132,16 +136,20 @@ def _standalone(args: argparse.Namespace):
     for flag, default, _ in STANDALONE:
         if getattr(args, _dest(flag)) is None:
             setattr(args, _dest(flag), default)
-    settings = validate(EvalSection, {
-        "protocol": args.protocol, "engine": args.engine, "workers": args.workers, "timeout_s": args.timeout_s,
-        "dtype": args.dtype, "batch_size": args.batch_size,
-        "vllm": {"tensor_parallel_size": args.tensor_parallel_size, "gpu_memory_utilization": 0.9},
-    }, source="eval arguments")  # fmt: skip
+    given = {k: getattr(args, k) for k in ("protocol", "engine", "workers", "timeout_s", "dtype", "batch_size")}
+    vllm = {"tensor_parallel_size": args.tensor_parallel_size, "gpu_memory_utilization": 0.9}
+    settings = validate(EvalSection, given | {"vllm": vllm}, source="eval arguments")
     protocol = load_protocol(args.protocol, nested["protocol"])  # before any data is prepared
     job = standalone_job(
-        args.model, args.benchmarks or list(PAPER_BENCHMARKS), args.out, experiment=args.experiment, row=args.row,
-        data_dir=args.data_dir, limit=args.limit, workers=args.workers,
-    )  # fmt: skip
+        args.model,
+        args.benchmarks or list(PAPER_BENCHMARKS),
+        args.out,
+        experiment=args.experiment,
+        row=args.row,
+        data_dir=args.data_dir,
+        limit=args.limit,
+        workers=args.workers,
+    )
     return [job], settings, protocol, args.out / "mlflow.db"
 
 

@@ -11,8 +11,9 @@ Per benchmark ``b`` the job's folder gets (each written atomically, samples firs
     <out>/eval.done           per-benchmark acc and the MLflow run ids, once every benchmark is complete
 
 A benchmark counts as done when its summary is complete and was made for the same request (model, protocol,
-engine, problems): re-running skips it unless ``force``. A finished summary for another request is an error
-(``force`` overwrites it) unless ``replace_stale`` (the pipeline's folders: a changed config is re-evaluated);
+engine, problems): re-running skips it unless ``redo="all"`` (--force). A finished summary for another request is
+an error (``redo="all"`` overwrites it) unless ``redo="stale"`` (the pipeline's folders: a changed config is
+re-evaluated);
 one for other weights at the same path (a retrained run) is always re-evaluated.
 Truncated responses are graded as they are (as verl's validation does) and counted in ``truncation_rate``;
 grading timeouts are verdicts (wrong), counted in ``timeouts`` and reported. Anything that fails mid-way
@@ -34,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -177,6 +178,8 @@ def _marker_current(path: Path, summaries: dict[str, dict[str, Any]]) -> bool:
 
 # ------------------------------------------------------------------------------------------------ running
 EngineOpener = Callable[..., tuple[Any, dict[str, Any]]]
+Redo = Literal["none", "stale", "all"]
+"""Which finished benchmarks are evaluated again: none, those made for another request, or all (module docstring)."""
 
 
 def evaluate(
@@ -184,8 +187,7 @@ def evaluate(
     settings: EvalSection,
     protocol: Protocol,
     *,
-    force: bool = False,
-    replace_stale: bool = False,
+    redo: Redo = "none",
     track: bool = True,
     tracking_uri: str | None = None,
     open_engine: EngineOpener = engines.open_engine,
@@ -202,10 +204,11 @@ def evaluate(
     problems = {b: load_prepared(path) for b, path in job.benchmarks.items()}
     fingerprint = engines.model_fingerprint(job.model)
     requests = {b: _request(job, protocol, settings, df) for b, df in problems.items()}
+    stale = redo == "stale"  # a summary made for another request is redone, not an error
     summaries = {}
     for b in problems:
         path = job.out_dir / b / "summary.json"
-        found = None if force else finished_summary(path, requests[b], fingerprint, replace_stale=replace_stale)
+        found = None if redo == "all" else finished_summary(path, requests[b], fingerprint, replace_stale=stale)
         if found is not None:
             summaries[b] = found
     todo = [b for b in problems if b not in summaries]

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from steer_bench.config.run import TrainConfig
 from steer_bench.errors import SteerBenchError
 from steer_bench.rollout.weights import full_weights
 from steer_bench.sharding import reshard
+
+if TYPE_CHECKING:  # the update's module imports the methods and the rollout: the trainer's, not the checkpoint's
+    from steer_bench.train.update import Learner
 
 log = logging.getLogger(__name__)
 
@@ -132,18 +135,10 @@ def _raw(optimizer: Any) -> torch.optim.Optimizer:
 
 
 def save_checkpoint(
-    path: Path,
-    accelerator: Any,
-    model: Any,
-    tokenizer: Any,
-    state: TrainState,
-    *,
-    dtype: torch.dtype,
-    optimizer: Any = None,
-    scheduler: Any = None,
+    path: Path, learner: Learner, tokenizer: Any, state: TrainState, *, dtype: torch.dtype, resumable: bool
 ) -> None:
-    """Write ``path`` atomically; with optimizer/scheduler it is resumable. ``dtype``: the HF folder's
-    (:func:`hf_dtype`).
+    """Write ``path`` atomically; ``resumable``: with the optimizer and scheduler state (``best`` checkpoints
+    hold only the weights). ``dtype``: the HF folder's (:func:`hf_dtype`).
 
     Collective: every rank calls it. The main process creates the temporary folder and tells the others where
     it is; every rank writes its DCP shards and its scheduler/RNG file; after a barrier the main process adds the
@@ -151,6 +146,7 @@ def save_checkpoint(
     """
     from accelerate.utils import broadcast_object_list
 
+    accelerator, model = learner.accelerator, learner.model
     accelerator.wait_for_everyone()
     state_dict = hf_state_dict(model, accelerator, dtype)  # collective under FSDP2: every rank calls it
     state.world_size = accelerator.num_processes
@@ -162,8 +158,8 @@ def save_checkpoint(
             if tmp[0] is None:  # broadcast_object_list filled it on every rank
                 raise SteerBenchError(f"{path}: the main process's temporary checkpoint folder did not arrive")
             tmp_dir = Path(tmp[0])
-            if optimizer is not None:
-                _save_trainer_state(tmp_dir, accelerator, model, optimizer, scheduler)
+            if resumable:
+                _save_trainer_state(tmp_dir, learner)
             accelerator.wait_for_everyone()  # every rank's files are in the folder before it moves into place
             if accelerator.is_main_process:
                 unwrapped = accelerator.unwrap_model(model)
@@ -198,20 +194,21 @@ def _set_config_dtype(folder: Path, dtype: torch.dtype) -> None:
     files.write_json(folder / "config.json", config)
 
 
-def _save_trainer_state(tmp_dir: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: Any) -> None:
+def _save_trainer_state(tmp_dir: Path, learner: Learner) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    unwrapped = accelerator.unwrap_model(model)
+    accelerator = learner.accelerator
+    unwrapped = accelerator.unwrap_model(learner.model)
     reshard(unwrapped)  # the optimizer holds the sharded parameters
-    model_sd, optim_sd = get_state_dict(unwrapped, _raw(optimizer))
+    model_sd, optim_sd = get_state_dict(unwrapped, _raw(learner.optimizer))
     with _single_process_ok():
         dcp.save(
             {"model": model_sd, "optimizer": optim_sd},
             checkpoint_id=tmp_dir / TRAINER_STATE,
             no_dist=not _distributed(),
         )
-    blob = {"scheduler": scheduler.state_dict(), "rng": _rng_state()}
+    blob = {"scheduler": learner.scheduler.state_dict(), "rng": _rng_state()}
     _torch_save(blob, rank_file(tmp_dir, accelerator.process_index))
 
 

@@ -248,12 +248,14 @@ def log_step(run: Run, step: Step, grader: Grader, probe: ProbeSet | None) -> No
     if run.validation is not None and selectable(cfg, step.number) and _is_best(best, state.best_metric):
         state.best_metric, state.best_step = metrics[cfg.validation.metric], step.number
         with run.phases.phase("checkpoint", step_metric=False):
-            save_checkpoint(run.best_dir, acc, run.model, run.tokenizer, state, dtype=hf_dtype(cfg))
+            save_checkpoint(run.best_dir, run.learner, run.tokenizer, state, dtype=hf_dtype(cfg), resumable=False)
     disjoint = metrics.get(cfg.validation.selection_metric)
     if run.selection is not None and selectable(cfg, step.number) and _is_best(disjoint, state.best_disjoint_metric):
         state.best_disjoint_metric, state.best_disjoint_step = disjoint, step.number
         with run.phases.phase("checkpoint", step_metric=False):
-            save_checkpoint(run.best_disjoint_dir, acc, run.model, run.tokenizer, state, dtype=hf_dtype(cfg))
+            save_checkpoint(
+                run.best_disjoint_dir, run.learner, run.tokenizer, state, dtype=hf_dtype(cfg), resumable=False
+            )
     if run.main:
         record(run, step.number, metrics)
         if cfg.log_rollouts_every and step.number % cfg.log_rollouts_every == 0:
@@ -277,14 +279,7 @@ def checkpoint(run: Run, step: Step, *, now: bool = False) -> None:
     if now or step.number % run.cfg.save_every == 0 or step.number == run.cfg.steps:
         with run.phases.phase("checkpoint", step_metric=False):
             save_checkpoint(
-                run.last_dir,
-                run.accelerator,
-                run.model,
-                run.tokenizer,
-                run.state,
-                dtype=hf_dtype(run.cfg),
-                optimizer=run.optimizer,
-                scheduler=run.scheduler,
+                run.last_dir, run.learner, run.tokenizer, run.state, dtype=hf_dtype(run.cfg), resumable=True
             )
 
 

@@ -268,8 +268,8 @@ def test_failure_midway_then_resume_with_timeouts(tmp_path: Path, tiny: Path, ml
 
 
 def test_reuse_rules(tmp_path: Path, tiny: Path) -> None:
-    """Same request: nothing to do. Another protocol: an error, unless forced or replace_stale (the pipeline's
-    folders). New weights at the same path: re-evaluated."""
+    """Same request: nothing to do. Another protocol: an error, unless redo is "all" (--force) or "stale" (the
+    pipeline's folders). New weights at the same path: re-evaluated."""
     model = tmp_path / "model"
     shutil.copytree(tiny, model)
     bench = write_problems(tmp_path / "a.parquet", "synth_test", [("2+5", "7")])
@@ -282,8 +282,8 @@ def test_reuse_rules(tmp_path: Path, tiny: Path) -> None:
     other = protocol.model_copy(update={"seed": 1})
     with pytest.raises(SteerBenchError, match=r"another protocol .* pass --force"):
         evaluate(job, HF, other, track=False, open_engine=_fail)
-    assert evaluate(job, HF, other, track=False, replace_stale=True, open_engine=opener)["evaluated"] == ["synth_test"]
-    assert evaluate(job, HF, other, track=False, force=True, open_engine=opener)["evaluated"] == ["synth_test"]
+    assert evaluate(job, HF, other, track=False, redo="stale", open_engine=opener)["evaluated"] == ["synth_test"]
+    assert evaluate(job, HF, other, track=False, redo="all", open_engine=opener)["evaluated"] == ["synth_test"]
     os.utime(model / "model.safetensors", ns=(1, 1))  # a retrained run: same path, other weights
     assert evaluate(job, HF, other, track=False, open_engine=opener)["evaluated"] == ["synth_test"]
 
