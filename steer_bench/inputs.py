@@ -16,9 +16,15 @@ from steer_bench.errors import SteerBenchError
 
 # The config fields that make two checkpoints the same network (a resumed or evaluated checkpoint must match).
 ARCHITECTURE_KEYS = (
-    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-    "intermediate_size", "vocab_size", "tie_word_embeddings",
-)  # fmt: skip
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+    "tie_word_embeddings",
+)
 
 
 def read_parquet(path: str | os.PathLike[str], *, what: str, allow_empty: bool = False) -> pd.DataFrame:

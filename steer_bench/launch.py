@@ -193,8 +193,8 @@ def slurm_rendezvous(nodes: int, key: str) -> Rendezvous:
 def srun_argv(nodes: int, node_task: list[str]) -> list[str]:
     """One task per node, each with the whole node (a step's default: every CPU and GPU the job holds there); if
     one node's launcher fails, the others are stopped rather than left waiting at the rendezvous."""
-    return ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
-            "--label", *node_task]  # fmt: skip
+    one_task_per_node = [f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1"]
+    return ["srun", *one_task_per_node, "--kill-on-bad-exit=1", "--label", *node_task]
 
 
 # ---- the job ---------------------------------------------------------------------------------------------------
@@ -275,9 +275,9 @@ def launcher_argv(
         argv += ["--main_process_port", str(port)]
     else:
         per_node = int(read_yaml(accelerate_config).get("num_processes", 1))
-        argv += ["--num_machines", str(rdzv.nodes), "--machine_rank", str(rdzv.rank),
-                 "--num_processes", str(per_node * rdzv.nodes), "--main_process_ip", rdzv.addr,
-                 "--main_process_port", str(rdzv.port)]  # fmt: skip
+        argv += ["--num_machines", str(rdzv.nodes), "--machine_rank", str(rdzv.rank)]
+        argv += ["--num_processes", str(per_node * rdzv.nodes)]
+        argv += ["--main_process_ip", rdzv.addr, "--main_process_port", str(rdzv.port)]
     return [*argv, "-m", "steer_bench", *inner]
 
 

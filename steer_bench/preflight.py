@@ -84,8 +84,10 @@ def measure(exp: ExperimentConfig, method: str, out: Path) -> Measured:
         phases = [{} for _ in range(world)]
         torch.distributed.all_gather_object(phases, mine)
     run = out / "run"
-    sizes = {name: sum(f.stat().st_size for f in (run / "checkpoints" / name).rglob("*") if f.is_file())
-             for name in ("last", "best")}  # fmt: skip
+    sizes = {
+        name: sum(f.stat().st_size for f in (run / "checkpoints" / name).rglob("*") if f.is_file())
+        for name in ("last", "best")
+    }
     steps = files.read_jsonl(run / "metrics.jsonl")[:2]
     return Measured(shrunk, steps, phases, a["startup"], sizes, _validation_problems(exp.train_config(seed)))
 
@@ -126,10 +128,11 @@ def extrapolate(exp: ExperimentConfig, m: Measured, world: int, nodes: int) -> d
     step_s = sum(per_step.values())
     ph = m.phases[0]
     val_seqs = m.validation_problems * cfg.validation.n
-    validation = ph["validation"]["seconds_max"] * (
-        _waves(val_seqs, conc) / _waves(VALIDATION_PROBLEMS * cfg.validation.n, conc)
-        if conc else val_seqs / (VALIDATION_PROBLEMS * cfg.validation.n)
-    ) if cfg.validation.every_n_steps else 0.0  # fmt: skip
+    validation = 0.0
+    if cfg.validation.every_n_steps:
+        measured = VALIDATION_PROBLEMS * cfg.validation.n
+        scale = _waves(val_seqs, conc) / _waves(measured, conc) if conc else val_seqs / measured
+        validation = ph["validation"]["seconds_max"] * scale
     validations = cfg.steps // cfg.validation.every_n_steps if cfg.validation.every_n_steps else 0
     saves = cfg.steps // cfg.save_every + validations  # last every save_every; best at most once per validation
     startup = ph["load"]["seconds_max"] + ph["engine_start"]["seconds_max"]
@@ -137,11 +140,18 @@ def extrapolate(exp: ExperimentConfig, m: Measured, world: int, nodes: int) -> d
     runs = len(exp.methods) * len(exp.seeds)
     last, best = m.checkpoint_bytes["last"], m.checkpoint_bytes["best"]
     return {
-        "per_step_s": per_step, "step_s": step_s, "validation_s": validation, "startup_s": startup,
-        "run_hours": run_s / 3600, "runs": runs, "nodes": nodes, "table_node_hours": runs * nodes * run_s / 3600,
-        "disk_run_steady_gb": (last + best) / 1e9, "disk_run_peak_gb": (2 * last + best) / 1e9,
+        "per_step_s": per_step,
+        "step_s": step_s,
+        "validation_s": validation,
+        "startup_s": startup,
+        "run_hours": run_s / 3600,
+        "runs": runs,
+        "nodes": nodes,
+        "table_node_hours": runs * nodes * run_s / 3600,
+        "disk_run_steady_gb": (last + best) / 1e9,
+        "disk_run_peak_gb": (2 * last + best) / 1e9,
         "disk_table_gb": runs * (last + best) / 1e9,
-    }  # fmt: skip
+    }
 
 
 def checks(exp: ExperimentConfig, m: Measured, plan: dict[str, Any], out: Path) -> list[tuple[str, bool, str]]:
@@ -159,8 +169,10 @@ def checks(exp: ExperimentConfig, m: Measured, plan: dict[str, Any], out: Path) 
     result.append(("memory", worst <= (1 - HEADROOM) * card, f"{what} (limit {1 - HEADROOM:.0%})"))
     free = shutil.disk_usage(out).free / 1e9
     need = plan["disk_table_gb"] + plan["disk_run_peak_gb"] - plan["disk_run_steady_gb"]
-    result.append(("disk", free >= need, f"{free:.1f} GB free for the table's {need:.1f} GB (every run's last + "
-                                         "best checkpoint, one of them mid-save)"))  # fmt: skip
+    disk = (
+        f"{free:.1f} GB free for the table's {need:.1f} GB (every run's last + best checkpoint, one of them mid-save)"
+    )
+    result.append(("disk", free >= need, disk))
     save = max(p["checkpoint"]["seconds_max"] for p in m.phases)
     timeout = cfg.collective_timeout_s
     result.append(("timeout", 2 * save <= timeout, f"a save took {save:.1f} s; collective_timeout_s={timeout} (≥ 2×)"))

@@ -38,10 +38,28 @@ from steer_bench.errors import SteerBenchError
 from steer_bench.inputs import read_parquet
 
 COLUMNS = (
-    "method", "seed", "step", "row", "pos", "adv", "old_logp", "logp", "logp_after", "old_entropy", "entropy",
-    "entropy_after", "delta_h", "omega", "omega_first_order", "cov", "lam", "quadrant", "lr", "n_tokens",
+    "method",
+    "seed",
+    "step",
+    "row",
+    "pos",
+    "adv",
+    "old_logp",
+    "logp",
+    "logp_after",
+    "old_entropy",
+    "entropy",
+    "entropy_after",
+    "delta_h",
+    "omega",
+    "omega_first_order",
+    "cov",
+    "lam",
+    "quadrant",
+    "lr",
+    "n_tokens",
     "lambda_source",
-)  # fmt: skip
+)
 MAX_WINDOWS = 8  # rows of the "over training" tables in quadrants.md (every step is in quadrants.csv)
 
 
@@ -75,9 +93,10 @@ def load_runs(dirs: list[Path]) -> Runs:
             labels[str(meta.get("name"))] = str(meta.get("label", meta.get("name")))
     if not frames:
         raise SteerBenchError(
-            "no analysis files (analysis/step_*.parquet) in any of: " + ", ".join(str(d) for d in dirs)
+            "no analysis files (analysis/step_*.parquet) in any of: "
+            + ", ".join(str(d) for d in dirs)
             + "; train with analysis.every_n_steps > 0"
-        )  # fmt: skip
+        )
     tokens = pd.concat(frames, ignore_index=True)  # may be empty: see analyze()
     methods = list(dict.fromkeys(tokens["method"]))
     return Runs(tokens, methods, {m: labels.get(m, m) for m in methods}, without, counts)
@@ -104,8 +123,18 @@ def markdown(header: list[str], rows: list[list[object]]) -> str:
 
 
 def estimators_markdown(table: pd.DataFrame, labels: dict[str, str]) -> str:
-    header = ["Method", "Estimator", "tokens", "Pearson", "Spearman", "Spearman (abs)", "sign", "rel. MSE",
-              "LS factor", "rel. MSE (LS)"]  # fmt: skip
+    header = [
+        "Method",
+        "Estimator",
+        "tokens",
+        "Pearson",
+        "Spearman",
+        "Spearman (abs)",
+        "sign",
+        "rel. MSE",
+        "LS factor",
+        "rel. MSE (LS)",
+    ]
     rows = [
         [labels[r.method], ESTIMATOR_LABELS[r.estimator], r.tokens, *(getattr(r, s) for s in AGREEMENT_STATS)]
         for r in table.itertuples()
@@ -121,10 +150,17 @@ def estimators_markdown(table: pd.DataFrame, labels: dict[str, str]) -> str:
 def quadrants_markdown(tokens: pd.DataFrame, overall: pd.DataFrame, methods: list[str], labels: dict[str, str]) -> str:
     header = ["Method", "Quadrant", "ΔH if alone", "tokens", "ΔH share", "mean ΔH", "ΔH sign as expected"]
     rows = [
-        [labels[r.method], r.quadrant, "−" if EXPECTED_SIGN[r.quadrant] < 0 else "+", f"{r.tokens:.1%}",
-         r.dh_share, r.dh_mean, r.as_expected]
+        [
+            labels[r.method],
+            r.quadrant,
+            "−" if EXPECTED_SIGN[r.quadrant] < 0 else "+",
+            f"{r.tokens:.1%}",
+            r.dh_share,
+            r.dh_mean,
+            r.as_expected,
+        ]
         for r in overall.itertuples()
-    ]  # fmt: skip
+    ]
     out = [markdown(header, rows)]
     out.append(
         "\ntokens = share of the probed tokens (A ≠ 0); ΔH share = Σ_q ΔH / Σ|ΔH| (signed); 'ΔH if alone' = the "
@@ -212,8 +248,9 @@ def _nothing_to_analyse(runs: Runs, out: Path, command: str) -> Runs:
 
 def document(runs: Runs, est_md: str, quad_md: str, command: str) -> str:
     t = runs.tokens
-    per_run = t.groupby("run", sort=False).agg(method=("method", "first"), seed=("seed", "first"),
-                                                steps=("step", "nunique"), tokens=("step", "size"))  # fmt: skip
+    per_run = t.groupby("run", sort=False).agg(
+        method=("method", "first"), seed=("seed", "first"), steps=("step", "nunique"), tokens=("step", "size")
+    )
     lines = [
         f"Produced by `{command}` from {len(per_run)} run(s):",
         "",

@@ -21,9 +21,13 @@ def add_experiment(parser: argparse.ArgumentParser, *, required: bool) -> None:
     """The shared ``--config`` / ``--set`` options."""
     parser.add_argument("--config", required=required, help="experiment YAML (e.g. configs/default.yaml)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
         help="override, repeatable: an experiment path, or method./warmstart./tree./protocol.<path>",
-    )  # fmt: skip
+    )
 
 
 def named_config(args: argparse.Namespace, key: str, flag: str) -> tuple[Any, str, list[str]]:

@@ -34,7 +34,12 @@ def run(args: argparse.Namespace) -> int:
 
     exp = load_experiment(args.config, split_overrides(args.overrides)[0])
     common = ["--config", args.config, *(item for o in args.overrides for item in ("--set", o))]
-    job = Job(stage=args.stage, argv=[args.stage, *common, *args.args], gpus=args.gpus, gpu_wait=args.gpu_wait,
-              again=["launch", *common, "--gpus", str(args.gpus), "--node-task", args.stage, *args.args])  # fmt: skip
+    job = Job(
+        stage=args.stage,
+        argv=[args.stage, *common, *args.args],
+        gpus=args.gpus,
+        gpu_wait=args.gpu_wait,
+        again=["launch", *common, "--gpus", str(args.gpus), "--node-task", args.stage, *args.args],
+    )
     launch(exp, job, node_task=args.node_task)
     return 0  # not reached: launch replaces this process with the job

@@ -47,8 +47,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise SteerBenchError("prepare needs --config (the experiment's layout) or --out")
     stats = prepare_dataset(
-        args.dataset, out, data_dir=data_dir, template=template, limit=limit, seed=args.seed,
-        on_bad_row=args.on_bad_row, check_golds=not args.no_gold_check, workers=args.workers, levels=levels,
-    )  # fmt: skip
+        args.dataset,
+        out,
+        data_dir=data_dir,
+        template=template,
+        limit=limit,
+        seed=args.seed,
+        on_bad_row=args.on_bad_row,
+        check_golds=not args.no_gold_check,
+        workers=args.workers,
+        levels=levels,
+    )
     print(f"{args.dataset}: wrote {stats['written']} problems to {out}; skipped {stats['skipped'] or 'none'}")
     return 0

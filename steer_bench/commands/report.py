@@ -11,9 +11,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_experiment(parser, required=True)
     parser.add_argument("--out", help="output folder (default: results/<experiment>/report)")
     parser.add_argument(
-        "--source", choices=["mlflow", "files"], default="mlflow",
+        "--source",
+        choices=["mlflow", "files"],
+        default="mlflow",
         help="read the numbers from MLflow (default) or from the run files (summary.json, metrics.jsonl)",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--tracking-uri",
         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite results/<experiment>/mlflow.db)",

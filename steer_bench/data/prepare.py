@@ -28,6 +28,7 @@ from steer_bench.data.synthetic import make_synthetic
 from steer_bench.data.templates import FORMATS, TEMPLATES, render, split_instruction
 from steer_bench.errors import SteerBenchError
 from steer_bench.files import atomic_path, write_json
+from steer_bench.grading import Grader  # math-verify itself is imported by the grading workers, not here
 from steer_bench.inputs import read_parquet
 
 log = logging.getLogger(__name__)
@@ -199,8 +200,6 @@ def dedup_and_ids(rows: pd.DataFrame, name: str) -> tuple[pd.DataFrame, str]:
 
 def gold_failures(golds: Sequence[str], labels: Sequence[str], *, workers: int) -> dict[str, list[str]]:
     """Golds that math-verify cannot parse, or that do not grade correct against ``\\boxed{gold}``."""
-    from steer_bench.grading import Grader  # imports math-verify; only when the check runs
-
     with Grader(workers=workers, timeout=10.0) as grader:
         verdicts = grader.grade([f"\\boxed{{{g}}}" for g in golds], list(golds))
     bad: dict[str, list[str]] = {}
@@ -299,8 +298,15 @@ def prepare_dataset(
     else:
         raw, stats["origin"] = read_raw(spec, data_dir)
         stats["rows_read"] = len(raw)
-        opts = {"on_bad_row": on_bad_row, "check_golds": check_golds, "workers": workers, "limit": limit,
-                "seed": seed, "template": template, "release": data_dir is not None}  # fmt: skip
+        opts = {
+            "on_bad_row": on_bad_row,
+            "check_golds": check_golds,
+            "workers": workers,
+            "limit": limit,
+            "seed": seed,
+            "template": template,
+            "release": data_dir is not None,
+        }
         df = _normalised(spec, raw, stats, opts)
     check_frame(df, source=f"{name} (prepared)")
     stats["written"] = len(df)

@@ -17,6 +17,7 @@ broken config fails before any job starts, with a message naming the key.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from pydantic import Field, field_validator, model_validator
 
 from steer_bench.config import StrictModel, apply_overrides, deep_merge, read_yaml, validate
 from steer_bench.config.run import TrainConfig
-from steer_bench.errors import SteerBenchError
+from steer_bench.errors import SelectionOverlapError, SteerBenchError
 
 if TYPE_CHECKING:
     from steer_bench.config.method import MethodConfig
@@ -188,7 +189,7 @@ class ExperimentConfig(StrictModel):
     # ---- per-run configs ------------------------------------------------------------------------------
     def method(self, name: str, overrides: list[str] | None = None) -> MethodConfig:
         """The preset ``name`` with this experiment's ``method_overrides`` for it, then ``overrides``."""
-        from steer_bench.config.method import load_method
+        from steer_bench.config.method import load_method  # lazy: imports torch (the Snakefile parses this module)
 
         return load_method(name, [*self.method_overrides.get(name, []), *(overrides or [])])
 
@@ -244,8 +245,10 @@ def read_with_extends(path: str | os.PathLike[str], _seen: tuple[Path, ...] = ()
 
 def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = None) -> ExperimentConfig:
     """Read and fully validate an experiment config (methods, presets, benchmarks, the train section)."""
+    # lazy: the method presets and the protocol import torch, the dataset registry (steer_bench.data) pandas
     from steer_bench.config.method import list_methods, load_method
-    from steer_bench.data.registry import REGISTRY as DATASETS  # lazy: keeps `import steer_bench.experiment` light
+    from steer_bench.data.registry import REGISTRY as DATASETS
+    from steer_bench.evaluation.protocol import load_protocol
 
     exp = validate(ExperimentConfig, apply_overrides(read_with_extends(path), overrides), source=str(path))
     if not exp.warmstart and not exp.model_path:
@@ -266,8 +269,6 @@ def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = 
         load_method(m, ov)
     exp.train_config(exp.seeds[0])
     check_selection_disjoint(exp, path)
-    from steer_bench.evaluation.protocol import load_protocol
-
     load_protocol(exp.eval.protocol)  # a broken protocol fails now, not after training
     for ref in (exp.warmstart, exp.tree, exp.accelerate_config):
         if ref and not Path(ref).is_file():
@@ -278,8 +279,6 @@ def load_experiment(path: str | os.PathLike[str], overrides: list[str] | None = 
 
 def normalized_problem_hash(text: str) -> str:
     """SHA-256 of a problem's text, lower-cased with its whitespace collapsed (the overlap check's identity)."""
-    import hashlib
-
     return hashlib.sha256(" ".join(str(text).lower().split()).encode()).hexdigest()
 
 
@@ -287,8 +286,6 @@ def check_selection_disjoint(exp: ExperimentConfig, path: str | os.PathLike[str]
     """``data.selection`` must share nothing with a reported benchmark: not its name (checked always) and not a
     problem (normalized text hash; checked wherever both prepared parquets exist, i.e. in every job after
     ``prepare``: training, eval and report load the experiment first). Raises :class:`SelectionOverlapError`."""
-    from steer_bench.errors import SelectionOverlapError
-
     sel = exp.data.selection
     if exp.data.selection_holdout:
         check_holdout_disjoint(exp, path)
@@ -303,7 +300,7 @@ def check_selection_disjoint(exp: ExperimentConfig, path: str | os.PathLike[str]
     sel_file = exp.data_path(sel)
     if not sel_file.is_file():
         return
-    from steer_bench.inputs import read_parquet
+    from steer_bench.inputs import read_parquet  # lazy: imports pandas
 
     problems = read_parquet(sel_file, what="prepared selection set")["problem"].tolist()
     if exp.data.selection_limit:
@@ -314,7 +311,7 @@ def check_selection_disjoint(exp: ExperimentConfig, path: str | os.PathLike[str]
 def check_holdout_disjoint(exp: ExperimentConfig, path: str | os.PathLike[str]) -> None:
     """The training set's held-out slice (``data.selection_holdout``) against the benchmarks, once the training set
     is prepared: the same slice the trainer holds out (after the run's ``data.limit``)."""
-    from steer_bench.data.holdout import split_holdout
+    from steer_bench.data.holdout import split_holdout  # lazy, as is read_parquet: they import pandas
     from steer_bench.inputs import read_parquet
 
     train_file = exp.data_path(exp.data.train)
@@ -330,8 +327,7 @@ def check_holdout_disjoint(exp: ExperimentConfig, path: str | os.PathLike[str]) 
 
 def refuse_shared(exp: ExperimentConfig, path: str | os.PathLike[str], problems: list[str], what: str) -> None:
     """Raise :class:`SelectionOverlapError` when a selection set's ``problems`` share one with a benchmark."""
-    from steer_bench.errors import SelectionOverlapError
-    from steer_bench.inputs import read_parquet
+    from steer_bench.inputs import read_parquet  # lazy: imports pandas
 
     mine = {normalized_problem_hash(p) for p in problems}
     for bench in exp.data.benchmarks:

@@ -61,10 +61,18 @@ def trained_run_job(
     )
     main = view is None or view == exp.eval.checkpoint
     return EvalJob(
-        model=str(folder), row=method, out_dir=exp.view_eval_dir(method, seed, want), benchmarks=_benchmark_files(exp),
-        experiment=experiment or exp.name, method=method, seed=seed, checkpoint=want, checkpoint_used=used,
-        checkpoint_step=step, train_run_id=done.get("mlflow_run_id") if main else None,  # views: not copied into it
-    )  # fmt: skip
+        model=str(folder),
+        row=method,
+        out_dir=exp.view_eval_dir(method, seed, want),
+        benchmarks=_benchmark_files(exp),
+        experiment=experiment or exp.name,
+        method=method,
+        seed=seed,
+        checkpoint=want,
+        checkpoint_used=used,
+        checkpoint_step=step,
+        train_run_id=done.get("mlflow_run_id") if main else None,  # views: not copied into it
+    )
 
 
 def view_jobs(exp: ExperimentConfig, method: str, seed: int, *, experiment: str | None = None) -> list[EvalJob]:
@@ -83,9 +91,12 @@ def eval_only_job(exp: ExperimentConfig, row: str, *, experiment: str | None = N
             raise SteerBenchError(f"eval-only row {row!r} asks for the warm start, but {exp.name!r} has none")
         model = str(exp.warmstart_dir())
     return EvalJob(
-        model=model, row=row, out_dir=exp.eval_dir(row, None), benchmarks=_benchmark_files(exp),
+        model=model,
+        row=row,
+        out_dir=exp.eval_dir(row, None),
+        benchmarks=_benchmark_files(exp),
         experiment=experiment or exp.name,
-    )  # fmt: skip
+    )
 
 
 def default_row(model: str) -> str:

@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from steer_bench.config.method import load_method
 from steer_bench.experiment import ExperimentConfig
 from steer_bench.report import comparisons, selection, tables
 from steer_bench.report.collect import Results, expected_rows
@@ -48,8 +49,6 @@ def experiment_section(exp: ExperimentConfig, table: tables.Table) -> list[str]:
 
 def settings_lines(exp: ExperimentConfig, table: tables.Table) -> list[str]:
     """Per trained row, the settings a matched comparison turns on: clipping, STEER's λ_min, control or not."""
-    from steer_bench.config.method import load_method  # lazy: imports torch
-
     out = []
     for m in exp.methods:
         method = load_method(m, exp.method_overrides.get(m, []))

@@ -153,8 +153,10 @@ def draw_pass_at_k(
         ax.grid(alpha=0.3)
     handles = {h.get_label(): h for ax in axes for h in ax.get_lines()}
     fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=8)
-    fig.suptitle("pass@k on the held-out problems\n(unbiased estimator; mean over seeds, band: min–max; (n): seeds)",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(
+        "pass@k on the held-out problems\n(unbiased estimator; mean over seeds, band: min–max; (n): seeds)",
+        fontsize=10,
+    )
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     return True

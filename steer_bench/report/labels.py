@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from functools import cache
 
+from steer_bench.config.method import list_methods, load_method
+
 # The paper's column order (docs/recipe.md §R13); benchmarks it does not have follow in the config's order.
 BENCHMARKS: dict[str, str] = {
     "aime24": "AIME24",
@@ -35,8 +37,6 @@ def benchmark_label(name: str) -> str:
 @cache
 def method_label(name: str) -> str:
     """The preset's ``label`` (configs/methods/<name>.yaml); our ablations are marked as such."""
-    from steer_bench.config.method import list_methods, load_method  # lazy: imports torch
-
     if name not in list_methods():
         return name
     method = load_method(name)

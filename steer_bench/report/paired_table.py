@@ -51,8 +51,10 @@ def section(exp: ExperimentConfig, results: Results, labels: dict[str, str], *, 
     how = "one seed: paired bootstrap over problems" if one_seed else "same seed, mean over seeds"
     out = [f"### Paired against `{baseline}` ({how})", ""]
     if any(s is not None and _n(s) for v in cols.values() for s in v.values()):
-        titles = [f"Δ {benchmark_label(k)} (points)" if k in acc_cols else f"Δ final entropy, {dict(PROBE)[k]} (nats)"
-                  for k in cols]  # fmt: skip
+        titles = [
+            f"Δ {benchmark_label(k)} (points)" if k in acc_cols else f"Δ final entropy, {dict(PROBE)[k]} (nats)"
+            for k in cols
+        ]
         out += ["| Method | " + " | ".join(titles) + " |", "|---" + "|---:" * len(cols) + "|"]
         marked = {k: _holm_cells(v, points=k in acc_cols) for k, v in cols.items()}
         out += [f"| {labels[m]} | " + " | ".join(marked[k][m] for k in cols) + " |" for m in others]
@@ -69,8 +71,14 @@ def _seed_cols(
     out = {}
     for col in acc_cols:
         parts = benches if col == AVG else [col]
-        values = {m: {s: 100 * statistics.fmean(results.acc[(m, s, b)] for b in parts) for s in exp.seeds
-                      if all((m, s, b) in results.acc for b in parts)} for m in exp.methods}  # fmt: skip
+        values = {
+            m: {
+                s: 100 * statistics.fmean(results.acc[(m, s, b)] for b in parts)
+                for s in exp.seeds
+                if all((m, s, b) in results.acc for b in parts)
+            }
+            for m in exp.methods
+        }
         out[col] = dict(paired_against(values, baseline=baseline, confidence=CONFIDENCE, methods=exp.methods))
     return out
 
@@ -98,8 +106,9 @@ def _bootstrap_cols(
 def _probe_cols(exp: ExperimentConfig, results: Results, baseline: str) -> Columns:
     out = {}
     for key, _ in PROBE:
-        final = {m: {s: c[-1][1] for s in exp.seeds if (c := results.curves.get((m, s), {}).get(key))}
-                 for m in exp.methods}  # fmt: skip
+        final = {
+            m: {s: c[-1][1] for s in exp.seeds if (c := results.curves.get((m, s), {}).get(key))} for m in exp.methods
+        }
         out[key] = {m: paired(final[m], final[baseline], confidence=CONFIDENCE) for m in exp.methods if m != baseline}
     return out
 

@@ -157,8 +157,18 @@ def spread_markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def _latex_escape(text: str) -> str:
@@ -170,16 +180,14 @@ def to_latex(table: Table, title: str) -> str:
     caption = _latex_escape(title) + r": accuracy (\%), mean $\pm$ std over seeds; best in bold."
     best = {c: table.best(c) for c in table.columns}
     head = " & ".join(["Method", *(labels.benchmark_label(c) for c in table.columns)]) + r" \\"
-    body = [
-        " & ".join([_latex_escape(table.labels[r])] + [cell_text(table.cells[(r, c)], bold=r in best[c], latex=True)
-                                                       for c in table.columns]) + r" \\"
-        for r in table.rows
-    ]  # fmt: skip
-    return "\n".join([
-        r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}",
-        r"\begin{tabular}{l" + "r" * len(table.columns) + "}", r"\toprule", head, r"\midrule", *body,
-        r"\bottomrule", r"\end{tabular}", r"\end{table}",
-    ]) + "\n"  # fmt: skip
+    cells = {
+        r: [cell_text(table.cells[(r, c)], bold=r in best[c], latex=True) for c in table.columns] for r in table.rows
+    }
+    body = [" & ".join([_latex_escape(table.labels[r]), *cells[r]]) + r" \\" for r in table.rows]
+    align = "l" + "r" * len(table.columns)
+    top = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}", r"\begin{tabular}{" + align + "}"]
+    lines = [*top, r"\toprule", head, r"\midrule", *body, r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(x: float | None) -> str:
@@ -196,9 +204,10 @@ def to_csv(table: Table) -> str:
     for r in table.rows:
         cells = [table.cells[(r, c)] for c in table.columns]
         kind = "method" if table.trained[r] else "eval_only"
-        w.writerow([r, table.labels[r], kind, cells[0].expected]
-                   + [v for c in cells for v in (_fmt(c.mean), _fmt(c.std), c.n, _fmt(c.low), _fmt(c.high),
-                                                 _fmt(c.se))])  # fmt: skip
+        w.writerow(
+            [r, table.labels[r], kind, cells[0].expected]
+            + [v for c in cells for v in (_fmt(c.mean), _fmt(c.std), c.n, _fmt(c.low), _fmt(c.high), _fmt(c.se))]
+        )
     return buf.getvalue()
 
 
@@ -253,6 +262,7 @@ def vs_paper_csv(table: Table, ref: str) -> str:
     for r in table.rows:
         for c in table.columns:
             x = comp[(r, c)]
-            w.writerow([r, table.labels[r], c, _fmt(x.ours.mean), _fmt(x.ours.std), x.ours.n, _fmt(x.paper),
-                        _fmt(x.delta)])  # fmt: skip
+            w.writerow(
+                [r, table.labels[r], c, _fmt(x.ours.mean), _fmt(x.ours.std), x.ours.n, _fmt(x.paper), _fmt(x.delta)]
+            )
     return buf.getvalue()

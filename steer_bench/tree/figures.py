@@ -82,9 +82,14 @@ def entropy_vs_accuracy(metrics: pd.DataFrame, methods: list[str], reference: st
         acc, ent = _band(metrics, method, "exact/accuracy"), _band(metrics, method, "exact/entropy")
         strong = method == reference
         ax.plot(
-            acc["mean"], ent["mean"], lw=2.4 if strong else 1.0, color="k" if strong else f"C{i % 10}",
-            ls="-" if i < 10 or strong else "--", label=method, zorder=3 if strong else 2,
-        )  # fmt: skip
+            acc["mean"],
+            ent["mean"],
+            lw=2.4 if strong else 1.0,
+            color="k" if strong else f"C{i % 10}",
+            ls="-" if i < 10 or strong else "--",
+            label=method,
+            zorder=3 if strong else 2,
+        )
     ax.set_xlabel("exact expected accuracy")
     ax.set_ylabel("exact expected token entropy (nats)")
     ax.legend(fontsize=7, ncol=2, loc="upper right")

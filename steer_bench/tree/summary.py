@@ -96,9 +96,10 @@ def run_summaries(metrics: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
     rows = []
     for (setting, method, seed), run in metrics.groupby(RUN_KEYS, sort=False):
         s = cfg.settings[setting]
-        rows.append({"setting": setting, "method": method, "seed": seed} | summarize_run(
-            run, s.matched_accuracy, s.train.pass_k
-        ))  # fmt: skip
+        rows.append(
+            {"setting": setting, "method": method, "seed": seed}
+            | summarize_run(run, s.matched_accuracy, s.train.pass_k)
+        )
     df = pd.DataFrame(rows)
     ref = df[df["method"] == cfg.reference].set_index(["setting", "seed"])
     paired = [c for c in df.columns if c.startswith(("entropy_at_acc_", "final_")) and c != "final_step"]
@@ -185,17 +186,24 @@ def control_rows(
     """One setting's final exact entropy against each controller's target, mean ± standard error over seeds;
     the reference's distance to the same target on the same seeds is the do-nothing comparison."""
     ref = runs[runs["method"] == reference].set_index("seed")["final_entropy"]
-    rows = [{"method": reference, "target": "—", "H final": _mean_se(ref), "distance to target": "—",
-             f"{reference}: distance to target": "—"}]  # fmt: skip
+    do_nothing = {
+        "method": reference,
+        "target": "—",
+        "H final": _mean_se(ref),
+        "distance to target": "—",
+        f"{reference}: distance to target": "—",
+    }
+    rows = [do_nothing]
     for method, control in controls.items():
         h = runs[runs["method"] == method].set_index("seed")["final_entropy"]
         dist = h.map(lambda x, c=control: c.distance(x, total_steps))
         ref_dist = ref.reindex(h.index).map(lambda x, c=control: c.distance(x, total_steps))
-        rows.append({
+        row = {
             "method": method,
             "target": control.target_text(total_steps),
             "H final": _mean_se(h),
             "distance to target": _mean_se(dist) if dist.notna().any() else "—",
             f"{reference}: distance to target": _mean_se(ref_dist) if ref_dist.notna().any() else "—",
-        })  # fmt: skip
+        }
+        rows.append(row)
     return rows
