@@ -262,7 +262,7 @@ def _normalised(spec: DatasetSpec, raw: pd.DataFrame, stats: dict, opts: dict) -
     )
 
 
-def prepare_dataset(
+def prepare_dataset(  # noqa: PLR0913 -- the `prepare` subcommand's options, keyword-only
     name: str,
     out: str | os.PathLike[str],
     *,

@@ -69,17 +69,16 @@ def update(
     batch: Rollout,
     adv: torch.Tensor,
     method: Method,
-    order: torch.Tensor,
-    minibatches: int,
+    minibatches: tuple[torch.Tensor, ...],
     gen: torch.Generator,
     entropy_coef: float | None = None,
 ) -> list[dict[str, Any]]:
-    """One optimizer step per mini-batch of ``order`` (a permutation of the rollout's rows); the calls' metrics."""
+    """One optimizer step per mini-batch (the rollout's rows of each, in the order given); the calls' metrics."""
     mask = torch.ones_like(adv, dtype=torch.bool)
     m = method
     calls = []
     step_stats = m.step_stats(batch.old_entropy, mask)  # STARE's gate over the step batch; None for the others
-    for rows in order.chunk(minibatches):
+    for rows in minibatches:
         logits = policy.table[batch.state_ids[rows]]
         logp, entropy = logprobs_and_entropy(logits, batch.responses[rows], temperature=1.0)
         old = batch.old_logp[rows]  # the sampler is π_old itself: rollout log-probs = π_old's (ρ = 1 exactly)
@@ -147,15 +146,16 @@ def train_run(
             batch.scores, problems, mask, old_entropy=batch.old_entropy, step=step + 1, total_steps=cfg.steps
         )
         order = torch.randperm(len(problems), generator=gen) if cfg.shuffle else torch.arange(len(problems))
+        minibatches = order.chunk(cfg.minibatches)
         if cfg.analysis_every and step % cfg.analysis_every == 0:
-            metrics, points = analyse(policy, batch, adv, order.chunk(cfg.minibatches)[0], lr)
+            metrics, points = analyse(policy, batch, adv, minibatches[0], lr)
             row |= metrics
             if keep_points:
                 log.points += [{"step": step} | p for p in points]
         coef, coef_state = method.entropy_coef_step(
             coef_state, float(batch.old_entropy.mean()), step=step, total_steps=cfg.steps
         )
-        calls = update(policy, lr, batch, adv, method, order, cfg.minibatches, gen, coef)
+        calls = update(policy, lr, batch, adv, method, minibatches, gen, coef)
         row |= rollout_metrics(batch, adv, n) | method.reduce_metrics(calls)
         if not math.isfinite(row["rollout/entropy"]):
             raise SteerBenchError(f"method {method.name!r} seed {seed}: non-finite entropy at step {step}")

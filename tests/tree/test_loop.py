@@ -77,7 +77,7 @@ def test_one_update_is_exactly_an_sgd_step_on_the_library_loss(preset: str) -> N
     )
     loss, _ = m.loss(tokens, Totals(max_response_len=task.D), m.mini_batch_stats(tokens))
     (grad,) = torch.autograd.grad(loss, table)
-    metrics = update(policy, 3.0, batch, adv, method.resolve(), torch.arange(12), 1, torch.Generator().manual_seed(5))
+    metrics = update(policy, 3.0, batch, adv, method.resolve(), (torch.arange(12),), torch.Generator().manual_seed(5))
     assert torch.allclose(policy.table.detach(), table.detach() - 3.0 * grad, atol=1e-12, rtol=0)
     assert len(metrics) == 1
     assert metrics[0]["loss/pg"].item() == pytest.approx(loss.item() + float(metrics[0].get("loss/entropy_bonus", 0)))
@@ -128,7 +128,9 @@ def test_stare_gates_every_mini_batch_on_the_step_batch_entropy() -> None:
     ent[6:] = 1.0
     batch = dataclasses.replace(batch, old_entropy=ent)
     adv = method.resolve().advantages(batch.scores, problems, torch.ones_like(ent), old_entropy=ent)
-    metrics = update(policy, 3.0, batch, adv, method.resolve(), torch.arange(12), 2, torch.Generator().manual_seed(5))
+    metrics = update(
+        policy, 3.0, batch, adv, method.resolve(), torch.arange(12).chunk(2), torch.Generator().manual_seed(5)
+    )
     assert [float(c["stare/gate_on"]) for c in metrics] == [1.0, 1.0]
     assert [float(c["stare/gate_entropy"]) for c in metrics] == pytest.approx([0.55, 0.55])
 

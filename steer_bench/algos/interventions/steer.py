@@ -120,7 +120,7 @@ def rank_fraction(abs_omega: Tensor, response_mask: Tensor) -> Tensor:
         return out
 
 
-def steer_weights(
+def steer_weights(  # noqa: PLR0913 -- the five (B, T) inputs and STEER's six hyperparameters, keyword-only
     advantages: Tensor,
     old_log_probs: Tensor,
     log_probs: Tensor,
