@@ -3,9 +3,10 @@
 Shared by the benchmarks that compare whole processes (``vs_trl.py``, ``miniature_engines.py``). Peak memory is
 reported twice: ``max_rss_mb``, the kernel's high-water mark of the process (``ru_maxrss`` from ``wait4`` on its
 pid, so each run gets its own number, not the maximum over all children so far; it covers the children that
-process reaped as a maximum, not a sum; and, since the kernel carries the high-water mark of the address space
-a process leaves at ``exec`` into it, it is never below this launching process's own RSS at the launch —
-``parent_rss_mb`` in the result: keep the launcher small), and
+process reaped as a maximum, not a sum; and it is never below this launching process's own high-water mark at the
+launch — the kernel copies the address space's high-water mark at fork and carries it across ``exec``, so a
+launcher that once held 3 GiB and freed it floors every child at 3 GiB: ``launcher_peak_mb`` in the result, its
+VmHWM; keep the launcher small), and
 ``tree_rss_mb``, the largest sum of the RSS of the process and all its descendants (grading workers, vLLM's
 engine process) seen by sampling ``/proc`` every ``sample_s`` seconds — a lower bound of the true tree peak,
 and an over-count where forked processes share pages.
@@ -38,6 +39,14 @@ def rss_mb(pid: int | str = "self") -> float:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_MB
 
 
+def peak_rss_mb() -> float:
+    """This process's high-water mark of resident memory (VmHWM), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("/proc/self/status has no VmHWM line")
+
+
 def tree_rss_mb(pid: int) -> float:
     """Sum of the resident set sizes (MiB) of ``pid`` and all its live descendants."""
     total, todo = 0.0, [pid]
@@ -60,7 +69,7 @@ def timed_run(
     sample_s: float = 0.25,
 ) -> dict[str, Any]:
     """Run ``cmd`` to completion (stdout and stderr to ``log``); raise with the log's tail if it fails."""
-    peak, parent = [0.0], rss_mb()
+    peak, launcher = [0.0], peak_rss_mb()
     with open(log, "w") as fh:
         t0 = time.perf_counter()
         proc = subprocess.Popen(list(cmd), env=dict(env) if env is not None else None, cwd=cwd, stdout=fh, stderr=fh)
@@ -85,5 +94,5 @@ def timed_run(
         "max_rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
         "tree_rss_mb": peak[0],
         "cpu_s": usage.ru_utime + usage.ru_stime,
-        "parent_rss_mb": parent,  # the floor of max_rss_mb (see the module doc)
+        "launcher_peak_mb": launcher,  # the floor of max_rss_mb (see the module doc)
     }
